@@ -1,0 +1,117 @@
+"""The exceptions of executus.
+
+The hierarchy::
+
+    Exception
+    └── LaneError                 every error a lane raises
+        ├── LaneClosed            the lane was closed (by its owner): no new work
+        ├── LaneBusy              refused by admission control (max_wait); nothing enqueued
+        ├── NotQueued             cancel(job_id) of a job that is not queued
+        ├── DuplicateJob          job_id already queued or running in this lane
+        ├── JobCancelled          the job was cancelled (handle.cancel, lane.cancel, aclose)
+        ├── JobPreempted          the job was evicted for a higher-priority arrival
+        └── LaneUnavailable       the world broke it: the backend (e.g. Redis) failed
+            └── LeaseLost         a distributed job outlived its lease and was stopped
+
+"You closed it" (``LaneClosed``, ``JobCancelled``) is kept apart from "the world broke
+it" (``LaneUnavailable``): the first is an expected outcome of your own calls, the
+second is an outage to alert on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DuplicateJob",
+    "JobCancelled",
+    "JobPreempted",
+    "LaneBusy",
+    "LaneClosed",
+    "LaneError",
+    "LaneUnavailable",
+    "LeaseLost",
+    "NotQueued",
+]
+
+
+class LaneError(Exception):
+    """Base class of every error raised by a lane."""
+
+
+class LaneClosed(LaneError):
+    """The lane is closed: it takes no new jobs, and queued jobs it dropped end with this.
+
+    Attributes:
+        lane: the lane's name.
+    """
+
+    def __init__(self, lane: str, message: str | None = None) -> None:
+        self.lane = lane
+        super().__init__(message or f"lane {lane!r} is closed")
+
+
+class LaneBusy(LaneError):
+    """Admission refused: the job could not start at once and its ETA exceeds ``max_wait``.
+
+    Nothing was enqueued. ``position`` and ``eta`` are what the job would have had.
+
+    Attributes:
+        lane: the lane's name.
+        position: the place in the dispatch order the job would have taken (1 = next).
+        eta: the estimated seconds until it would have started.
+        max_wait: the caller's limit, in seconds.
+    """
+
+    def __init__(self, lane: str, position: int, eta: float, max_wait: float) -> None:
+        self.lane = lane
+        self.position = position
+        self.eta = eta
+        self.max_wait = max_wait
+        super().__init__(
+            f"lane {lane!r} is busy: position {position}, "
+            f"estimated wait {eta:.1f}s exceeds max_wait {max_wait:g}s"
+        )
+
+
+class NotQueued(LaneError, LookupError):
+    """``lane.cancel(job_id)`` named a job that is not queued (unknown, running or ended)."""
+
+    def __init__(self, lane: str, job_id: str, state: str | None = None) -> None:
+        self.lane = lane
+        self.job_id = job_id
+        what = "unknown" if state is None else state
+        super().__init__(f"job {job_id!r} is not queued in lane {lane!r} ({what})")
+
+
+class DuplicateJob(LaneError, ValueError):
+    """A job with this id is already queued or running in the lane; nothing was enqueued."""
+
+    def __init__(self, lane: str, job_id: str) -> None:
+        self.lane = lane
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} is already queued or running in lane {lane!r}")
+
+
+class JobCancelled(LaneError):
+    """The job was cancelled before it could finish."""
+
+    def __init__(self, lane: str, job_id: str, reason: str = "cancelled") -> None:
+        self.lane = lane
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} in lane {lane!r} was {reason}")
+
+
+class JobPreempted(LaneError):
+    """The job was evicted from its slot to make room for a higher-priority job."""
+
+    def __init__(self, lane: str, job_id: str) -> None:
+        self.lane = lane
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} in lane {lane!r} was preempted")
+
+
+class LaneUnavailable(LaneError):
+    """The lane's backend failed (e.g. Redis unreachable); the operation did not happen."""
+
+
+class LeaseLost(LaneUnavailable):
+    """A distributed job outlived its lease (e.g. a frozen process) and was stopped."""

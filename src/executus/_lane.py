@@ -1,0 +1,735 @@
+"""The in-process lane: a named, concurrency-limited, policy-ordered job queue.
+
+Every state change (submit, finish, cancel, resize, preemption, close) ends in one
+synchronous step, ``_reconcile``, which starts queued jobs while slots are free. It never
+awaits, so no other task can observe a half-made decision, and a slot freed by an
+ending job goes to the policy's next job in the same step.
+
+Invariants (asserted in ``_check`` under ``python -X dev`` / debug builds):
+
+1. Starts happen only while ``len(running) < max_concurrent``; a job chosen for
+   preemption keeps its slot until its task has actually ended, so never more than
+   ``max_concurrent`` jobs run (the limit may only be exceeded transiently after it was
+   lowered, never by a start).
+2. A queued job implies no free slot: ``queued > 0 -> running >= max_concurrent``.
+3. Every job in ``_jobs`` is QUEUED or RUNNING; it leaves ``_jobs`` when it ends, and it
+   ends exactly once (``JobHandle._end`` wakes its waiters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from ._clock import Clock, SystemClock, TimerHandle
+from ._errors import (
+    DuplicateJob,
+    JobCancelled,
+    JobPreempted,
+    LaneBusy,
+    LaneClosed,
+    NotQueued,
+)
+from ._eta import RuntimeWindow, ThroughputWindow, estimate_wait
+from ._job import CURRENT_JOB, JobHandle, JobState
+from ._policies import FIFO, PolicyState, Preemption, QueuePolicy
+from ._stats import LaneStats
+
+__all__ = ["Lane"]
+
+T = TypeVar("T")
+
+_QUEUED = JobState.QUEUED
+_RUNNING = JobState.RUNNING
+
+# Why a running job was cancelled by the lane (recorded before ``task.cancel()``, so the
+# job's end tells a lane-made cancellation from an outside one).
+_CANCEL = "cancel"
+_CLOSE = "close"
+_PREEMPT = "preempt"
+_PREEMPT_REQUEUE = "preempt-requeue"
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+class Lane:
+    """A named, concurrency-limited queue of jobs in front of one scarce resource.
+
+    Args:
+        name: the lane's name (non-empty).
+        max_concurrent: how many jobs may run at once (>= 1).
+        policy: the queue order: ``FIFO()`` (default), ``Priority(aging=...)``,
+            ``FairShare(weights=...)`` or a custom ``QueuePolicy``.
+        preemption: ``Preemption(...)`` to let higher-priority arrivals evict running
+            preemptible jobs, or None (disabled).
+        eta_window: how many recent run times the wait estimate averages (>= 1).
+        clock: the time source (default: the system clocks); tests pass a
+            ``executus.testing.ManualClock``.
+
+    Example::
+
+        async with Lane("ollama", 2, policy=FairShare()) as lane:
+            reply = await lane.run(lambda: llm.chat(prompt), key="user-42", max_wait=30)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        max_concurrent: int = 1,
+        *,
+        policy: QueuePolicy | None = None,
+        preemption: Preemption | None = None,
+        eta_window: int = 16,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {name!r}")
+        if not name:
+            raise ValueError("name must be a non-empty str, got ''")
+        self._max = _check_count("max_concurrent", max_concurrent)
+        if policy is None:
+            policy = FIFO()
+        elif not isinstance(policy, QueuePolicy):
+            raise TypeError(f"policy must be a QueuePolicy (FIFO(), ...), got {policy!r}")
+        self._check_preemption(preemption)
+        _check_count("eta_window", eta_window)
+        self._name = name
+        self._policy = policy
+        self._queue: PolicyState = policy.new_state()
+        self._preemption = preemption
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._mono0 = self._clock.monotonic()
+        self._wall0 = datetime.fromtimestamp(self._clock.time(), UTC)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+        self._jobs: dict[str, JobHandle[Any]] = {}  # queued and running, by id
+        self._running: dict[JobHandle[Any], None] = {}  # holding a slot, start order
+        self._front: deque[JobHandle[Any]] = deque()  # preemptors, ahead of the queue
+        self._causes: dict[JobHandle[Any], str] = {}  # lane-made cancellations
+        self._victims: dict[JobHandle[Any], float] = {}  # victim -> cancel deadline
+        self._timers: dict[JobHandle[Any], TimerHandle] = {}  # grace timers
+        self._grants: dict[JobHandle[Any], asyncio.Future[None]] = {}  # slot() waiters
+        self._closed = False
+        self._drained: list[asyncio.Future[None]] = []
+        self._seq = 0
+
+        self._window = RuntimeWindow(eta_window)
+        self._throughput = ThroughputWindow()
+        self._submitted = 0
+        self._succeeded = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._preempted = 0
+        self._rejected = 0
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The lane's name."""
+        return self._name
+
+    @property
+    def max_concurrent(self) -> int:
+        """The current slot limit."""
+        return self._max
+
+    @property
+    def policy(self) -> QueuePolicy:
+        """The queue policy."""
+        return self._policy
+
+    @property
+    def preemption(self) -> Preemption | None:
+        """The preemption setting, or None."""
+        return self._preemption
+
+    @property
+    def closed(self) -> bool:
+        """True once ``aclose`` was called."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        queued = len(self._queue) + len(self._front)
+        return (
+            f"<Lane {self._name!r} [{len(self._running)}/{self._max} running, "
+            f"{queued} queued | {self._policy.name}]{state}>"
+        )
+
+    # -- submitting ------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        job_id: str | None = None,
+        key: str | None = None,
+        priority: int = 0,
+        preemptible: bool = False,
+        max_wait: float | None = None,
+    ) -> JobHandle[T]:
+        """Submit a job; return its handle at once (running or queued).
+
+        Args:
+            fn: a zero-argument callable returning an awaitable, called once per run in
+                the job's own task (``lambda: client.get(url)``).
+            job_id: a unique id, or None to have one made.
+            key: who the job is for (fair share is across keys).
+            priority: higher is more important (for ``Priority`` and preemption).
+            preemptible: whether a higher-priority arrival may evict this job.
+            max_wait: None, or seconds: refuse with ``LaneBusy`` (enqueueing nothing)
+                when the job cannot start at once and its ETA exceeds this.
+
+        Returns:
+            The job's handle: RUNNING (position 0, eta 0.0) or QUEUED.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or an option has the wrong type.
+            ValueError: an option is out of range (e.g. a negative ``max_wait``).
+            LaneClosed: the lane is closed.
+            DuplicateJob: ``job_id`` is queued or running in this lane already.
+            LaneBusy: refused by ``max_wait``.
+        """
+        if not callable(fn):
+            raise TypeError(
+                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
+            )
+        return self._submit(fn, job_id, key, priority, preemptible, max_wait)
+
+    async def run(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        job_id: str | None = None,
+        key: str | None = None,
+        priority: int = 0,
+        preemptible: bool = False,
+        max_wait: float | None = None,
+    ) -> T:
+        """Submit a job and wait for its result; the caller owns the job.
+
+        If the awaiting task is cancelled, the job is cancelled too (removed if queued,
+        its task cancelled if running) and ``CancelledError`` propagates.
+
+        Returns:
+            The job's return value.
+
+        Raises:
+            Everything ``submit`` raises, the job's own exception, ``JobCancelled``,
+            ``JobPreempted`` or ``LaneClosed``.
+        """
+        if not callable(fn):
+            raise TypeError(
+                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
+            )
+        job: JobHandle[T] = self._submit(fn, job_id, key, priority, preemptible, max_wait)
+        try:
+            return await job
+        except asyncio.CancelledError:
+            self._cancel_nowait(job, _CANCEL)
+            raise
+
+    @asynccontextmanager
+    async def slot(
+        self,
+        *,
+        job_id: str | None = None,
+        key: str | None = None,
+        priority: int = 0,
+        preemptible: bool = False,
+        max_wait: float | None = None,
+    ) -> AsyncIterator[JobHandle[None]]:
+        """Hold one slot for the body of an ``async with``, as a job of the lane.
+
+        The request waits under the lane's policy like any job (position, ETA,
+        ``LaneBusy``, fair share, cancel); the body then runs as that job in the
+        caller's task (``current_job()`` works) and the slot is freed on exit, whatever
+        the exit. Cancelling the waiting task withdraws the request. If the slot is
+        preempted, the body's task is cancelled and ``JobPreempted`` leaves the block.
+
+        Example::
+
+            async with lane.slot(key="user-42") as job:
+                async for chunk in llm.stream(prompt):
+                    await send(chunk)
+        """
+        job: JobHandle[None] = self._submit(None, job_id, key, priority, preemptible, max_wait)
+        task = asyncio.current_task()
+        assert task is not None
+        job._task = task
+        if job._state is _QUEUED:
+            grant = self._loop_().create_future()
+            self._grants[job] = grant
+            try:
+                await grant
+            except BaseException:
+                self._grants.pop(job, None)
+                if job._state is _QUEUED:
+                    self._cancel_queued(job, JobCancelled(self._name, job.id))
+                elif job._state is _RUNNING:
+                    # Granted, but cancelled before this task resumed: give it back.
+                    self._ended(job, None, None, cancelled=True)
+                raise
+        token = CURRENT_JOB.set(job)
+        try:
+            yield job
+        except asyncio.CancelledError as exc:
+            cause = self._causes.get(job)
+            error = self._ended(job, None, exc, cancelled=True)
+            if cause is not None and error is not None and task.uncancel() == 0:
+                # The lane cancelled the body (preemption, cancel, close) and nobody
+                # else did: report why instead of a bare CancelledError.
+                raise error from None
+            raise
+        except BaseException as exc:
+            self._ended(job, None, exc, cancelled=False)
+            raise
+        else:
+            self._ended(job, None, None, cancelled=False)
+        finally:
+            CURRENT_JOB.reset(token)
+
+    def _submit(
+        self,
+        fn: Callable[[], Awaitable[Any]] | None,
+        job_id: str | None,
+        key: str | None,
+        priority: int,
+        preemptible: bool,
+        max_wait: float | None,
+    ) -> JobHandle[Any]:
+        if self._closed:
+            raise LaneClosed(self._name)
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a str or None, got {key!r}")
+        if type(priority) is not int:
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise TypeError(f"priority must be an int, got {priority!r}")
+            priority = int(priority)
+        if preemptible is not False and preemptible is not True:
+            raise TypeError(f"preemptible must be a bool, got {preemptible!r}")
+        if max_wait is not None:
+            if isinstance(max_wait, bool) or not isinstance(max_wait, int | float):
+                raise TypeError(f"max_wait must be a number of seconds or None, got {max_wait!r}")
+            if math.isnan(max_wait) or max_wait < 0:
+                raise ValueError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
+        jobs = self._jobs
+        seq = self._seq
+        self._seq = seq + 1
+        if job_id is None:
+            job_id = f"{self._name}-{seq}"
+            while job_id in jobs:  # a caller chose an id of this shape
+                job_id += "'"
+        elif type(job_id) is not str:
+            raise TypeError(f"job_id must be a str or None, got {job_id!r}")
+        elif not job_id:
+            raise ValueError("job_id must be a non-empty str, got ''")
+        elif job_id in jobs:
+            raise DuplicateJob(self._name, job_id)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        now = self._clock.monotonic()
+        job: JobHandle[Any] = JobHandle(
+            self,
+            job_id,
+            fn,
+            key=key,
+            priority=priority,
+            preemptible=preemptible,
+            seq=seq,
+            submitted=now,
+        )
+        if len(self._running) < self._max:
+            # Free slot (so, by invariant 2, nothing is queued): start now.
+            jobs[job_id] = job
+            self._submitted += 1
+            self._start(job, now)
+            return job
+
+        victim = self._choose_victim(job, now) if self._preemption is not None else None
+        if victim is not None:
+            assert self._preemption is not None
+            grace = self._preemption.grace
+            if max_wait is not None and grace > max_wait:
+                self._refuse(len(self._front) + 1, grace, max_wait)
+            self._front.append(job)
+            jobs[job_id] = job
+            self._submitted += 1
+            self._preempt(victim, now)
+            return job
+
+        self._queue.push(job, now)
+        if max_wait is not None:
+            position = len(self._front) + self._queue.position(job)
+            eta = self._estimate(position, now)
+            if eta > max_wait:
+                self._queue.remove(job)
+                self._refuse(position, eta, max_wait)
+        jobs[job_id] = job
+        self._submitted += 1
+        return job
+
+    def _refuse(self, position: int, eta: float, max_wait: float) -> None:
+        self._rejected += 1
+        raise LaneBusy(self._name, position, eta, max_wait)
+
+    def _loop_(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    # -- the decision step -----------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Start jobs while slots are free: preemptors first, then the policy's order."""
+        running = self._running
+        front = self._front
+        queue = self._queue
+        while len(running) < self._max:
+            if front:
+                job = front.popleft()
+            elif len(queue):
+                job = queue.pop()
+            else:
+                break
+            self._start(job, self._clock.monotonic())
+        if __debug__:
+            self._check()
+
+    def _check(self) -> None:
+        assert not (self._front or len(self._queue)) or len(self._running) >= self._max, (
+            "a job is queued while a slot is free"
+        )
+
+    def _start(self, job: JobHandle[Any], now: float) -> None:
+        job._transition(_RUNNING)
+        job._t_start = now
+        self._running[job] = None
+        fn = job._fn
+        if fn is None:  # a slot() job: wake its waiting task, if it waits
+            grant = self._grants.pop(job, None)
+            if grant is not None and not grant.done():
+                grant.set_result(None)
+        else:
+            job._task = self._loop_().create_task(self._run(job, fn))
+
+    async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
+        CURRENT_JOB.set(job)
+        try:
+            awaitable = fn()
+            if not hasattr(awaitable, "__await__"):
+                raise TypeError(
+                    f"fn must return an awaitable, got {type(awaitable).__name__}: "
+                    f"{awaitable!r:.80}"
+                )
+            value = await awaitable
+        except asyncio.CancelledError as exc:
+            # The lane owns this task: the cancellation ends here, recorded in the job.
+            self._ended(job, None, exc, cancelled=True)
+        except BaseException as exc:
+            self._ended(job, None, exc, cancelled=False)
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+        else:
+            self._ended(job, value, None, cancelled=False)
+
+    def _ended(
+        self,
+        job: JobHandle[Any],
+        value: Any,
+        exc: BaseException | None,
+        *,
+        cancelled: bool,
+    ) -> BaseException | None:
+        """A run is over: free its slot, record the outcome, start the next job.
+
+        Returns the error the job ends with (None on success or requeue).
+        """
+        if job._state is not _RUNNING:  # already ended (e.g. its lane was force-closed)
+            return job._exc
+        now = self._clock.monotonic()
+        del self._running[job]
+        self._victims.pop(job, None)
+        timer = self._timers.pop(job, None)
+        if timer is not None:
+            timer.cancel()
+        cause = self._causes.pop(job, None)
+        self._throughput.record(now)
+        error: BaseException | None
+        if cancelled:
+            if cause == _PREEMPT_REQUEUE:
+                self._preempted += 1
+                job._preemptions += 1
+                job._preempt_requested = False
+                job._task = None
+                job._transition(_QUEUED)
+                self._queue.requeue(job, now)
+                self._reconcile()
+                return None
+            if cause == _PREEMPT:
+                self._preempted += 1
+                error = JobPreempted(self._name, job.id)
+                state = JobState.PREEMPTED
+            else:
+                self._cancelled += 1
+                reason = "cancelled: the lane was closed" if cause == _CLOSE else "cancelled"
+                error = JobCancelled(self._name, job.id, reason)
+                state = JobState.CANCELLED
+            if exc is not None and cause is None:
+                error.__cause__ = exc
+            job._end(state, now, exc=error)
+        elif exc is not None:
+            self._failed += 1
+            self._window.add(now - (job._t_start or now))
+            error = exc
+            job._end(JobState.FAILED, now, exc=exc)
+        else:
+            self._succeeded += 1
+            self._window.add(now - (job._t_start or now))
+            error = None
+            job._end(JobState.SUCCEEDED, now, value=value)
+        del self._jobs[job.id]
+        self._reconcile()
+        if not self._jobs and self._drained:
+            self._wake_drained()
+        return error
+
+    # -- preemption ------------------------------------------------------------------------
+
+    def _choose_victim(self, job: JobHandle[Any], now: float) -> JobHandle[Any] | None:
+        policy = self._preemption
+        assert policy is not None
+        victim: JobHandle[Any] | None = None
+        for r in self._running:
+            if not r.preemptible or r._preempt_requested or r.priority >= job.priority:
+                continue
+            started = r._t_start
+            assert started is not None
+            if now - started < policy.min_runtime:
+                continue
+            if victim is None or (r.priority, started) < (victim.priority, victim._t_start):
+                victim = r
+        return victim
+
+    def _preempt(self, victim: JobHandle[Any], now: float) -> None:
+        policy = self._preemption
+        assert policy is not None
+        victim._preempt_requested = True
+        requeue = policy.requeue and victim._fn is not None
+        self._causes[victim] = _PREEMPT_REQUEUE if requeue else _PREEMPT
+        self._victims[victim] = now + policy.grace
+        if policy.grace > 0:
+            self._timers[victim] = self._clock.call_later(
+                policy.grace, lambda: self._cancel_task(victim)
+            )
+        else:
+            self._cancel_task(victim)
+
+    def _cancel_task(self, job: JobHandle[Any]) -> None:
+        self._timers.pop(job, None)
+        task = job._task
+        if job._state is _RUNNING and task is not None and not task.done():
+            task.cancel()
+
+    # -- cancellation ----------------------------------------------------------------------
+
+    def _cancel_queued(self, job: JobHandle[Any], error: BaseException) -> None:
+        if job in self._front:
+            self._front.remove(job)
+        else:
+            self._queue.remove(job)
+        self._end_queued(job, error)
+
+    def _end_queued(self, job: JobHandle[Any], error: BaseException) -> None:
+        """End a job already taken out of the queue as CANCELLED with ``error``."""
+        grant = self._grants.pop(job, None)
+        if grant is not None and not grant.done():
+            grant.cancel()
+        self._cancelled += 1
+        del self._jobs[job.id]
+        job._end(JobState.CANCELLED, self._clock.monotonic(), exc=error)
+        if not self._jobs and self._drained:
+            self._wake_drained()
+
+    def _cancel_nowait(self, job: JobHandle[Any], cause: str) -> None:
+        """Cancel a queued job now, or ask a running job's task to stop."""
+        if job._state is _QUEUED:
+            self._cancel_queued(job, JobCancelled(self._name, job.id))
+        elif job._state is _RUNNING:
+            self._causes[job] = cause
+            timer = self._timers.pop(job, None)
+            if timer is not None:
+                timer.cancel()
+            self._cancel_task(job)
+
+    async def _job_cancel(self, job: JobHandle[Any]) -> bool:
+        if job._state is _QUEUED:
+            self._cancel_nowait(job, _CANCEL)
+            return True
+        if job._state is not _RUNNING:
+            return False
+        self._cancel_nowait(job, _CANCEL)
+        if job._task is asyncio.current_task():
+            return True  # a slot() body cancelling itself: it ends when it unwinds
+        with contextlib.suppress(Exception):  # the outcome is read from the state
+            await job
+        return job._state is JobState.CANCELLED
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a queued job; its waiters get ``JobCancelled``.
+
+        Raises:
+            NotQueued: the job is unknown, running or has ended.
+        """
+        job = self._jobs.get(job_id)
+        if job is None or job._state is not _QUEUED:
+            raise NotQueued(self._name, job_id, None if job is None else job._state.value)
+        self._cancel_queued(job, JobCancelled(self._name, job.id))
+
+    # -- estimates -------------------------------------------------------------------------
+
+    def _estimate(self, position: int, now: float) -> float:
+        held = []
+        elapsed = []
+        victims = self._victims
+        for r in self._running:
+            deadline = victims.get(r)
+            if deadline is not None:
+                held.append(max(0.0, deadline - now))
+            else:
+                elapsed.append(now - (r._t_start or now))
+        return estimate_wait(
+            position,
+            self._max,
+            elapsed,
+            self._window,
+            self._throughput.count(now),
+            held=held,
+        )
+
+    def _job_position(self, job: JobHandle[Any]) -> int:
+        front = self._front
+        if front and job in front:
+            return front.index(job) + 1
+        return len(front) + self._queue.position(job)
+
+    def _job_eta(self, job: JobHandle[Any]) -> float:
+        return self._estimate(self._job_position(job), self._clock.monotonic())
+
+    def _wall(self, mono: float) -> datetime:
+        return self._wall0 + timedelta(seconds=mono - self._mono0)
+
+    # -- control ---------------------------------------------------------------------------
+
+    async def stats(self) -> LaneStats:
+        """A consistent snapshot of the lane's figures."""
+        now = self._clock.monotonic()
+        oldest: datetime | None = None
+        for job in self._jobs.values():  # submission order; the running ones come first
+            if job._state is _QUEUED:
+                oldest = self._wall(job._t_submit)
+                break
+        return LaneStats(
+            name=self._name,
+            max_concurrent=self._max,
+            running=len(self._running),
+            queued=len(self._queue) + len(self._front),
+            oldest_queued_at=oldest,
+            throughput_1m=self._throughput.count(now),
+            submitted=self._submitted,
+            succeeded=self._succeeded,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            preempted=self._preempted,
+            rejected=self._rejected,
+            mean_runtime=self._window.mean(),
+        )
+
+    async def set_max_concurrent(self, n: int) -> None:
+        """Change the slot limit. Raising it starts queued jobs at once; lowering it
+        never cancels a running job (new starts wait until fewer than ``n`` run).
+
+        Raises:
+            TypeError, ValueError: ``n`` is not an int >= 1.
+        """
+        self._max = _check_count("max_concurrent", n)
+        self._reconcile()
+
+    async def set_preemption(self, preemption: Preemption | None) -> None:
+        """Change the preemption setting for later arrivals (None disables it)."""
+        self._check_preemption(preemption)
+        self._preemption = preemption
+
+    async def set_eta_window(self, n: int) -> None:
+        """Average the last ``n`` run times (>= 1) in wait estimates from now on."""
+        self._window.resize(_check_count("eta_window", n))
+
+    @staticmethod
+    def _check_preemption(preemption: object) -> None:
+        if preemption is not None and not isinstance(preemption, Preemption):
+            raise TypeError(f"preemption must be a Preemption or None, got {preemption!r}")
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        """Close the lane: refuse new submits (``LaneClosed``).
+
+        Args:
+            drain: True: queued jobs still run; return when every job has ended.
+                False: queued jobs end CANCELLED (their waiters get ``LaneClosed``),
+                running jobs are cancelled (``JobCancelled``); return when every task
+                has ended.
+
+        Calling it again is harmless (and ``drain=False`` after a draining close
+        cancels what is left).
+        """
+        self._closed = True
+        if not drain:
+            message = f"lane {self._name!r} was closed before the job started"
+            front, queue = self._front, self._queue
+            while front:
+                self._end_queued(front.popleft(), LaneClosed(self._name, message))
+            while len(queue):
+                self._end_queued(queue.pop(), LaneClosed(self._name, message))
+            for job in list(self._running):
+                self._cancel_nowait(job, _CLOSE)
+        if self._jobs:
+            fut = self._loop_().create_future()
+            self._drained.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._drained:
+                    self._drained.remove(fut)
+
+    def _wake_drained(self) -> None:
+        waiters, self._drained = self._drained, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose(drain=True)

@@ -1,0 +1,445 @@
+"""Queue policies (who runs next) and the preemption setting.
+
+A policy object is immutable settings; every lane gets its own mutable queue from
+``policy.new_state()`` (the settings/state split keeps one policy object safe to share
+between lanes). Queue code never awaits: the lane calls it from its one synchronous
+decision step.
+
+Every built-in queue answers ``position`` in O(log n) from ``RankedMap`` (see
+``_ranked.py``), so a live position never walks the queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from ._job import JobHandle
+from ._ranked import RankedMap
+
+__all__ = ["FIFO", "FairShare", "PolicyState", "Preemption", "Priority", "QueuePolicy"]
+
+_SEQ_SPAN = 1 << 48  # arrival numbers stay below this; priority is scaled above it
+
+
+def _check_seconds(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+class PolicyState(ABC):
+    """A lane's queue under some policy. Holds QUEUED jobs only.
+
+    The lane calls these from its synchronous decision step; they must not await, block
+    or call back into the lane. ``job._seq`` is the job's arrival number (smaller is
+    earlier, kept across requeues); ``job._qkey`` is free for the state's own use.
+    """
+
+    @abstractmethod
+    def push(self, job: JobHandle[Any], now: float) -> None:
+        """Add a newly submitted job. ``now`` is the lane's monotonic time."""
+
+    def requeue(self, job: JobHandle[Any], now: float) -> None:
+        """Put back a preempted job at its original arrival place (default: ``push``)."""
+        self.push(job, now)
+
+    @abstractmethod
+    def pop(self) -> JobHandle[Any]:
+        """Remove and return the job to start next. Only called when non-empty."""
+
+    @abstractmethod
+    def remove(self, job: JobHandle[Any]) -> None:
+        """Remove a queued job (cancelled or refused)."""
+
+    @abstractmethod
+    def position(self, job: JobHandle[Any]) -> int:
+        """The job's place in the dispatch order if nothing else arrived (1 = next)."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """The number of queued jobs."""
+
+
+class QueuePolicy(ABC):
+    """Base class of queue policies. Subclass it for a custom order.
+
+    Example::
+
+        class ShortestFirst(QueuePolicy):
+            name = "shortest-first"
+
+            def new_state(self) -> PolicyState:
+                return MyState()   # a PolicyState subclass
+    """
+
+    name: str = "custom"
+
+    @abstractmethod
+    def new_state(self) -> PolicyState:
+        """A fresh, empty queue for one lane."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# -- FIFO --------------------------------------------------------------------------------
+
+
+class _SortedState(PolicyState):
+    """A queue ordered by a per-job sort key computed at push."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self) -> None:
+        self._map: RankedMap[JobHandle[Any]] = RankedMap()
+
+    def _key(self, job: JobHandle[Any], now: float) -> Any:
+        return job._seq
+
+    def push(self, job: JobHandle[Any], now: float) -> None:
+        key = job._qkey
+        if key is None:  # a requeued job keeps the key of its first arrival
+            key = job._qkey = self._key(job, now)
+        self._map.insert(key, job)
+
+    def pop(self) -> JobHandle[Any]:
+        return self._map.pop_first()[1]
+
+    def remove(self, job: JobHandle[Any]) -> None:
+        self._map.pop(job._qkey)
+
+    def position(self, job: JobHandle[Any]) -> int:
+        return self._map.rank(job._qkey) + 1
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
+class FIFO(QueuePolicy):
+    """First in, first out: arrival order. Priority matters only for preemption.
+
+    Example::
+
+        lane = Lane("image-gen", 1, policy=FIFO())
+    """
+
+    name = "fifo"
+
+    def new_state(self) -> PolicyState:
+        return _SortedState()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is FIFO
+
+    def __hash__(self) -> int:
+        return hash(FIFO)
+
+
+# -- Priority ----------------------------------------------------------------------------
+
+
+class _PriorityState(_SortedState):
+    __slots__ = ()
+
+    def _key(self, job: JobHandle[Any], now: float) -> Any:
+        return -job.priority * _SEQ_SPAN + job._seq
+
+
+class _AgingState(_SortedState):
+    __slots__ = ("_aging",)
+
+    def __init__(self, aging: float) -> None:
+        super().__init__()
+        self._aging = aging
+
+    def _key(self, job: JobHandle[Any], now: float) -> Any:
+        # A job of priority p that has waited w seconds ranks as priority p + w / aging.
+        # Comparing p1 + (t - s1)/a with p2 + (t - s2)/a does not depend on t, so the
+        # order is fixed at arrival: rank by s - p * a (a "virtual arrival time").
+        return (job._t_submit - job.priority * self._aging, job._seq)
+
+
+class Priority(QueuePolicy):
+    """Higher priority first; arrival order within a level.
+
+    Args:
+        aging: None (strict priority), or seconds: a queued job then gains one priority
+            level per ``aging`` seconds waited (continuously), so nothing starves. A job
+            of priority 1 thus goes ahead of priority-0 jobs submitted less than
+            ``aging`` seconds before it, and behind older ones.
+
+    Example::
+
+        lane = Lane("gpu", 2, policy=Priority(aging=60))
+    """
+
+    name = "priority"
+
+    __slots__ = ("aging",)
+
+    def __init__(self, aging: float | None = None) -> None:
+        _check_seconds("aging", aging, allow_none=True)
+        if aging is not None and aging <= 0:
+            raise ValueError(f"aging must be > 0 seconds or None, got {aging!r}")
+        self.aging = None if aging is None else float(aging)
+
+    def new_state(self) -> PolicyState:
+        if self.aging is None:
+            return _PriorityState()
+        return _AgingState(self.aging)
+
+    def __repr__(self) -> str:
+        return "Priority()" if self.aging is None else f"Priority(aging={self.aging:g})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Priority and other.aging == self.aging
+
+    def __hash__(self) -> int:
+        return hash((Priority, self.aging))
+
+
+# -- FairShare ---------------------------------------------------------------------------
+
+
+class _Flow:
+    """One key's backlog in a fair-share queue.
+
+    The key owns a run of virtual-time slots ``base + j / weight`` for ``j`` in
+    ``[head, head + n)``; its queued jobs fill them in (priority, arrival) order.
+    """
+
+    __slots__ = ("base", "head", "key", "n", "order", "queue", "weight")
+
+    def __init__(self, key: str | None, weight: float, order: int, base: float) -> None:
+        self.key = key
+        self.weight = weight
+        self.order = order
+        self.base = base
+        self.head = 0
+        self.n = 0
+        self.queue: RankedMap[JobHandle[Any]] = RankedMap()
+
+    def tag(self, j: int) -> float:
+        return self.base + j / self.weight
+
+    def finish(self) -> float:
+        return self.base + (self.head + self.n) / self.weight
+
+
+class _FairShareState(PolicyState):
+    """Start-time fair queueing (Goyal, Vin and Cheng, 1996) with unit job cost.
+
+    Each start costs its key ``1 / weight`` of virtual time. A key that becomes
+    backlogged starts at ``max(V, its finish tag)`` where ``V`` is the tag of the last
+    start, so an idle key earns no credit and a newcomer is served next. Jobs go out in
+    tag order; ties go to the key seen first.
+
+    Slots rather than jobs carry tags: a key's k-th queued job (by priority, then arrival)
+    sits in its k-th slot, so a high-priority arrival inside a key reorders that key
+    only. One global ``RankedMap`` of all slots gives positions in O(log n).
+    """
+
+    __slots__ = ("_flows", "_idle", "_len", "_order", "_policy", "_slots", "_vtime")
+
+    def __init__(self, policy: FairShare) -> None:
+        self._policy = policy
+        self._flows: dict[str | None, _Flow] = {}
+        self._idle: OrderedDict[str | None, _Flow] = OrderedDict()
+        self._slots: RankedMap[_Flow] = RankedMap()
+        self._vtime = 0.0
+        self._len = 0
+        self._order = itertools.count()
+
+    def _flow(self, key: str | None) -> _Flow:
+        flow = self._flows.get(key)
+        if flow is None:
+            weight = self._policy.weight(key)
+            flow = self._flows[key] = _Flow(key, weight, next(self._order), self._vtime)
+        elif flow.n == 0:
+            self._idle.pop(key, None)
+            flow.base = max(self._vtime, flow.finish())
+            flow.head = 0
+        return flow
+
+    def push(self, job: JobHandle[Any], now: float) -> None:
+        flow = self._flow(job.key)
+        j = flow.head + flow.n
+        self._slots.insert((flow.tag(j), flow.order), flow)
+        flow.n += 1
+        if job._qkey is None:
+            job._qkey = -job.priority * _SEQ_SPAN + job._seq
+        flow.queue.insert(job._qkey, job)
+        self._len += 1
+
+    def requeue(self, job: JobHandle[Any], now: float) -> None:
+        # Refund the preempted start: the key gets its slot back at the head.
+        flow = self._flows.get(job.key)
+        if flow is not None and flow.n > 0:
+            flow.head -= 1
+            self._slots.insert((flow.tag(flow.head), flow.order), flow)
+            flow.n += 1
+            flow.queue.insert(job._qkey, job)
+            self._len += 1
+            return
+        if flow is not None:
+            flow.head -= 1  # its finish tag drops by one start before re-backlogging
+        self.push(job, now)
+
+    def pop(self) -> JobHandle[Any]:
+        (tag, _), flow = self._slots.pop_first()
+        self._vtime = tag
+        flow.head += 1
+        flow.n -= 1
+        job = flow.queue.pop_first()[1]
+        self._len -= 1
+        if flow.n == 0:
+            self._idle[flow.key] = flow
+        self._forget_idle()
+        return job
+
+    def _forget_idle(self) -> None:
+        # A key idle with finish tag <= V would restart at V anyway: forget it, so
+        # memory follows the keys active lately, not every key ever seen.
+        idle = self._idle
+        for _ in range(2):
+            if not idle:
+                return
+            key, flow = next(iter(idle.items()))
+            if flow.finish() > self._vtime:
+                return
+            del idle[key]
+            del self._flows[key]
+
+    def remove(self, job: JobHandle[Any]) -> None:
+        flow = self._flows[job.key]
+        flow.queue.pop(job._qkey)
+        flow.n -= 1
+        self._slots.pop((flow.tag(flow.head + flow.n), flow.order))
+        self._len -= 1
+        if flow.n == 0:
+            self._idle[flow.key] = flow
+
+    def position(self, job: JobHandle[Any]) -> int:
+        flow = self._flows[job.key]
+        j = flow.head + flow.queue.rank(job._qkey)
+        return self._slots.rank((flow.tag(j), flow.order)) + 1
+
+    def __len__(self) -> int:
+        return self._len
+
+
+class FairShare(QueuePolicy):
+    """Weighted fair queueing across keys.
+
+    When several keys are backlogged, key k receives starts in proportion to its weight;
+    a key that was idle earns no credit for the idle time; within one key, higher
+    priority first, then arrival order. One key flooding the lane delays another key's
+    job by at most about one job per slot. Jobs without a key share the key ``None``.
+
+    Args:
+        weights: key -> weight (> 0). Keys not listed get ``default_weight``.
+        default_weight: the weight of unlisted keys (> 0).
+
+    Example::
+
+        lane = Lane("ollama", 2, policy=FairShare(weights={"paying": 3, "free": 1}))
+    """
+
+    name = "fair-share"
+
+    __slots__ = ("_weights", "default_weight")
+
+    def __init__(
+        self, weights: Mapping[str, float] | None = None, default_weight: float = 1.0
+    ) -> None:
+        self.default_weight = _check_weight("default_weight", default_weight)
+        checked: dict[str, float] = {}
+        for key, weight in (weights or {}).items():
+            if not isinstance(key, str):
+                raise TypeError(f"weights keys must be str, got {key!r}")
+            checked[key] = _check_weight(f"weights[{key!r}]", weight)
+        self._weights = MappingProxyType(checked)
+
+    @property
+    def weights(self) -> Mapping[str, float]:
+        """The configured weights (read-only)."""
+        return self._weights
+
+    def weight(self, key: str | None) -> float:
+        """The weight of ``key``."""
+        if key is None:
+            return self.default_weight
+        return self._weights.get(key, self.default_weight)
+
+    def new_state(self) -> PolicyState:
+        return _FairShareState(self)
+
+    def __repr__(self) -> str:
+        if not self._weights and self.default_weight == 1.0:
+            return "FairShare()"
+        return f"FairShare(weights={dict(self._weights)!r}, default_weight={self.default_weight:g})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is FairShare
+            and dict(other._weights) == dict(self._weights)
+            and other.default_weight == self.default_weight
+        )
+
+    def __hash__(self) -> int:
+        return hash((FairShare, tuple(sorted(self._weights.items())), self.default_weight))
+
+
+def _check_weight(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+# -- Preemption --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    """Let a higher-priority arrival evict a running preemptible job.
+
+    When a job arrives to a full lane, a victim is chosen among running jobs that are
+    preemptible, have strictly lower priority than the arrival and have run at least
+    ``min_runtime`` seconds: lowest priority first, then the earliest started. The
+    victim's ``current_job().preempt_requested`` turns True; after ``grace`` seconds its
+    task is cancelled. The arrival takes the slot as soon as the victim's task has
+    ended, ahead of every queued job.
+
+    Args:
+        min_runtime: seconds a job runs before it may be preempted (no thrashing).
+        grace: seconds between the request and the cancellation (0: at once).
+        requeue: False: the victim ends PREEMPTED (its waiters get JobPreempted).
+            True: it goes back to the queue at its original arrival place and runs
+            again from scratch later.
+
+    Example::
+
+        lane = Lane("gpu", 2, preemption=Preemption(min_runtime=30, grace=5, requeue=True))
+    """
+
+    min_runtime: float = 30.0
+    grace: float = 0.0
+    requeue: bool = False
+
+    def __post_init__(self) -> None:
+        _check_seconds("min_runtime", self.min_runtime)
+        _check_seconds("grace", self.grace)
+        if not isinstance(self.requeue, bool):
+            raise TypeError(f"requeue must be a bool, got {self.requeue!r}")

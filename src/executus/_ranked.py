@@ -1,0 +1,170 @@
+"""A sorted map with O(log n) insert, delete, pop-first and rank.
+
+Queues can hold a million jobs, and a lane must answer "what is this job's place in
+the dispatch order" without walking the queue. ``RankedMap`` keeps keys sorted in a
+list of bounded buckets (the layout of the ``sortedcontainers`` package: bisect over the
+bucket maxima, then within one bucket) and a Fenwick tree over bucket sizes for rank.
+Inserts and deletes move at most one bucket's worth of pointers (a C ``memmove``); the
+Fenwick tree is updated in place, and rebuilt lazily only after a bucket split or
+removal. Appending past the maximum (FIFO arrival) and popping the first key (dispatch)
+are the fast paths.
+
+Keys must be unique and totally ordered; values ride along in parallel buckets.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
+
+__all__ = ["RankedMap"]
+
+V = TypeVar("V")
+
+_LOAD = 256  # buckets split at 2 * _LOAD keys
+
+
+class RankedMap(Generic[V]):
+    """Unique sorted keys -> values, with rank (0-based position) queries."""
+
+    __slots__ = ("_fenwick", "_keys", "_len", "_maxes", "_vals")
+
+    def __init__(self) -> None:
+        self._keys: list[list[Any]] = []
+        self._vals: list[list[V]] = []
+        self._maxes: list[Any] = []
+        self._len = 0
+        # Fenwick tree over bucket lengths (1-based); None when it must be rebuilt.
+        self._fenwick: list[int] | None = None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Iterator[tuple[Any, V]]:
+        for keys, vals in zip(self._keys, self._vals, strict=True):
+            yield from zip(keys, vals, strict=True)
+
+    def _bump(self, bucket: int, delta: int) -> None:
+        tree = self._fenwick
+        if tree is None:
+            return
+        i = bucket + 1
+        n = len(tree)
+        while i < n:
+            tree[i] += delta
+            i += i & -i
+
+    def insert(self, key: Any, value: V) -> None:
+        """Add ``key`` (which must not be present) with ``value``."""
+        maxes = self._maxes
+        self._len += 1
+        if not maxes:
+            self._keys.append([key])
+            self._vals.append([value])
+            maxes.append(key)
+            self._fenwick = None
+            return
+        if key > maxes[-1]:
+            b = len(maxes) - 1
+            keys = self._keys[b]
+            keys.append(key)
+            self._vals[b].append(value)
+            maxes[b] = key
+        else:
+            b = bisect_left(maxes, key)
+            keys = self._keys[b]
+            i = bisect_left(keys, key)
+            keys.insert(i, key)
+            self._vals[b].insert(i, value)
+        if len(keys) > 2 * _LOAD:
+            vals = self._vals[b]
+            self._keys[b : b + 1] = [keys[:_LOAD], keys[_LOAD:]]
+            self._vals[b : b + 1] = [vals[:_LOAD], vals[_LOAD:]]
+            maxes[b : b + 1] = [keys[_LOAD - 1], keys[-1]]
+            self._fenwick = None
+        else:
+            self._bump(b, 1)
+
+    def _drop(self, b: int, i: int) -> V:
+        keys = self._keys[b]
+        vals = self._vals[b]
+        del keys[i]
+        value = vals.pop(i)
+        self._len -= 1
+        if not keys:
+            del self._keys[b]
+            del self._vals[b]
+            del self._maxes[b]
+            self._fenwick = None
+        else:
+            if i == len(keys):
+                self._maxes[b] = keys[-1]
+            self._bump(b, -1)
+        return value
+
+    def pop(self, key: Any) -> V:
+        """Remove ``key`` and return its value. Raises KeyError if absent."""
+        maxes = self._maxes
+        b = bisect_left(maxes, key)
+        if b < len(maxes):
+            keys = self._keys[b]
+            i = bisect_left(keys, key)
+            if i < len(keys) and keys[i] == key:
+                return self._drop(b, i)
+        raise KeyError(key)
+
+    def pop_first(self) -> tuple[Any, V]:
+        """Remove and return the smallest (key, value). Raises IndexError if empty."""
+        if not self._len:
+            raise IndexError("pop from an empty RankedMap")
+        key = self._keys[0][0]
+        return key, self._drop(0, 0)
+
+    def first(self) -> tuple[Any, V]:
+        """The smallest (key, value). Raises IndexError if empty."""
+        if not self._len:
+            raise IndexError("first of an empty RankedMap")
+        return self._keys[0][0], self._vals[0][0]
+
+    def last_key(self) -> Any:
+        """The largest key. Raises IndexError if empty."""
+        return self._maxes[-1]
+
+    def rank(self, key: Any) -> int:
+        """How many keys are smaller than ``key`` (present or not)."""
+        maxes = self._maxes
+        b = bisect_left(maxes, key)
+        if b == len(maxes):
+            return self._len
+        tree = self._fenwick
+        if tree is None:
+            tree = self._build()
+        total = 0
+        i = b
+        while i > 0:
+            total += tree[i]
+            i -= i & -i
+        return total + bisect_left(self._keys[b], key)
+
+    def count_le(self, key: Any) -> int:
+        """How many keys are smaller than or equal to ``key``."""
+        maxes = self._maxes
+        b = bisect_left(maxes, key)
+        if b == len(maxes):
+            return self._len
+        return self.rank(key) + (bisect_right(self._keys[b], key) - bisect_left(self._keys[b], key))
+
+    def _build(self) -> list[int]:
+        n = len(self._keys)
+        tree = [0] * (n + 1)
+        for j, keys in enumerate(self._keys, 1):
+            tree[j] += len(keys)
+            parent = j + (j & -j)
+            if parent <= n:
+                tree[parent] += tree[j]
+        self._fenwick = tree
+        return tree
