@@ -148,9 +148,11 @@ def estimate_wait(
         return 0.0
     mean = window.mean()
     if mean is None:
-        if throughput_1m > 0:
-            return position * 60.0 / throughput_1m
-        return float(position)
+        step = 60.0 / throughput_1m if throughput_1m > 0 else 1.0
+        known = sorted(held)  # promised slots free up at known times
+        if position <= len(known):
+            return known[position - 1]
+        return (known[-1] if known else 0.0) + (position - len(known)) * step
     free = sorted([window.remaining(e, mean) for e in elapsed] + list(held))
     excess = len(free) - slots
     if excess > 0:

@@ -98,6 +98,7 @@ class JobHandle(Generic[T]):
     __slots__ = (
         "__weakref__",
         "_backend",
+        "_begun",
         "_exc",
         "_fn",
         "_preempt_requested",
@@ -147,6 +148,7 @@ class JobHandle(Generic[T]):
         self._exc: BaseException | None = None
         self._waiters: list[asyncio.Future[None]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._begun = False  # the current run's task has started executing
         self._preemptions = 0
         self._preempt_requested = False
 

@@ -426,9 +426,11 @@ class Lane:
             if grant is not None and not grant.done():
                 grant.set_result(None)
         else:
+            job._begun = False
             job._task = self._loop_().create_task(self._run(job, fn))
 
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
+        job._begun = True
         CURRENT_JOB.set(job)
         try:
             awaitable = fn()
@@ -545,6 +547,10 @@ class Lane:
         task = job._task
         if job._state is _RUNNING and task is not None and not task.done():
             task.cancel()
+            if not job._begun and job._fn is not None:
+                # A task cancelled before its first step never runs its body (so never
+                # reaches ``_run``'s handlers): end the run here.
+                self._ended(job, None, None, cancelled=True)
 
     # -- cancellation ----------------------------------------------------------------------
 

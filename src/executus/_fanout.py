@@ -1,0 +1,1314 @@
+"""Fanout: run ``fn(item)`` for many items under a global cap and per-key caps.
+
+Architecture (why it is shaped this way):
+
+- **A bounded pool of worker tasks, not a task per item.** Each worker loops: take the
+  next runnable item (one synchronous step, ``_Swarm._take``), await ``fn(item)``,
+  record its ``Outcome``, repeat. The pool never exceeds ``max_concurrent`` workers, so
+  the global cap holds by construction, and an item costs no task creation, no
+  semaphore and no gather bookkeeping. Workers are spawned on demand (a worker that
+  takes an item while more are runnable and nobody is idle spawns a helper), so a swarm
+  of instant items runs on one or two tasks.
+- **A read-ahead window.** Items are read lazily from the input (an iterable or an
+  async iterable) into per-key queues; at most ``read_ahead`` items are read but not
+  started at any time. Memory is bounded by the caps and the window, not by the input
+  size (``fanout_iter``; ``fanout`` keeps one ``Outcome`` per item for its result).
+- **Fair interleaving.** Keys that have a queued item and a free per-key slot wait in
+  one round-robin ring; each start takes the ring's head and puts it back at the tail.
+  A key with many items therefore takes turns with a key with few, and an item of a
+  key that has a free slot never waits behind a key at its cap: no global slot stays
+  idle while a runnable item is within the window.
+- **Lanes.** A key mapped to a lane runs its items as jobs of that lane (with the
+  swarm's priority and preemptibility). The item holds its fanout slot while it is
+  queued or running in the lane, so the fanout caps still bound what the swarm has in
+  flight, and the lane decides when each job runs.
+
+Invariants (checked by the tests that record concurrency):
+
+1. ``running <= max_concurrent`` and, per key, ``running[k] <= cap(k)`` at all times.
+2. ``queued <= read_ahead`` (items read but not started).
+3. Every item read gets exactly one ``Outcome`` (ok, failed or cancelled), unless the
+   caller abandons the swarm (cancels ``fanout`` or closes ``fanout_iter``).
+4. When ``fanout``/``fanout_iter`` returns or raises, no task it started is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sys
+from collections import deque
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    Sized,
+)
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Generic, Literal, Protocol, TextIO, TypeVar
+
+from ._clock import Clock, SystemClock
+from ._errors import JobPreempted
+from ._job import JobHandle
+
+__all__ = [
+    "DEFAULT_READ_AHEAD",
+    "FanoutProgress",
+    "KeyProgress",
+    "LaneLike",
+    "Outcome",
+    "ProgressLine",
+    "fanout",
+    "fanout_iter",
+    "grid",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+C = TypeVar("C")
+
+log = logging.getLogger("executus.fanout")
+
+DEFAULT_READ_AHEAD = 256
+"""How many items ``fanout`` reads ahead of the ones running, unless told otherwise."""
+
+_CANCELLED_MSG = "cancelled: the swarm stopped before this item finished"
+
+
+class LaneLike(Protocol):
+    """The part of a lane's interface that fanout uses (``Lane`` and ``RedisLane``)."""
+
+    async def submit(
+        self,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        key: str | None = ...,
+        priority: int = ...,
+        preemptible: bool = ...,
+    ) -> JobHandle[Any]:
+        """Submit a job and return its handle."""
+        ...
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+
+class Outcome(Generic[T, R]):
+    """What happened to one item of a swarm.
+
+    Attributes are read-only by convention (the class is built for speed, one per item).
+
+    Attributes:
+        index: the item's position in the input (0-based).
+        item: the item itself (for ``grid``, the ``(row, col)`` pair).
+        key: the item's key (``key(item)``; None when no key function was given).
+        ok: True when ``fn`` returned a value.
+        value: what ``fn`` returned, or None.
+        error: the exception ``fn`` raised; ``asyncio.CancelledError`` for an item the
+            swarm cancelled (``fail_fast``); ``JobPreempted`` for an item preempted in
+            its lane with ``on_preempt="report"``; else None.
+        preemptions: how many times the item was preempted and run again.
+
+    Example::
+
+        for o in await fanout(urls, fetch, max_concurrent=8):
+            print(o.item, o.value if o.ok else f"failed: {o.error!r}", f"{o.run:.2f}s")
+    """
+
+    __slots__ = (
+        "_t_end",
+        "_t_read",
+        "_t_start",
+        "_wall",
+        "error",
+        "index",
+        "item",
+        "key",
+        "ok",
+        "preemptions",
+        "value",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        item: T,
+        key: Hashable,
+        ok: bool,
+        value: R | None,
+        error: BaseException | None,
+        t_read: float,
+        t_start: float | None,
+        t_end: float,
+        wall: float,
+        preemptions: int = 0,
+    ) -> None:
+        self.index = index
+        self.item = item
+        self.key = key
+        self.ok = ok
+        self.value = value
+        self.error = error
+        self.preemptions = preemptions
+        self._t_read = t_read
+        self._t_start = t_start
+        self._t_end = t_end
+        self._wall = wall  # wall clock minus monotonic clock, read once per swarm
+
+    @property
+    def cancelled(self) -> bool:
+        """True when the swarm cancelled the item (fail-fast) before it finished."""
+        return isinstance(self.error, asyncio.CancelledError)
+
+    @property
+    def wait(self) -> float:
+        """Seconds from being read to starting (to ending, if it never started)."""
+        start = self._t_end if self._t_start is None else self._t_start
+        return max(0.0, start - self._t_read)
+
+    @property
+    def run(self) -> float:
+        """Seconds from its (last) start to its end; 0.0 if it never started."""
+        if self._t_start is None:
+            return 0.0
+        return max(0.0, self._t_end - self._t_start)
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When the item (last) started, aware UTC; None if it never started."""
+        if self._t_start is None:
+            return None
+        return datetime.fromtimestamp(self._t_start + self._wall, UTC)
+
+    @property
+    def finished_at(self) -> datetime:
+        """When the item ended, aware UTC."""
+        return datetime.fromtimestamp(self._t_end + self._wall, UTC)
+
+    def result(self) -> R:
+        """The item's value, or raise its error.
+
+        Raises:
+            BaseException: the item's ``error`` (the same object).
+        """
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        if self.ok:
+            what = f"ok value={self.value!r:.60}"
+        elif self.cancelled:
+            what = "cancelled"
+        else:
+            what = f"failed error={self.error!r:.60}"
+        return f"<Outcome #{self.index} key={self.key!r} {what}>"
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyProgress:
+    """Counts for one key of a swarm.
+
+    Attributes:
+        done: items of this key that ended (in any way).
+        failed: items that ended with an error (cancellations not included).
+        cancelled: items the swarm cancelled.
+        running: items holding a slot now (for a lane key: queued or running in the lane).
+        queued: items read and waiting for a slot.
+    """
+
+    done: int
+    failed: int
+    cancelled: int
+    running: int
+    queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutProgress:
+    """A snapshot of a swarm's progress, handed to the ``progress`` callback.
+
+    Attributes:
+        done: items that ended (succeeded, failed or cancelled).
+        succeeded: items whose ``fn`` returned a value.
+        failed: items that ended with an error (cancellations not included).
+        cancelled: items the swarm cancelled.
+        running: items holding a slot now.
+        queued: items read from the input and waiting for a slot.
+        total: how many items there are, when the input has a length; else None.
+        elapsed: seconds since the swarm started.
+        eta: estimated seconds until the swarm ends (needs ``total`` and one finished
+            item; else None).
+        keys: per-key counts, by key.
+        finished: True on the last report of the swarm.
+    """
+
+    done: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    running: int
+    queued: int
+    total: int | None
+    elapsed: float
+    eta: float | None
+    keys: Mapping[Hashable, KeyProgress] = field(default_factory=dict)
+    finished: bool = False
+
+
+def _fmt_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f}s"
+    m, sec = divmod(int(s + 0.5), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+class ProgressLine:
+    """A ``progress`` callback that draws one live line on a terminal.
+
+    On a TTY it rewrites a single line (``\\r``) at each report and ends it with a
+    newline on the final one; on anything else (a file, a pipe, CI logs) it writes only
+    one plain summary line at the end. ``fanout(..., progress=True)`` uses
+    ``ProgressLine()``.
+
+    Args:
+        stream: where to write; None means ``sys.stderr`` at the time of each report.
+        label: the word that opens each line.
+
+    Example::
+
+        outcomes = await fanout(items, fn, max_concurrent=8, progress=ProgressLine(label="crawl"))
+    """
+
+    __slots__ = ("_label", "_stream", "_width")
+
+    def __init__(self, stream: TextIO | None = None, *, label: str = "fanout") -> None:
+        self._stream = stream
+        self._label = label
+        self._width = 0
+
+    def _tty(self, stream: TextIO) -> bool:
+        isatty = getattr(stream, "isatty", None)
+        try:
+            return bool(isatty()) if isatty is not None else False
+        except (ValueError, OSError):  # a closed or detached stream
+            return False
+
+    def format(self, p: FanoutProgress) -> str:
+        """The text of one report (without line control characters)."""
+        count = f"{p.done}/{p.total}" if p.total is not None else f"{p.done}"
+        if p.finished:
+            return (
+                f"{self._label}: {count} done: {p.succeeded} succeeded, {p.failed} failed, "
+                f"{p.cancelled} cancelled in {_fmt_seconds(p.elapsed)}"
+            )
+        parts = [f"{self._label}: {count} done"]
+        if p.failed:
+            parts.append(f"{p.failed} failed")
+        parts.append(f"{p.running} running, {p.queued} queued")
+        eta = "" if p.eta is None else f", ~{_fmt_seconds(p.eta)} left"
+        parts.append(f"{_fmt_seconds(p.elapsed)}{eta}")
+        return " | ".join(parts)
+
+    def __call__(self, p: FanoutProgress) -> None:
+        """Draw (TTY) or, at the end, print (otherwise) the report ``p``."""
+        stream = sys.stderr if self._stream is None else self._stream
+        if self._tty(stream):
+            text = self.format(p)
+            pad = max(0, self._width - len(text))
+            self._width = len(text)
+            stream.write("\r" + text + " " * pad + ("\n" if p.finished else ""))
+            stream.flush()
+        elif p.finished:
+            stream.write(self.format(p) + "\n")
+            stream.flush()
+
+    def __repr__(self) -> str:
+        return f"ProgressLine(label={self._label!r})"
+
+
+ProgressCallback = Callable[[FanoutProgress], object]
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+class _KeyState:
+    """One key's queue and counters. ``in_ring``: it is in the round-robin ring."""
+
+    __slots__ = (
+        "cancelled",
+        "cap",
+        "done",
+        "failed",
+        "in_ring",
+        "key",
+        "lane",
+        "lane_key",
+        "pending",
+        "running",
+    )
+
+    def __init__(self, key: Hashable, cap: int | None, lane: LaneLike | None) -> None:
+        self.key = key
+        self.cap = cap
+        self.lane = lane
+        self.lane_key: str | None = key if key is None or isinstance(key, str) else str(key)
+        self.pending: deque[tuple[int, Any, float, int]] = deque()
+        self.running = 0
+        self.in_ring = False
+        self.done = 0
+        self.failed = 0
+        self.cancelled = 0
+
+
+def _check_cap(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+def _is_lane(obj: object) -> bool:
+    return callable(getattr(obj, "submit", None))
+
+
+class _Swarm(Generic[T, R]):
+    """One fanout run: the window, the ring, the workers and the results."""
+
+    def __init__(
+        self,
+        items: Iterable[T] | AsyncIterable[T],
+        fn: Callable[[T], Awaitable[R]],
+        *,
+        key: Callable[[T], Hashable] | None,
+        max_concurrent: int | None,
+        per_key: int | Mapping[Hashable, int] | None,
+        lanes: Mapping[Hashable, LaneLike] | LaneLike | None,
+        fail_fast: bool,
+        progress: ProgressCallback | bool | None,
+        progress_interval: float,
+        read_ahead: int | None,
+        lane_priority: int,
+        lane_preemptible: bool,
+        on_preempt: str,
+        clock: Clock | None,
+        collect: bool,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be a callable returning an awaitable, got {fn!r}")
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a callable or None, got {key!r}")
+        self._fn = fn
+        self._key = key
+        self._cap = None if max_concurrent is None else _check_cap("max_concurrent", max_concurrent)
+        self._default_cap: int | None = None
+        self._caps: Mapping[Hashable, int] = {}
+        if isinstance(per_key, Mapping):
+            self._caps = {k: _check_cap(f"per_key[{k!r}]", v) for k, v in per_key.items()}
+        elif per_key is not None:
+            self._default_cap = _check_cap("per_key", per_key)
+        self._lane_all: LaneLike | None = None
+        self._lanes: Mapping[Hashable, LaneLike] = {}
+        if lanes is not None:
+            if _is_lane(lanes):
+                self._lane_all = lanes  # type: ignore[assignment]
+            elif isinstance(lanes, Mapping):
+                for k, lane in lanes.items():
+                    if not _is_lane(lane):
+                        raise TypeError(f"lanes[{k!r}] must be a lane, got {lane!r}")
+                self._lanes = lanes
+            else:
+                raise TypeError(f"lanes must be a lane or a mapping of key to lane, got {lanes!r}")
+        self._fail_fast = bool(fail_fast)
+        self._read_ahead = (
+            DEFAULT_READ_AHEAD if read_ahead is None else _check_cap("read_ahead", read_ahead)
+        )
+        if isinstance(lane_priority, bool) or not isinstance(lane_priority, int):
+            raise TypeError(f"lane_priority must be an int, got {lane_priority!r}")
+        self._lane_priority = lane_priority
+        self._lane_preemptible = bool(lane_preemptible)
+        if on_preempt not in ("requeue", "report"):
+            raise ValueError(f'on_preempt must be "requeue" or "report", got {on_preempt!r}')
+        self._requeue = on_preempt == "requeue"
+        if progress is True:
+            progress = ProgressLine()
+        elif progress is False:
+            progress = None
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be a callable, True or None, got {progress!r}")
+        if progress_interval < 0:
+            raise ValueError(f"progress_interval must be >= 0, got {progress_interval!r}")
+        self._progress: ProgressCallback | None = progress
+        self._progress_interval = progress_interval
+        self._clock = SystemClock() if clock is None else clock
+        self._mono = self._clock.monotonic
+        self._wall = self._clock.time() - self._mono()
+
+        # Input.
+        self._total: int | None = None
+        self._sized_items: Iterable[T] | None = None
+        self._ait: AsyncIterator[T] | None = None
+        self._it: Iterator[T] | None = None
+        if isinstance(items, AsyncIterable):
+            self._ait = aiter(items)
+        elif isinstance(items, Iterable):
+            if isinstance(items, Sized):
+                self._total = len(items)
+            self._it = iter(items)
+        else:
+            raise TypeError(f"items must be an iterable or an async iterable, got {items!r}")
+        self._index = 0
+        self._exhausted = False
+
+        # Scheduling state.
+        self._keys: dict[Hashable, _KeyState] = {}
+        self._keep_keys = self._progress is not None  # per-key counts outlive idle keys
+        self._ring: deque[_KeyState] = deque()
+        self._n_pending = 0
+        self._running = 0
+        self._n_workers = 0
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False  # fail-fast, a fatal error, or the caller left
+        self._fatal: BaseException | None = None
+        self._space: asyncio.Future[None] | None = None  # the reader waits for room
+        self._finished: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker_task: asyncio.Task[None] | None = None
+
+        # Results.
+        self._collect = collect
+        self._results: list[Outcome[T, R] | None] = []
+        self._out: deque[Outcome[T, R]] = deque()
+        self._out_limit = max(self._read_ahead, self._cap or 0, 1)
+        self._out_waiter: asyncio.Future[None] | None = None  # the consumer waits
+        self._out_space: asyncio.Future[None] | None = None  # workers wait
+        self._done = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._t0 = self._mono()
+        self._last_report = -1.0e18
+
+    # -- keys and the ring (all synchronous) -------------------------------------------------
+
+    def _key_state(self, k: Hashable) -> _KeyState:
+        ks = self._keys.get(k)
+        if ks is None:
+            lane = self._lanes.get(k, self._lane_all)
+            cap = self._caps.get(k, self._default_cap)
+            if cap is None and lane is not None:
+                # A lane key without its own cap keeps at most one job per lane slot in
+                # flight, so interactive jobs are not queued behind a swarm backlog.
+                lane_max = getattr(lane, "max_concurrent", None)
+                if isinstance(lane_max, int) and not isinstance(lane_max, bool) and lane_max > 0:
+                    cap = lane_max
+            ks = self._keys[k] = _KeyState(k, cap, lane)
+        return ks
+
+    def _read_one(self, item: T) -> None:
+        """Put a freshly read item into its key's queue (or record its key error)."""
+        index = self._index
+        self._index = index + 1
+        if self._collect:
+            self._results.append(None)
+        try:
+            k = None if self._key is None else self._key(item)
+            ks = self._key_state(k)
+        except Exception as exc:  # the key function failed: the item's own error
+            now = self._mono()
+            self._record(
+                None, Outcome(index, item, None, False, None, exc, now, None, now, self._wall)
+            )
+            return
+        ks.pending.append((index, item, self._mono(), 0))
+        self._n_pending += 1
+        if not ks.in_ring and (ks.cap is None or ks.running < ks.cap):
+            ks.in_ring = True
+            self._ring.append(ks)
+
+    def _fill(self) -> None:
+        """Read from a synchronous input until the window is full or it ends."""
+        it = self._it
+        assert it is not None
+        while self._n_pending < self._read_ahead and not self._stopping:
+            try:
+                item = next(it)
+            except StopIteration:
+                self._exhausted = True
+                self._it = None
+                return
+            self._read_one(item)
+
+    def _take(self) -> tuple[_KeyState, int, Any, float, int] | None:
+        """The next item to start (round robin over runnable keys), or None."""
+        if self._stopping:
+            return None
+        if self._it is not None and self._n_pending < self._read_ahead:
+            self._fill()
+        ring = self._ring
+        if not ring:
+            return None
+        ks = ring.popleft()
+        entry = ks.pending.popleft()
+        self._n_pending -= 1
+        ks.running += 1
+        self._running += 1
+        if ks.pending and (ks.cap is None or ks.running < ks.cap):
+            ring.append(ks)
+        else:
+            ks.in_ring = False
+        if ring:
+            self._more_hands()
+        elif self._exhausted and not self._n_pending:
+            self._wake_all()  # nothing left to start: let idle workers leave
+        if self._space is not None and self._n_pending < self._read_ahead:
+            space, self._space = self._space, None
+            if not space.done():
+                space.set_result(None)
+        return ks, entry[0], entry[1], entry[2], entry[3]
+
+    def _release(self, ks: _KeyState) -> None:
+        """A slot of ``ks`` is free again."""
+        ks.running -= 1
+        self._running -= 1
+        if ks.pending:
+            if not ks.in_ring:
+                ks.in_ring = True
+                self._ring.append(ks)
+        elif not ks.running and not self._keep_keys:
+            del self._keys[ks.key]
+
+    def _more_hands(self) -> None:
+        """Runnable items are waiting: wake an idle worker, or start one if allowed."""
+        idle = self._idle
+        while idle:
+            fut = idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        if not self._stopping and (self._cap is None or self._n_workers < self._cap):
+            self._spawn_worker()
+
+    def _wake_all(self) -> None:
+        idle = self._idle
+        while idle:
+            fut = idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        assert self._loop is not None
+        task: asyncio.Task[None] = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _spawn_worker(self) -> None:
+        # Counted from now, not from its first step, so the swarm is never seen as
+        # finished while a worker is about to start; the done callback runs even if the
+        # task is cancelled before its first step.
+        self._n_workers += 1
+        self._spawn(self._worker()).add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        self._n_workers -= 1
+        self._check_finished()
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _record(self, ks: _KeyState | None, outcome: Outcome[T, R]) -> None:
+        """Store an outcome; count it; start fail-fast on a first error."""
+        self._done += 1
+        if outcome.ok:
+            pass
+        elif isinstance(outcome.error, asyncio.CancelledError):
+            self._cancelled += 1
+            if ks is not None:
+                ks.cancelled += 1
+        else:
+            self._failed += 1
+            if ks is not None:
+                ks.failed += 1
+            if self._fail_fast and not self._stopping:
+                self._stop()
+        if ks is not None:
+            ks.done += 1
+        if self._collect:
+            self._results[outcome.index] = outcome
+        else:
+            self._out.append(outcome)
+            waiter = self._out_waiter
+            if waiter is not None:
+                self._out_waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
+        if self._progress is not None:
+            self._report()
+
+    def _cancel_outcome(
+        self,
+        ks: _KeyState | None,
+        index: int,
+        item: T,
+        t_read: float,
+        t_start: float | None,
+        pre: int,
+    ) -> Outcome[T, R]:
+        return Outcome(
+            index,
+            item,
+            None if ks is None else ks.key,
+            False,
+            None,
+            asyncio.CancelledError(_CANCELLED_MSG),
+            t_read,
+            t_start,
+            self._mono(),
+            self._wall,
+            pre,
+        )
+
+    def _stop(self) -> None:
+        """Fail fast: cancel what is queued or running, read nothing more."""
+        self._stopping = True
+        for ks in list(self._keys.values()):
+            while ks.pending:
+                index, item, t_read, pre = ks.pending.popleft()
+                self._n_pending -= 1
+                self._record(ks, self._cancel_outcome(ks, index, item, t_read, None, pre))
+            ks.in_ring = False
+        self._ring.clear()
+        if self._collect and self._it is not None and self._total is not None:
+            # A sized input (a list, a range...) gets one outcome per element, so the
+            # result lines up with it; unread items are reported cancelled too.
+            for item in self._it:
+                index = self._index
+                self._index += 1
+                self._results.append(None)
+                now = self._mono()
+                self._record(None, self._cancel_outcome(None, index, item, now, None, 0))
+        self._it = None
+        me = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not me:
+                task.cancel()
+        self._wake_all()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The input or the machinery broke: stop everything and raise ``exc`` later."""
+        if self._fatal is None:
+            self._fatal = exc
+        self._stopping = True
+        self._ring.clear()
+        me = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not me:
+                task.cancel()
+        self._wake_all()
+
+    # -- progress ----------------------------------------------------------------------------
+
+    def snapshot(self, *, finished: bool = False) -> FanoutProgress:
+        """The swarm's counts now."""
+        elapsed = max(0.0, self._mono() - self._t0)
+        eta: float | None = None
+        if self._total is not None:
+            if finished or self._done >= self._total:
+                eta = 0.0
+            elif self._done and elapsed > 0:
+                eta = (self._total - self._done) * elapsed / self._done
+        keys = {
+            ks.key: KeyProgress(ks.done, ks.failed, ks.cancelled, ks.running, len(ks.pending))
+            for ks in self._keys.values()
+        }
+        return FanoutProgress(
+            done=self._done,
+            succeeded=self._done - self._failed - self._cancelled,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            running=self._running,
+            queued=self._n_pending,
+            total=self._total,
+            elapsed=elapsed,
+            eta=eta,
+            keys=MappingProxyType(keys),
+            finished=finished,
+        )
+
+    def _report(self, *, force: bool = False, finished: bool = False) -> None:
+        """Call the progress callback, at most once per ``progress_interval``."""
+        cb = self._progress
+        if cb is None:
+            return
+        now = self._mono()
+        if not force and now - self._last_report < self._progress_interval:
+            return
+        self._last_report = now
+        try:
+            cb(self.snapshot(finished=finished))
+        except Exception:  # a broken display must not break the swarm
+            log.exception("fanout progress callback %r failed", cb)
+
+    async def _ticker(self) -> None:
+        """Report at the interval even while nothing ends (long items)."""
+        interval = max(self._progress_interval, 0.01)
+        while True:
+            await asyncio.sleep(interval)
+            self._report()
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        fn = self._fn
+        mono = self._mono
+        wall = self._wall
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                job = self._take()
+            except BaseException as exc:  # the input iterator failed
+                self._fail(exc)
+                return
+            if job is None:
+                if self._stopping or (self._exhausted and not self._n_pending):
+                    return
+                fut = loop.create_future()
+                self._idle.append(fut)
+                await fut
+                continue
+            ks, index, item, t_read, pre = job
+            if ks.lane is not None:
+                await self._run_in_lane(ks, index, item, t_read, pre)
+            else:
+                t_start = mono()
+                try:
+                    value = await fn(item)
+                except Exception as exc:
+                    self._release(ks)
+                    self._record(
+                        ks,
+                        Outcome(
+                            index, item, ks.key, False, None, exc, t_read, t_start, mono(), wall
+                        ),
+                    )
+                except asyncio.CancelledError as exc:
+                    self._release(ks)
+                    if self._stopping and not self._fatal:
+                        self._record(
+                            ks, self._cancel_outcome(ks, index, item, t_read, t_start, pre)
+                        )
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the swarm or its caller cancelled this worker
+                    if not self._stopping:  # fn raised CancelledError by itself
+                        self._record(
+                            ks,
+                            Outcome(
+                                index, item, ks.key, False, None, exc, t_read, t_start, mono(), wall
+                            ),
+                        )
+                except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+                    self._release(ks)
+                    self._fail(exc)
+                    return
+                else:
+                    self._release(ks)
+                    self._record(
+                        ks,
+                        Outcome(
+                            index, item, ks.key, True, value, None, t_read, t_start, mono(), wall
+                        ),
+                    )
+            if not self._collect and len(self._out) >= self._out_limit and not self._stopping:
+                await self._wait_out_space()
+
+    async def _run_in_lane(
+        self, ks: _KeyState, index: int, item: T, t_read: float, pre: int
+    ) -> None:
+        """Run one item as a job of its key's lane; requeue or report a preemption."""
+        lane = ks.lane
+        assert lane is not None
+        fn = self._fn
+        mono = self._mono
+        started: list[float] = []
+
+        def job() -> Awaitable[R]:
+            started.append(mono())
+            return fn(item)
+
+        handle: JobHandle[R] | None = None
+        try:
+            handle = await lane.submit(
+                job,
+                key=ks.lane_key,
+                priority=self._lane_priority,
+                preemptible=self._lane_preemptible,
+            )
+            value = await handle
+        except asyncio.CancelledError:
+            if handle is not None and not handle.done():
+                await handle.cancel()
+            self._release(ks)
+            t_start = started[-1] if started else None
+            if self._stopping and not self._fatal:
+                self._record(ks, self._cancel_outcome(ks, index, item, t_read, t_start, pre))
+            raise
+        except JobPreempted as exc:
+            pre += 1 + (handle.preemptions if handle is not None else 0)
+            if self._requeue and not self._stopping:
+                # Back to the head of its key's queue (before the slot is released, so
+                # the key stays known): it runs again at the key's next turn.
+                ks.pending.appendleft((index, item, t_read, pre))
+                self._n_pending += 1
+                self._release(ks)
+                return
+            self._release(ks)
+            t_start = started[-1] if started else None
+            self._record(
+                ks,
+                Outcome(
+                    index, item, ks.key, False, None, exc, t_read, t_start, mono(), self._wall, pre
+                ),
+            )
+        except Exception as exc:
+            self._release(ks)
+            t_start = started[-1] if started else None
+            if handle is not None:
+                pre += handle.preemptions
+            self._record(
+                ks,
+                Outcome(
+                    index, item, ks.key, False, None, exc, t_read, t_start, mono(), self._wall, pre
+                ),
+            )
+        else:
+            self._release(ks)
+            t_start = started[-1] if started else None
+            pre += handle.preemptions
+            self._record(
+                ks,
+                Outcome(
+                    index, item, ks.key, True, value, None, t_read, t_start, mono(), self._wall, pre
+                ),
+            )
+
+    async def _wait_out_space(self) -> None:
+        """Backpressure for ``fanout_iter``: wait while the consumer is behind."""
+        assert self._loop is not None
+        while len(self._out) >= self._out_limit and not self._stopping:
+            if self._out_space is None or self._out_space.done():
+                self._out_space = self._loop.create_future()
+            await self._out_space
+
+    async def _reader(self) -> None:
+        """Read an async input into the window, waiting while the window is full."""
+        ait = self._ait
+        assert ait is not None
+        assert self._loop is not None
+        try:
+            while not self._stopping:
+                while self._n_pending >= self._read_ahead:
+                    self._space = self._loop.create_future()
+                    await self._space
+                    if self._stopping:
+                        return
+                try:
+                    item = await anext(ait)
+                except StopAsyncIteration:
+                    break
+                if self._stopping:
+                    return
+                self._read_one(item)
+                if self._ring:
+                    self._more_hands()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        finally:
+            self._exhausted = True
+            if not self._n_pending:
+                self._wake_all()
+            self._check_finished()
+
+    def _check_finished(self) -> None:
+        fin = self._finished
+        if fin is None or fin.done():
+            return
+        reader_busy = self._ait is not None and not self._exhausted
+        if self._n_workers == 0 and not reader_busy and (self._stopping or not self._n_pending):
+            fin.set_result(None)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the reader (async input) and the first worker."""
+        self._loop = asyncio.get_running_loop()
+        self._finished = self._loop.create_future()
+        self._t0 = self._mono()
+        if self._ait is not None:
+            self._spawn(self._reader())
+        else:
+            self._spawn_worker()
+        if self._progress is not None:
+            self._report(force=True)
+            self._ticker_task = self._spawn(self._ticker())
+
+    async def wait_finished(self) -> None:
+        assert self._finished is not None
+        self._check_finished()
+        await self._finished
+
+    async def aclose(self) -> None:
+        """Cancel every task still running and wait until all have ended."""
+        self._stopping = True
+        self._wake_all()
+        if self._out_space is not None and not self._out_space.done():
+            self._out_space.set_result(None)
+        pending = set(self._tasks)
+        for task in pending:
+            task.cancel()
+        cancelled_again = False
+        while pending:
+            try:
+                _, pending = await asyncio.wait(pending)
+            except asyncio.CancelledError:
+                # Cancelled while cleaning up: finish cleaning, then re-raise.
+                cancelled_again = True
+                for task in pending:
+                    task.cancel()
+        if cancelled_again:
+            raise asyncio.CancelledError
+
+    def finish_progress(self) -> None:
+        if self._ticker_task is not None:
+            self._ticker_task.cancel()
+        self._report(force=True, finished=True)
+
+    def results(self) -> list[Outcome[T, R]]:
+        return self._results  # type: ignore[return-value]
+
+
+# -- public functions ----------------------------------------------------------------------
+
+
+async def fanout(
+    items: Iterable[T] | AsyncIterable[T],
+    fn: Callable[[T], Awaitable[R]],
+    *,
+    key: Callable[[T], Hashable] | None = None,
+    max_concurrent: int | None = None,
+    per_key: int | Mapping[Hashable, int] | None = None,
+    lanes: Mapping[Hashable, LaneLike] | LaneLike | None = None,
+    fail_fast: bool = False,
+    progress: ProgressCallback | bool | None = None,
+    read_ahead: int | None = None,
+    lane_priority: int = 0,
+    lane_preemptible: bool = False,
+    on_preempt: Literal["requeue", "report"] = "requeue",
+    progress_interval: float = 0.1,
+    clock: Clock | None = None,
+) -> list[Outcome[T, R]]:
+    """Run ``fn(item)`` for every item under a global cap and per-key caps.
+
+    Items are read lazily (an iterator of a million items never becomes a million
+    tasks); each key's items take turns with the other keys'. Errors in ``fn`` do not
+    propagate: each item's ``Outcome`` holds its value or its error.
+
+    Args:
+        items: an iterable or an async iterable of items.
+        fn: called as ``fn(item)``; must return an awaitable (an ``async def``).
+        key: ``key(item)`` gives the item's key (hashable); None puts every item under
+            the key None.
+        max_concurrent: at most this many items run at once overall; None for no global
+            limit (every runnable item within the window starts at once).
+        per_key: at most this many items of one key run at once: an int for every key,
+            or a mapping from key to int. Keys missing from the mapping have no per-key
+            limit, except lane keys (below). None: no per-key limits.
+        lanes: a mapping from key to a ``Lane``/``RedisLane`` (or one lane for every
+            key). Such a key's items run as jobs of its lane, submitted with
+            ``priority=lane_priority`` and ``preemptible=lane_preemptible``; an item
+            holds its fanout slot while its job is queued or running. Without its own
+            ``per_key`` entry, a lane key is capped at the lane's ``max_concurrent``.
+        fail_fast: on the first item that fails, cancel every item still queued or
+            running (their outcomes are cancelled: ``error`` is a CancelledError) and
+            stop reading the input. For a sized input (list, tuple, range...) the unread
+            items are reported cancelled too, so the result lines up with the input.
+        progress: a callable receiving a ``FanoutProgress`` (at most once per
+            ``progress_interval`` seconds, and always once at the end), or True for a
+            live line on stderr (``ProgressLine``). It is called synchronously and must
+            not block; its exceptions are logged and ignored.
+        read_ahead: how many items may be read from the input but not yet started
+            (default ``DEFAULT_READ_AHEAD``, 256). Bigger lets items of other keys fill
+            slots that a key's cap leaves idle further ahead in the input; smaller
+            holds less in memory.
+        lane_priority: the priority of the swarm's lane jobs.
+        lane_preemptible: whether higher-priority lane jobs may evict the swarm's.
+        on_preempt: what happens to an item whose lane job is preempted (with a lane
+            ``Preemption(requeue=False)``): ``"requeue"`` runs it again (first in its
+            key's turn), ``"report"`` ends it with ``error`` = ``JobPreempted``. A lane
+            with ``Preemption(requeue=True)`` requeues inside the lane instead.
+        progress_interval: the minimum seconds between two progress reports.
+        clock: the time source for timings and progress (default: the system clock).
+
+    Returns:
+        One ``Outcome`` per item read, in input order.
+
+    Raises:
+        TypeError: a wrong argument type (not callable ``fn``, a non-int cap...).
+        ValueError: a cap or ``read_ahead`` below 1, an unknown ``on_preempt``.
+        Exception: whatever the input iterator raised (after cancelling the swarm).
+        asyncio.CancelledError: the caller was cancelled; every item was cancelled and
+            no task is left running.
+
+    Example::
+
+        outcomes = await fanout(
+            prompts, lambda p: llm.chat(p), key=lambda p: p.user,
+            max_concurrent=16, per_key=2,
+        )
+        replies = [o.value for o in outcomes if o.ok]
+    """
+    swarm: _Swarm[T, R] = _Swarm(
+        items,
+        fn,
+        key=key,
+        max_concurrent=max_concurrent,
+        per_key=per_key,
+        lanes=lanes,
+        fail_fast=fail_fast,
+        progress=progress,
+        progress_interval=progress_interval,
+        read_ahead=read_ahead,
+        lane_priority=lane_priority,
+        lane_preemptible=lane_preemptible,
+        on_preempt=on_preempt,
+        clock=clock,
+        collect=True,
+    )
+    swarm.start()
+    try:
+        await swarm.wait_finished()
+    finally:
+        await swarm.aclose()
+    if swarm._fatal is not None:
+        raise swarm._fatal
+    swarm.finish_progress()
+    return swarm.results()
+
+
+def fanout_iter(
+    items: Iterable[T] | AsyncIterable[T],
+    fn: Callable[[T], Awaitable[R]],
+    *,
+    key: Callable[[T], Hashable] | None = None,
+    max_concurrent: int | None = None,
+    per_key: int | Mapping[Hashable, int] | None = None,
+    lanes: Mapping[Hashable, LaneLike] | LaneLike | None = None,
+    fail_fast: bool = False,
+    progress: ProgressCallback | bool | None = None,
+    read_ahead: int | None = None,
+    lane_priority: int = 0,
+    lane_preemptible: bool = False,
+    on_preempt: Literal["requeue", "report"] = "requeue",
+    progress_interval: float = 0.1,
+    clock: Clock | None = None,
+) -> AsyncGenerator[Outcome[T, R], None]:
+    """Like ``fanout``, but yield each ``Outcome`` as soon as its item ends.
+
+    The arguments are ``fanout``'s. Memory stays bounded whatever the input size: at
+    most ``read_ahead`` items wait to start, ``max_concurrent`` run, and workers pause
+    while more than ``max(read_ahead, max_concurrent)`` outcomes wait to be consumed.
+    With ``fail_fast``, unread items of a sized input are not reported (reading stops).
+
+    Leaving the loop early (``break``, an exception) stops the swarm: its items are
+    cancelled and its tasks end. Use ``contextlib.aclosing`` to have that happen at once
+    rather than when the generator is collected.
+
+    Yields:
+        Outcomes in completion order (``outcome.index`` is the input position).
+
+    Example::
+
+        async with contextlib.aclosing(fanout_iter(urls, fetch, max_concurrent=8)) as it:
+            async for o in it:
+                print(o.index, o.ok)
+    """
+    swarm: _Swarm[T, R] = _Swarm(
+        items,
+        fn,
+        key=key,
+        max_concurrent=max_concurrent,
+        per_key=per_key,
+        lanes=lanes,
+        fail_fast=fail_fast,
+        progress=progress,
+        progress_interval=progress_interval,
+        read_ahead=read_ahead,
+        lane_priority=lane_priority,
+        lane_preemptible=lane_preemptible,
+        on_preempt=on_preempt,
+        clock=clock,
+        collect=False,
+    )
+    return _iterate(swarm)
+
+
+async def _iterate(swarm: _Swarm[T, R]) -> AsyncGenerator[Outcome[T, R], None]:
+    swarm.start()
+    out = swarm._out
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            while out:
+                outcome = out.popleft()
+                space = swarm._out_space
+                if space is not None and not space.done():
+                    swarm._out_space = None
+                    space.set_result(None)
+                yield outcome
+            fin = swarm._finished
+            assert fin is not None
+            swarm._check_finished()
+            if fin.done():
+                if out:
+                    continue
+                break
+            waiter = loop.create_future()
+            swarm._out_waiter = waiter
+            done, _ = await asyncio.wait({waiter, fin}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                waiter.cancel()
+                swarm._out_waiter = None
+    finally:
+        await swarm.aclose()
+    if swarm._fatal is not None:
+        raise swarm._fatal
+    swarm.finish_progress()
+
+
+class _Product(Sized, Iterable[tuple[T, C]]):
+    """The pairs of ``rows`` x ``cols``, row by row, with a length (for the ETA)."""
+
+    def __init__(self, rows: Sequence[T], cols: Sequence[C]) -> None:
+        self._rows = rows
+        self._cols = cols
+
+    def __len__(self) -> int:
+        return len(self._rows) * len(self._cols)
+
+    def __iter__(self) -> Iterator[tuple[T, C]]:
+        return itertools.product(self._rows, self._cols)
+
+
+async def grid(
+    rows: Iterable[T],
+    cols: Iterable[C],
+    fn: Callable[[T, C], Awaitable[R]],
+    *,
+    key: Callable[[T, C], Hashable] | None = None,
+    max_concurrent: int | None = None,
+    per_key: int | Mapping[Hashable, int] | None = None,
+    lanes: Mapping[Hashable, LaneLike] | LaneLike | None = None,
+    fail_fast: bool = False,
+    progress: ProgressCallback | bool | None = None,
+    read_ahead: int | None = None,
+    lane_priority: int = 0,
+    lane_preemptible: bool = False,
+    on_preempt: Literal["requeue", "report"] = "requeue",
+    progress_interval: float = 0.1,
+    clock: Clock | None = None,
+) -> list[list[Outcome[tuple[T, C], R]]]:
+    """Run ``fn(row, col)`` for every pair: the N x M form of ``fanout``.
+
+    Typical use: every prompt (rows) against every model (cols), each model with its own
+    cap or lane. Items are read row by row; keys interleave, so every column makes
+    progress from the start.
+
+    Args:
+        rows: the row values (read once, into a list).
+        cols: the column values (read once, into a list).
+        fn: called as ``fn(row, col)``; must return an awaitable.
+        key: ``key(row, col)`` gives the pair's key; None (the default) keys by column
+            value, so ``per_key`` and ``lanes`` name columns.
+        max_concurrent: see ``fanout``; the other keyword arguments too.
+        per_key: see ``fanout``.
+        lanes: see ``fanout``.
+        fail_fast: see ``fanout``.
+        progress: see ``fanout``.
+        read_ahead: see ``fanout``.
+        lane_priority: see ``fanout``.
+        lane_preemptible: see ``fanout``.
+        on_preempt: see ``fanout``.
+        progress_interval: see ``fanout``.
+        clock: see ``fanout``.
+
+    Returns:
+        A ``len(rows)`` x ``len(cols)`` matrix: ``result[i][j]`` is the ``Outcome`` of
+        ``fn(rows[i], cols[j])``; its ``item`` is the pair ``(row, col)``.
+
+    Example::
+
+        table = await grid(prompts, ["llama", "mistral"], ask, per_key={"llama": 1, "mistral": 2})
+        for prompt, row in zip(prompts, table):
+            print(prompt, [o.value for o in row])
+    """
+    row_list: Sequence[T] = rows if isinstance(rows, Sequence) else list(rows)
+    col_list: Sequence[C] = cols if isinstance(cols, Sequence) else list(cols)
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be a callable or None, got {key!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable returning an awaitable, got {fn!r}")
+    pair_key: Callable[[tuple[T, C]], Hashable]
+    if key is None:
+
+        def pair_key(pair: tuple[T, C]) -> Hashable:
+            return pair[1]
+
+    else:
+        user_key = key
+
+        def pair_key(pair: tuple[T, C]) -> Hashable:
+            return user_key(pair[0], pair[1])
+
+    def call(pair: tuple[T, C]) -> Awaitable[R]:
+        return fn(pair[0], pair[1])
+
+    outcomes = await fanout(
+        _Product(row_list, col_list),
+        call,
+        key=pair_key,
+        max_concurrent=max_concurrent,
+        per_key=per_key,
+        lanes=lanes,
+        fail_fast=fail_fast,
+        progress=progress,
+        read_ahead=read_ahead,
+        lane_priority=lane_priority,
+        lane_preemptible=lane_preemptible,
+        on_preempt=on_preempt,
+        progress_interval=progress_interval,
+        clock=clock,
+    )
+    n = len(col_list)
+    return [outcomes[i * n : (i + 1) * n] for i in range(len(row_list))]

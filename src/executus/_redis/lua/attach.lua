@@ -1,0 +1,106 @@
+-- attach: create or join the lane; after a Redis restart (or a flush) also re-register
+-- the client's running jobs and re-submit its queued jobs in their original order.
+-- ARGV = client, known epoch ('' if none), fresh epoch, lease_ms,
+--   max ('' adopts), policy ('' adopts | fifo | prio | fair), aging_s, default_weight,
+--   n_weights, n_weights pairs (key, weight),
+--   preemption ('' adopts | 0 | 1), min_runtime_ms, grace_ms, requeue (0/1),
+--   eta window ('' adopts), fence floor, n_running,
+--   n_running x (id, fence, ek, priority, preemptible, seq, run_age_ms, sub_age_ms),
+--   then queued x (id, ek, priority, preemptible, seq, sub_age_ms, nonce).
+-- Reply: {'OK', epoch, {max, pol, aging, dw, pon, pmin, pgrace, preq, win}, {grants}}
+--      | {'POLICY', stored policy}
+local proc, known, fresh = ARGV[1], ARGV[2], ARGV[3]
+local lease = tonumber(ARGV[4])
+local now = now_ms()
+local nw = tonumber(ARGV[9])
+local k = 10 + 2 * nw
+local function set_policy()
+  redis.call('HSET', CFG, 'pol', ARGV[6], 'aging', ARGV[7], 'dw', ARGV[8])
+  redis.call('DEL', WEIGHTS)
+  for i = 0, nw - 1 do
+    redis.call('HSET', WEIGHTS, ARGV[10 + 2 * i], ARGV[11 + 2 * i])
+  end
+end
+if redis.call('EXISTS', CFG) == 0 then
+  local rec = 0
+  -- A client that knew an earlier epoch is recovering from lost state: hold new grants
+  -- for one lease so every client can re-register the jobs it runs.
+  if known ~= '' then rec = now + lease end
+  redis.call('HSET', CFG, 'v', '1', 'epoch', fresh, 'max', '1', 'pol', 'fifo',
+    'aging', '0', 'dw', '1', 'pon', '0', 'pmin', '30000', 'pgrace', '0', 'preq', '0',
+    'win', '16', 'rec', I(rec), 'fence', ARGV[k + 5], 'seq', '0', 'vt', '0')
+  if ARGV[6] ~= '' then set_policy() end
+else
+  load_cfg()
+  if ARGV[6] ~= '' then
+    local same = C.pol == ARGV[6] and C.aging == tonumber(ARGV[7])
+      and C.dw == tonumber(ARGV[8])
+    if not same and redis.call('ZCARD', QT) > 0 then return {'POLICY', C.pol} end
+    set_policy()
+  end
+end
+if ARGV[5] ~= '' then redis.call('HSET', CFG, 'max', ARGV[5]) end
+if ARGV[k] ~= '' then
+  redis.call('HSET', CFG, 'pon', ARGV[k], 'pmin', ARGV[k + 1], 'pgrace', ARGV[k + 2],
+    'preq', ARGV[k + 3])
+end
+if ARGV[k + 4] ~= '' then redis.call('HSET', CFG, 'win', ARGV[k + 4]) end
+load_cfg()
+redis.call('ZADD', PROCS, now + lease, proc)
+local fence = tonumber(redis.call('HGET', CFG, 'fence') or '0') or 0
+if tonumber(ARGV[k + 5]) > fence then redis.call('HSET', CFG, 'fence', ARGV[k + 5]) end
+
+local out = {}
+if known ~= C.epoch then
+  local nrun = tonumber(ARGV[k + 6])
+  local i = k + 7
+  for _ = 1, nrun do
+    local id = ARGV[i]
+    if redis.call('EXISTS', jk(id)) == 0 then
+      local seq = tonumber(ARGV[i + 5])
+      redis.call('HSET', jk(id), 'o', proc, 'ek', ARGV[i + 2], 'p', ARGV[i + 3],
+        'x', ARGV[i + 4], 's', ARGV[i + 5], 'sub', I(now - tonumber(ARGV[i + 7])),
+        'l', I(lease), 'm', string.format('%016d', seq) .. id, 'qs', '0', 'state', 'r',
+        'f', ARGV[i + 1], 'st', I(now - tonumber(ARGV[i + 6])), 'nc', '')
+      redis.call('ZADD', HOLD, now + lease, id)
+      redis.call('SADD', pjk(proc), id)
+      if tonumber(ARGV[i + 1]) > (tonumber(redis.call('HGET', CFG, 'fence')) or 0) then
+        redis.call('HSET', CFG, 'fence', ARGV[i + 1])
+      end
+      if seq > (tonumber(redis.call('HGET', CFG, 'seq')) or 0) then
+        redis.call('HSET', CFG, 'seq', I(seq))
+      end
+    end
+    i = i + 8
+  end
+  while i + 6 <= #ARGV do
+    local id = ARGV[i]
+    if redis.call('EXISTS', jk(id)) == 0 then
+      local seq = tonumber(ARGV[i + 4])
+      local prio = tonumber(ARGV[i + 2])
+      local sub = now - tonumber(ARGV[i + 5])
+      local qs = 0
+      if C.pol == 'prio' then
+        if C.aging > 0 then qs = sub / 1000 - prio * C.aging else qs = -prio end
+      elseif C.pol == 'fair' then
+        qs = -prio
+      end
+      local J = {id = id, o = proc, ek = ARGV[i + 1], p = prio, x = ARGV[i + 3],
+        s = ARGV[i + 4], sub = I(sub), l = lease,
+        m = string.format('%016d', seq) .. id, qs = F(qs)}
+      redis.call('HSET', jk(id), 'o', proc, 'ek', J.ek, 'p', ARGV[i + 2], 'x', J.x,
+        's', J.s, 'sub', J.sub, 'l', I(lease), 'm', J.m, 'qs', J.qs, 'state', 'q',
+        'nc', ARGV[i + 6])
+      q_push(J, false)
+      redis.call('SADD', pjk(proc), id)
+      if seq > (tonumber(redis.call('HGET', CFG, 'seq')) or 0) then
+        redis.call('HSET', CFG, 'seq', I(seq))
+      end
+    end
+    i = i + 7
+  end
+  reap(now, 64)
+  grant(now, proc, out)
+end
+return {'OK', C.epoch, {C.max, C.pol, F(C.aging), F(C.dw), C.pon and 1 or 0, C.pmin,
+  C.pgrace, C.preq and 1 or 0, C.win}, out}

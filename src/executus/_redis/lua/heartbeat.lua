@@ -1,0 +1,69 @@
+-- heartbeat: ARGV = epoch, client, lease_ms, sweep_ms, n_running,
+--   then n_running pairs (job id, fence), then the ids the client believes queued.
+-- Renews the client's liveness and all its leases at once (fences must match), reports
+-- what it lost, grants it missed, fresh positions and ETAs, and queued jobs that are
+-- gone. Also reaps and grants, and (at most once per sweep_ms, lane-wide, guarded by
+-- SET NX PX) drops the queued jobs of dead clients.
+-- Reply: {'OK', {lost ids}, {granted id, fence...}, {queued id, position, eta...},
+--         {gone ids}, {grants id, fence...}}
+local bad = enter(ARGV[1])
+if bad then return bad end
+local proc = ARGV[2]
+local lease = tonumber(ARGV[3])
+local sweep = tonumber(ARGV[4])
+local nrun = tonumber(ARGV[5])
+local now = now_ms()
+redis.call('ZADD', PROCS, now + lease, proc)
+reap(now, 256)
+
+if redis.call('SET', P .. 'sweep', proc, 'NX', 'PX', sweep) then
+  local dead = redis.call('ZRANGEBYSCORE', PROCS, '-inf', now, 'LIMIT', 0, 8)
+  for _, d in ipairs(dead) do
+    local ids = redis.call('SRANDMEMBER', pjk(d), 1000)
+    local left = 0
+    for _, id in ipairs(ids) do
+      local J = jget(id)
+      if not J then
+        redis.call('SREM', pjk(d), id)
+      elseif J.state == 'q' then
+        drop(J)
+      else
+        left = left + 1
+      end
+    end
+    if left == 0 and redis.call('SCARD', pjk(d)) == 0 then
+      redis.call('ZREM', PROCS, d)
+      redis.call('DEL', wk(d), pjk(d))
+    end
+  end
+end
+
+local lost, granted, queued, gone, out = {}, {}, {}, {}, {}
+for i = 0, nrun - 1 do
+  local id, fence = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
+  local J = jget(id)
+  if J and J.state == 'r' and J.f == fence and redis.call('ZSCORE', HOLD, id) then
+    redis.call('ZADD', HOLD, 'XX', now + J.l, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+grant(now, proc, out)
+for i = 6 + 2 * nrun, #ARGV do
+  local id = ARGV[i]
+  local J = jget(id)
+  if not J or J.o ~= proc then
+    gone[#gone + 1] = id
+  elseif J.state == 'r' then
+    -- granted while its wake-up was lost: renew and hand it over now
+    redis.call('ZADD', HOLD, 'XX', now + J.l, id)
+    granted[#granted + 1] = id
+    granted[#granted + 1] = J.f
+  else
+    local pos = position(J)
+    queued[#queued + 1] = id
+    queued[#queued + 1] = pos
+    queued[#queued + 1] = F(eta(pos, now))
+  end
+end
+return {'OK', lost, granted, queued, gone, out}

@@ -1,0 +1,105 @@
+-- submit: ARGV = epoch, client, job id, nonce, has_key, key, priority, preemptible,
+-- lease_ms, max_wait_ms (negative: no gate).
+-- Reply: {'RUN', fence, seq, grants...} | {'Q', position, eta, seq, grants...}
+--      | {'BUSY', position, eta} | {'DUP'} | {'NOLANE'} | {'EPOCH', epoch}
+local bad = enter(ARGV[1])
+if bad then return bad end
+local proc, id, nonce = ARGV[2], ARGV[3], ARGV[4]
+local prio = tonumber(ARGV[7])
+local lease = tonumber(ARGV[9])
+local max_wait = tonumber(ARGV[10])
+local now = now_ms()
+reap(now, 64)
+
+local out = {}
+local old = jget(id)
+if old then
+  if old.o == proc and old.nc == nonce then
+    -- A retry of a submit whose reply was lost: report, change nothing.
+    if old.state == 'r' then return {'RUN', old.f, old.s} end
+    return {'Q', position(old), F(eta(position(old), now)), old.s}
+  end
+  return {'DUP'}
+end
+
+local seq = next_seq(now)
+local ek = '~'
+if ARGV[5] == '1' then ek = '=' .. ARGV[6] end
+local qs = 0
+if C.pol == 'prio' then
+  if C.aging > 0 then
+    -- priority p after w seconds waited ranks as p + w / aging: order by s - p * aging
+    qs = now / 1000 - prio * C.aging
+  else
+    qs = -prio
+  end
+elseif C.pol == 'fair' then
+  qs = -prio
+end
+local J = {id = id, o = proc, ek = ek, p = prio, x = ARGV[8], s = I(seq), sub = I(now),
+  l = lease, m = string.format('%016d', seq) .. id, qs = F(qs), state = 'q'}
+redis.call('HSET', jk(id), 'o', proc, 'ek', ek, 'p', ARGV[7], 'x', J.x, 's', J.s,
+  'sub', J.sub, 'l', I(lease), 'm', J.m, 'qs', J.qs, 'state', 'q', 'nc', nonce)
+q_push(J, false)
+grant(now, proc, out)
+local st = redis.call('HMGET', jk(id), 'state', 'f')
+if st[1] == 'r' then
+  -- started at once: it is the first pair of grants (drop it from the list)
+  local rest = {'RUN', st[2], J.s}
+  for i = 1, #out, 2 do
+    if out[i] ~= id then
+      rest[#rest + 1] = out[i]
+      rest[#rest + 1] = out[i + 1]
+    end
+  end
+  redis.call('HINCRBY', CFG, 'n_sub', 1)
+  redis.call('SADD', pjk(proc), id)
+  return rest
+end
+
+-- Queued. Preemption: evict the lowest-priority, earliest-started preemptible job that
+-- has run min_runtime, when the lane is full and this job outranks it.
+local victim = nil
+if C.pon and C.rec <= now and redis.call('ZCARD', HOLD) >= C.max then
+  local held = redis.call('ZRANGE', HOLD, 0, 999)
+  local best = nil
+  for _, hid in ipairs(held) do
+    local H = jget(hid)
+    if H and H.x == '1' and not H.va and H.p < prio and H.st and now - H.st >= C.pmin then
+      if not best or H.p < best.p or (H.p == best.p and H.st < best.st) then best = H end
+    end
+  end
+  -- one arrival per victim: only when fewer arrivals wait than victims were chosen
+  if best then
+    local pending = 0
+    for _, hid in ipairs(held) do
+      if redis.call('HEXISTS', jk(hid), 'va') == 1 then pending = pending + 1 end
+    end
+    if redis.call('LLEN', PQ) >= pending then victim = best end
+  end
+end
+if victim then
+  q_remove(J)
+  redis.call('RPUSH', PQ, id)
+  redis.call('ZADD', QT, J.sub, id)
+  redis.call('HSET', jk(id), 'pq', '1')
+  J.pq = '1'
+  redis.call('HSET', jk(victim.id), 'va', I(now))
+end
+local pos = position(J)
+local e = eta(pos, now)
+if max_wait >= 0 and e * 1000 > max_wait then
+  if victim then redis.call('HDEL', jk(victim.id), 'va') end
+  q_remove(J)
+  redis.call('DEL', jk(id))
+  redis.call('HINCRBY', CFG, 'n_rej', 1)
+  return {'BUSY', pos, F(e)}
+end
+if victim then
+  wake(victim.o, 'P ' .. victim.id .. ' ' .. victim.f .. ' ' .. I(C.pgrace), now)
+end
+redis.call('HINCRBY', CFG, 'n_sub', 1)
+redis.call('SADD', pjk(proc), id)
+local reply = {'Q', pos, F(e), J.s}
+for i = 1, #out do reply[#reply + 1] = out[i] end
+return reply

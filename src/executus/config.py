@@ -1,0 +1,1213 @@
+"""Configuration: where a harness reads its settings, and lanes built from them.
+
+A ``Source`` is anything with ``get(key) -> str | None``. Keys are flat,
+case-insensitive names such as ``REDIS_URL`` or ``LANE_OLLAMA_MAX_CONCURRENT``; every
+source answers the same key, so a chain of sources can layer an environment over a
+file over built-in values.
+
+Sources provided here:
+
+- ``EnvSource(prefix="EXECUTUS_")``: the process environment (the default);
+  ``LANE_OLLAMA_POLICY`` is read from ``$EXECUTUS_LANE_OLLAMA_POLICY``.
+- ``MappingSource(mapping)``: a flat (``{"LANE_OLLAMA_POLICY": "fifo"}``) or nested
+  (``{"lanes": {"ollama": {"policy": "fifo"}}}``) mapping.
+- ``TomlSource(path)``: a TOML file, read with the standard ``tomllib``. Tables flatten
+  into keys (``[lanes.ollama] policy = "fifo"`` is ``LANE_OLLAMA_POLICY``).
+- ``ChainSource(*sources)``: the first source that has the key wins.
+
+Typed helpers (``get_str``, ``get_int``, ``get_float``, ``get_bool``,
+``get_duration``) accept a ``None`` source, return the default when the key is absent
+and raise ``ConfigError`` naming the key and the bad value when it is malformed.
+
+``Lanes`` builds lanes by name from a source and reloads their limits live::
+
+    lanes = Lanes(ChainSource(EnvSource(), TomlSource("bot.toml")))
+    ollama = lanes.get("ollama")             # Lane, or RedisLane when REDIS_URL is set
+    ...
+    await lanes.reload()                     # apply edited limits to the live lanes
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload, runtime_checkable
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._policies import Preemption, QueuePolicy
+
+__all__ = [
+    "ChainSource",
+    "ConfigError",
+    "EnvSource",
+    "LaneSettings",
+    "Lanes",
+    "ListableSource",
+    "MappingSource",
+    "ReloadResult",
+    "Source",
+    "TomlSource",
+    "get_bool",
+    "get_duration",
+    "get_float",
+    "get_int",
+    "get_str",
+]
+
+logger = logging.getLogger("executus.config")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is malformed, unknown or cannot be applied.
+
+    Attributes:
+        key: the flat config key concerned (e.g. ``"LANE_OLLAMA_MAX_CONCURRENT"``), or
+            None for an error about the configuration as a whole.
+        value: the offending raw value, or None.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, value: str | None = None) -> None:
+        self.key = key
+        self.value = value
+        super().__init__(message)
+
+
+# -- sources ------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where settings come from: ``get(key)`` returns the raw string or None if absent.
+
+    Keys are flat and case-insensitive (``"LANE_OLLAMA_POLICY"``). A source may also
+    offer ``keys()`` (see ``ListableSource``), which lets ``Lanes`` reject unknown lane
+    settings at load, and ``where(key)``, a description of where a key is read from
+    (``"$EXECUTUS_REDIS_URL"``), which error messages quote.
+    """
+
+    def get(self, key: str) -> str | None:
+        """The raw value of ``key``, or None when the source does not set it."""
+        ...
+
+
+@runtime_checkable
+class ListableSource(Source, Protocol):
+    """A source that can list the keys it sets (every source in this module can)."""
+
+    def keys(self) -> Iterable[str]:
+        """The normalised (upper-case) keys this source sets."""
+        ...
+
+
+def normalize_key(key: str) -> str:
+    """The canonical spelling of a config key: upper case, ``-`` and ``.`` as ``_``.
+
+    Example::
+
+        normalize_key("lanes.image-gen.policy")   # "LANES_IMAGE_GEN_POLICY"
+    """
+    return key.upper().replace("-", "_").replace(".", "_")
+
+
+def _where(source: Source, key: str) -> str:
+    where = getattr(source, "where", None)
+    if callable(where):
+        return str(where(key))
+    return repr(key)
+
+
+class EnvSource:
+    """Settings from environment variables: key ``K`` is the variable ``prefix + K``.
+
+    Args:
+        prefix: prepended to every key (``"EXECUTUS_"``: ``REDIS_URL`` is read from
+            ``$EXECUTUS_REDIS_URL``). May be empty.
+        environ: the variables to read (default: ``os.environ``, read live on each call).
+
+    Example::
+
+        src = EnvSource(prefix="MYBOT_")
+        workers = get_int(src, "WORKERS", 4)     # $MYBOT_WORKERS, or 4
+    """
+
+    __slots__ = ("_environ", "prefix")
+
+    def __init__(self, prefix: str = "EXECUTUS_", *, environ: Mapping[str, str] | None = None):
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
+        self.prefix = prefix
+        self._environ = os.environ if environ is None else environ
+
+    def get(self, key: str) -> str | None:
+        """The variable ``prefix + normalize_key(key)``, or None if it is not set."""
+        return self._environ.get(self.prefix + normalize_key(key))
+
+    def keys(self) -> Iterator[str]:
+        """The keys set by variables starting with the prefix (prefix removed)."""
+        n = len(self.prefix)
+        for name in list(self._environ):
+            if name.startswith(self.prefix) and len(name) > n:
+                yield normalize_key(name[n:])
+
+    def where(self, key: str) -> str:
+        """The variable ``key`` is read from, e.g. ``"$EXECUTUS_REDIS_URL"``."""
+        return f"${self.prefix}{normalize_key(key)}"
+
+    def __repr__(self) -> str:
+        return f"EnvSource(prefix={self.prefix!r})"
+
+
+def _render(value: object, path: str) -> str:
+    """A TOML or mapping value as the string a ``Source`` returns."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return ",".join(_render(v, path) for v in value)
+    if isinstance(value, Mapping):
+        # A table read as one value ("weights"): "alice=3,bob=1".
+        parts = []
+        for k, v in value.items():
+            if isinstance(v, Mapping | list | tuple):
+                raise ConfigError(
+                    f"config key {path!r}: a table value must map names to scalars, "
+                    f"got {k!r} = {v!r}",
+                    key=normalize_key(path),
+                )
+            parts.append(f"{k}={_render(v, path)}")
+        return ",".join(parts)
+    raise ConfigError(
+        f"config key {path!r}: unsupported value type {type(value).__name__}, got {value!r}",
+        key=normalize_key(path),
+    )
+
+
+# Inside a lane's table, these sub-tables are one value each, not more keys.
+_TABLE_VALUES = frozenset({"WEIGHTS"})
+
+
+def _flatten(data: Mapping[Any, Any]) -> dict[str, tuple[str, str]]:
+    """Flatten nested tables into ``{KEY: (value, dotted path)}``.
+
+    ``lanes.<name>.<field>`` becomes ``LANE_<NAME>_<FIELD>`` (one variable names one
+    lane, hence the singular), every other ``a.b.c`` becomes ``A_B_C``. Two paths that
+    flatten to one key are an error.
+    """
+    out: dict[str, tuple[str, str]] = {}
+
+    def put(flat: str, value: object, path: str) -> None:
+        if flat in out:
+            raise ConfigError(
+                f"config keys {out[flat][1]!r} and {path!r} both mean {flat!r}",
+                key=flat,
+            )
+        out[flat] = (_render(value, path), path)
+
+    def walk(table: Mapping[Any, Any], flat: str, path: str, depth_in_lane: int) -> None:
+        for k, v in table.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"config keys must be str, got {k!r} in {path or 'root'!r}")
+            sub_path = f"{path}.{k}" if path else k
+            if not flat and normalize_key(k) == "LANES" and isinstance(v, Mapping):
+                for name, lane_table in v.items():
+                    lane_path = f"{sub_path}.{name}"
+                    lane_flat = f"LANE_{normalize_key(str(name))}"
+                    if not isinstance(lane_table, Mapping):
+                        raise ConfigError(
+                            f"config key {lane_path!r} must be a table of lane settings, "
+                            f"got {lane_table!r}",
+                            key=lane_flat,
+                        )
+                    walk(lane_table, lane_flat, lane_path, 1)
+                continue
+            sub_flat = f"{flat}_{normalize_key(k)}" if flat else normalize_key(k)
+            if isinstance(v, Mapping) and not (
+                depth_in_lane == 1 and normalize_key(k) in _TABLE_VALUES
+            ):
+                walk(v, sub_flat, sub_path, depth_in_lane + 1 if depth_in_lane else 0)
+            else:
+                put(sub_flat, v, sub_path)
+
+    walk(data, "", "", 0)
+    return out
+
+
+class MappingSource:
+    """Settings from a mapping, flat or nested.
+
+    Flat keys are normalised (``"lane_ollama_policy"`` is ``LANE_OLLAMA_POLICY``);
+    nested tables flatten as in ``TomlSource``. Non-string values are rendered as
+    strings (``True`` as ``"true"``, ``3`` as ``"3"``, lists comma-separated).
+
+    Args:
+        mapping: the settings.
+        name: how error messages refer to this source (default ``"mapping"``).
+
+    Raises:
+        ConfigError: two keys mean the same normalised key.
+
+    Example::
+
+        src = MappingSource({"lanes": {"ollama": {"max_concurrent": 2}}})
+        get_int(src, "LANE_OLLAMA_MAX_CONCURRENT", 1)   # 2
+    """
+
+    __slots__ = ("_data", "name")
+
+    def __init__(self, mapping: Mapping[str, object], *, name: str = "mapping") -> None:
+        self.name = name
+        self._data = _flatten(mapping)
+
+    def get(self, key: str) -> str | None:
+        """The value of ``key``, or None."""
+        hit = self._data.get(normalize_key(key))
+        return None if hit is None else hit[0]
+
+    def keys(self) -> Iterator[str]:
+        """Every key this source sets."""
+        return iter(list(self._data))
+
+    def where(self, key: str) -> str:
+        """Where ``key`` is set, e.g. ``"lanes.ollama.policy in mapping"``."""
+        hit = self._data.get(normalize_key(key))
+        path = normalize_key(key) if hit is None else hit[1]
+        return f"{path} in {self.name}"
+
+    def __repr__(self) -> str:
+        return f"MappingSource(<{len(self._data)} keys>, name={self.name!r})"
+
+
+class TomlSource(MappingSource):
+    """Settings from a TOML file, read once at construction (``reload()`` rereads it).
+
+    Tables flatten into keys joined by ``_``; ``[lanes.<name>]`` holds the settings of
+    lane ``<name>`` (``LANE_<NAME>_*``), where a ``weights`` table is one value::
+
+        redis_url = "redis://10.0.0.5:6379/0"
+
+        [lanes.ollama]
+        max_concurrent = 2
+        policy = "fair_share"
+        weights = { alice = 3, bob = 1 }
+        preempt_min_runtime = "30s"
+
+    Args:
+        path: the TOML file.
+
+    Raises:
+        ConfigError: the file cannot be read or is not valid TOML.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        super().__init__(self._load(), name=str(self.path))
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            with self.path.open("rb") as f:
+                return tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(self.path)!r}: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(self.path)!r} is not valid TOML: {e}") from e
+
+    def reload(self) -> None:
+        """Read the file again. On error nothing changes.
+
+        Raises:
+            ConfigError: the file cannot be read or parsed.
+        """
+        self._data = _flatten(self._load())
+
+    def __repr__(self) -> str:
+        return f"TomlSource({str(self.path)!r})"
+
+
+class ChainSource:
+    """Several sources in order: the first one that sets a key wins.
+
+    Args:
+        *sources: the sources, highest precedence first. ``None`` entries are skipped.
+
+    Example::
+
+        src = ChainSource(EnvSource(), TomlSource("bot.toml"), MappingSource(DEFAULTS))
+    """
+
+    __slots__ = ("sources",)
+
+    def __init__(self, *sources: Source | None) -> None:
+        self.sources: tuple[Source, ...] = tuple(s for s in sources if s is not None)
+
+    def get(self, key: str) -> str | None:
+        """The value from the first source that sets ``key``, or None."""
+        for source in self.sources:
+            value = source.get(key)
+            if value is not None:
+                return value
+        return None
+
+    def keys(self) -> Iterator[str]:
+        """The keys set by any listable source (each once)."""
+        seen: set[str] = set()
+        for source in self.sources:
+            keys = getattr(source, "keys", None)
+            if not callable(keys):
+                continue
+            for k in keys():
+                nk = normalize_key(k)
+                if nk not in seen:
+                    seen.add(nk)
+                    yield nk
+
+    def where(self, key: str) -> str:
+        """Where the winning value of ``key`` comes from."""
+        for source in self.sources:
+            if source.get(key) is not None:
+                return _where(source, key)
+        return repr(normalize_key(key))
+
+    def reload(self) -> None:
+        """Reload every source that can reload (e.g. ``TomlSource``)."""
+        for source in self.sources:
+            reload = getattr(source, "reload", None)
+            if callable(reload):
+                reload()
+
+    def __repr__(self) -> str:
+        return f"ChainSource({', '.join(map(repr, self.sources))})"
+
+
+# -- typed helpers --------------------------------------------------------------------------
+
+
+def _raw(source: Source | None, key: str) -> str | None:
+    """The stripped value, or None when absent or blank (``FOO=`` means unset)."""
+    if source is None:
+        return None
+    value = source.get(key)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _bad(source: Source, key: str, value: str, expected: str) -> ConfigError:
+    return ConfigError(
+        f"config key {normalize_key(key)!r} ({_where(source, key)}): expected {expected}, "
+        f"got {value!r}",
+        key=normalize_key(key),
+        value=value,
+    )
+
+
+@overload
+def get_str(source: Source | None, key: str, default: str) -> str: ...
+@overload
+def get_str(source: Source | None, key: str, default: None = None) -> str | None: ...
+def get_str(source: Source | None, key: str, default: str | None = None) -> str | None:
+    """A string setting, stripped of surrounding whitespace.
+
+    Args:
+        source: where to read it; None reads nothing (the default is returned).
+        key: the config key.
+        default: returned when the key is absent or blank.
+
+    Returns:
+        The value or the default.
+    """
+    value = _raw(source, key)
+    return default if value is None else value
+
+
+@overload
+def get_int(source: Source | None, key: str, default: int) -> int: ...
+@overload
+def get_int(source: Source | None, key: str, default: None = None) -> int | None: ...
+def get_int(source: Source | None, key: str, default: int | None = None) -> int | None:
+    """An integer setting (``"8"``, ``"-1"``, ``"1_000"``).
+
+    Args:
+        source: where to read it; None reads nothing (the default is returned).
+        key: the config key.
+        default: returned when the key is absent or blank.
+
+    Returns:
+        The value or the default.
+
+    Raises:
+        ConfigError: the value is not an integer.
+    """
+    value = _raw(source, key)
+    if value is None:
+        return default
+    assert source is not None
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise _bad(source, key, value, "an integer") from None
+
+
+@overload
+def get_float(source: Source | None, key: str, default: float) -> float: ...
+@overload
+def get_float(source: Source | None, key: str, default: None = None) -> float | None: ...
+def get_float(source: Source | None, key: str, default: float | None = None) -> float | None:
+    """A finite float setting (``"0.5"``, ``"3"``, ``"1e-3"``).
+
+    Args:
+        source: where to read it; None reads nothing (the default is returned).
+        key: the config key.
+        default: returned when the key is absent or blank.
+
+    Returns:
+        The value or the default.
+
+    Raises:
+        ConfigError: the value is not a finite number.
+    """
+    value = _raw(source, key)
+    if value is None:
+        return default
+    assert source is not None
+    try:
+        result = float(value)
+    except ValueError:
+        raise _bad(source, key, value, "a number") from None
+    if not math.isfinite(result):
+        raise _bad(source, key, value, "a finite number")
+    return result
+
+
+_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
+
+
+@overload
+def get_bool(source: Source | None, key: str, default: bool) -> bool: ...
+@overload
+def get_bool(source: Source | None, key: str, default: None = None) -> bool | None: ...
+def get_bool(source: Source | None, key: str, default: bool | None = None) -> bool | None:
+    """A boolean setting: ``1/true/yes/on`` or ``0/false/no/off`` (any case).
+
+    Args:
+        source: where to read it; None reads nothing (the default is returned).
+        key: the config key.
+        default: returned when the key is absent or blank.
+
+    Returns:
+        The value or the default.
+
+    Raises:
+        ConfigError: the value is none of the accepted spellings.
+    """
+    value = _raw(source, key)
+    if value is None:
+        return default
+    assert source is not None
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _bad(source, key, value, "a boolean (true/false, yes/no, on/off, 1/0)")
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+_PLAIN_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration into seconds: ``"1500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"2.5"``.
+
+    A plain number is seconds. Units: ``ms``, ``s``, ``m``, ``h``, ``d``; several parts
+    add up (``"1m30s"`` is 90). Negative durations are refused.
+
+    Raises:
+        ValueError: the text is not a duration.
+    """
+    s = text.strip().lower().replace(" ", "")
+    if _PLAIN_NUMBER.fullmatch(s):
+        return float(s)
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+@overload
+def get_duration(source: Source | None, key: str, default: float) -> float: ...
+@overload
+def get_duration(source: Source | None, key: str, default: None = None) -> float | None: ...
+def get_duration(source: Source | None, key: str, default: float | None = None) -> float | None:
+    """A duration setting in seconds: ``"1500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"2.5"``.
+
+    Args:
+        source: where to read it; None reads nothing (the default is returned).
+        key: the config key.
+        default: returned when the key is absent or blank (in seconds).
+
+    Returns:
+        The value in seconds, or the default.
+
+    Raises:
+        ConfigError: the value is not a duration (see ``parse_duration``).
+    """
+    value = _raw(source, key)
+    if value is None:
+        return default
+    assert source is not None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise _bad(
+            source, key, value, 'a duration such as "1500ms", "30s", "5m", "1h" or seconds'
+        ) from None
+
+
+# -- lanes from config -----------------------------------------------------------------------
+
+_POLICIES = {
+    "fifo": "fifo",
+    "priority": "priority",
+    "fair_share": "fair_share",
+    "fair-share": "fair_share",
+    "fairshare": "fair_share",
+}
+
+# Every setting a lane reads, as the suffix of LANE_<NAME>_<SUFFIX>.
+_LANE_FIELDS = (
+    "MAX_CONCURRENT",
+    "POLICY",
+    "WEIGHTS",
+    "DEFAULT_WEIGHT",
+    "AGING",
+    "PREEMPT",
+    "PREEMPT_MIN_RUNTIME",
+    "PREEMPT_GRACE",
+    "PREEMPT_REQUEUE",
+    "ETA_WINDOW",
+    "LEASE",
+)
+# Longest first, so "X_PREEMPT_GRACE" is lane X's PREEMPT_GRACE, not lane X_PREEMPT's GRACE.
+_FIELDS_BY_LENGTH = tuple(sorted(_LANE_FIELDS, key=len, reverse=True))
+
+
+def lane_token(name: str) -> str:
+    """The form of a lane name used in config keys: ``"image-gen"`` is ``IMAGE_GEN``."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSettings:
+    """The settings of one lane, as read from config (None: not set there).
+
+    Attributes:
+        name: the lane's name as used in config keys (``IMAGE_GEN``).
+        max_concurrent: ``LANE_<NAME>_MAX_CONCURRENT`` (int >= 1).
+        policy: ``LANE_<NAME>_POLICY``: ``"fifo"``, ``"priority"`` or ``"fair_share"``.
+        weights: ``LANE_<NAME>_WEIGHTS`` (``"alice=3,bob=1"``), fair share only.
+        default_weight: ``LANE_<NAME>_DEFAULT_WEIGHT`` (> 0), fair share only.
+        aging: ``LANE_<NAME>_AGING`` (a duration > 0), priority only.
+        preempt: ``LANE_<NAME>_PREEMPT`` (bool); setting any ``PREEMPT_*`` implies True.
+        preempt_min_runtime: ``LANE_<NAME>_PREEMPT_MIN_RUNTIME`` (a duration).
+        preempt_grace: ``LANE_<NAME>_PREEMPT_GRACE`` (a duration).
+        preempt_requeue: ``LANE_<NAME>_PREEMPT_REQUEUE`` (bool).
+        eta_window: ``LANE_<NAME>_ETA_WINDOW`` (int >= 1).
+        lease: ``LANE_<NAME>_LEASE`` (a duration > 0), Redis lanes only.
+    """
+
+    name: str
+    max_concurrent: int | None = None
+    policy: str | None = None
+    weights: tuple[tuple[str, float], ...] | None = None
+    default_weight: float | None = None
+    aging: float | None = None
+    preempt: bool | None = None
+    preempt_min_runtime: float | None = None
+    preempt_grace: float | None = None
+    preempt_requeue: bool | None = None
+    eta_window: int | None = None
+    lease: float | None = None
+
+    def make_policy(self) -> QueuePolicy | None:
+        """The queue policy these settings describe, or None when ``policy`` is unset."""
+        from ._policies import FIFO, FairShare, Priority
+
+        if self.policy is None:
+            return None
+        if self.policy == "priority":
+            return Priority(aging=self.aging)
+        if self.policy == "fair_share":
+            return FairShare(
+                weights=dict(self.weights or ()),
+                default_weight=1.0 if self.default_weight is None else self.default_weight,
+            )
+        return FIFO()
+
+    def make_preemption(self) -> Preemption | bool | None:
+        """The preemption these settings describe.
+
+        Returns:
+            A ``Preemption`` when enabled, None when explicitly disabled
+            (``PREEMPT=false``), False when config says nothing about preemption.
+        """
+        from ._policies import Preemption
+
+        if self.preempt is False:
+            return None
+        if self.preempt is None and all(
+            v is None for v in (self.preempt_min_runtime, self.preempt_grace, self.preempt_requeue)
+        ):
+            return False
+        return Preemption(
+            min_runtime=30.0 if self.preempt_min_runtime is None else self.preempt_min_runtime,
+            grace=0.0 if self.preempt_grace is None else self.preempt_grace,
+            requeue=bool(self.preempt_requeue),
+        )
+
+
+def _lane_key(token: str, suffix: str) -> str:
+    return f"LANE_{token}_{suffix}"
+
+
+def _read_lane(source: Source, token: str, *, redis: bool) -> LaneSettings:
+    """Parse and validate every setting of lane ``token``; all errors are ConfigError."""
+
+    def key(suffix: str) -> str:
+        return _lane_key(token, suffix)
+
+    def at_least(suffix: str, value: float | None, low: float, strict: bool = False) -> None:
+        if value is None:
+            return
+        if value < low or (strict and value == low):
+            rule = f"> {low:g}" if strict else f">= {low:g}"
+            raw = source.get(key(suffix)) or ""
+            raise ConfigError(
+                f"config key {key(suffix)!r} ({_where(source, key(suffix))}) must be {rule}, "
+                f"got {raw.strip()!r}",
+                key=key(suffix),
+                value=raw,
+            )
+
+    max_concurrent = get_int(source, key("MAX_CONCURRENT"))
+    at_least("MAX_CONCURRENT", max_concurrent, 1)
+    eta_window = get_int(source, key("ETA_WINDOW"))
+    at_least("ETA_WINDOW", eta_window, 1)
+
+    policy_raw = get_str(source, key("POLICY"))
+    policy: str | None = None
+    if policy_raw is not None:
+        policy = _POLICIES.get(policy_raw.lower())
+        if policy is None:
+            raise _bad(source, key("POLICY"), policy_raw, "one of fifo, priority, fair_share")
+
+    weights: tuple[tuple[str, float], ...] | None = None
+    weights_raw = get_str(source, key("WEIGHTS"))
+    if weights_raw is not None:
+        weights = _parse_weights(source, key("WEIGHTS"), weights_raw)
+    default_weight = get_float(source, key("DEFAULT_WEIGHT"))
+    at_least("DEFAULT_WEIGHT", default_weight, 0, strict=True)
+    aging = get_duration(source, key("AGING"))
+    at_least("AGING", aging, 0, strict=True)
+
+    for suffix, value, wanted in (
+        ("WEIGHTS", weights, "fair_share"),
+        ("DEFAULT_WEIGHT", default_weight, "fair_share"),
+        ("AGING", aging, "priority"),
+    ):
+        if value is not None and policy != wanted:
+            got = "is not set" if policy is None else f"is {policy!r}"
+            raise ConfigError(
+                f"config key {key(suffix)!r} applies only to policy {wanted!r}, "
+                f"but {key('POLICY')!r} {got}",
+                key=key(suffix),
+            )
+
+    preempt = get_bool(source, key("PREEMPT"))
+    min_runtime = get_duration(source, key("PREEMPT_MIN_RUNTIME"))
+    grace = get_duration(source, key("PREEMPT_GRACE"))
+    requeue = get_bool(source, key("PREEMPT_REQUEUE"))
+    if preempt is False:
+        for suffix, value in (
+            ("PREEMPT_MIN_RUNTIME", min_runtime),
+            ("PREEMPT_GRACE", grace),
+            ("PREEMPT_REQUEUE", requeue),
+        ):
+            if value is not None:
+                raise ConfigError(
+                    f"config key {key(suffix)!r} is set but {key('PREEMPT')!r} is false",
+                    key=key(suffix),
+                )
+
+    lease = get_duration(source, key("LEASE"))
+    at_least("LEASE", lease, 0, strict=True)
+    if lease is not None and not redis:
+        raise ConfigError(
+            f"config key {key('LEASE')!r} applies only to Redis lanes, and REDIS_URL is not set",
+            key=key("LEASE"),
+        )
+
+    return LaneSettings(
+        name=token,
+        max_concurrent=max_concurrent,
+        policy=policy,
+        weights=weights,
+        default_weight=default_weight,
+        aging=aging,
+        preempt=preempt,
+        preempt_min_runtime=min_runtime,
+        preempt_grace=grace,
+        preempt_requeue=requeue,
+        eta_window=eta_window,
+        lease=lease,
+    )
+
+
+def _parse_weights(source: Source, key: str, raw: str) -> tuple[tuple[str, float], ...]:
+    """``"alice=3, bob=1"`` -> ``(("alice", 3.0), ("bob", 1.0))``; weights must be > 0."""
+    out: dict[str, float] = {}
+    expected = 'comma-separated name=weight pairs with weights > 0, such as "alice=3,bob=1"'
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        name, sep, weight = part.partition("=")
+        name = name.strip()
+        if not sep or not name or name in out:
+            raise _bad(source, key, raw, expected)
+        try:
+            value = float(weight)
+        except ValueError:
+            raise _bad(source, key, raw, expected) from None
+        if not math.isfinite(value) or value <= 0:
+            raise _bad(source, key, raw, expected)
+        out[name] = value
+    return tuple(out.items())
+
+
+def _configured_tokens(source: Source) -> set[str]:
+    """The lane tokens a listable source sets keys for; unknown lane keys are errors."""
+    keys = getattr(source, "keys", None)
+    if not callable(keys):
+        return set()
+    tokens: set[str] = set()
+    for k in keys():
+        nk = normalize_key(k)
+        if not nk.startswith("LANE_"):
+            continue
+        rest = nk[len("LANE_") :]
+        for suffix in _FIELDS_BY_LENGTH:
+            if rest.endswith("_" + suffix) and len(rest) > len(suffix) + 1:
+                tokens.add(rest[: -len(suffix) - 1])
+                break
+        else:
+            raise ConfigError(
+                f"unknown lane setting {nk!r} ({_where(source, nk)}); a lane setting is "
+                f"LANE_<NAME>_<SETTING> with SETTING one of {', '.join(_LANE_FIELDS)}",
+                key=nk,
+            )
+    return tokens
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """Everything read from the source in one load: validated, ready to apply."""
+
+    redis_url: str | None
+    redis_namespace: str | None
+    lanes: Mapping[str, LaneSettings]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What ``Lanes.reload()`` did to the live lanes.
+
+    Attributes:
+        applied: ``(lane, setting)`` pairs changed on live lanes, e.g.
+            ``("ollama", "max_concurrent")``.
+        pending_restart: ``(lane, setting)`` pairs that changed in config but cannot
+            change on a live lane (the policy, the lease, the backend); they apply to
+            lanes created afterwards.
+    """
+
+    applied: tuple[tuple[str, str], ...] = ()
+    pending_restart: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A live lane and what it was built with."""
+
+    lane: Any
+    defaults: _Defaults
+    applied: _Effective
+
+
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    """What the code asked for in ``Lanes.get``; config overrides it."""
+
+    max_concurrent: int | None = None
+    policy: Any = None
+    preemption: Any = None
+    eta_window: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Effective:
+    """The settings a lane gets: config, else the code's default, else the built-in one."""
+
+    max_concurrent: int | None
+    policy: Any
+    preemption: Any
+    eta_window: int
+    lease: float | None
+    redis_url: str | None
+    redis_namespace: str | None = field(default=None)
+
+
+_REDIS_MODULE = "executus.redis"
+_DEFAULT_SOURCE = EnvSource()
+
+
+class Lanes:
+    """A registry of lanes built by name from configuration.
+
+    For a lane named ``ollama`` it reads ``LANE_OLLAMA_MAX_CONCURRENT``,
+    ``LANE_OLLAMA_POLICY`` (``fifo``, ``priority``, ``fair_share``),
+    ``LANE_OLLAMA_WEIGHTS`` (``"alice=3,bob=1"``), ``LANE_OLLAMA_DEFAULT_WEIGHT``,
+    ``LANE_OLLAMA_AGING``, ``LANE_OLLAMA_PREEMPT`` and ``LANE_OLLAMA_PREEMPT_MIN_RUNTIME``,
+    ``_PREEMPT_GRACE``, ``_PREEMPT_REQUEUE``, ``LANE_OLLAMA_ETA_WINDOW`` and (Redis
+    only) ``LANE_OLLAMA_LEASE``. Names match case-insensitively, with ``-`` and ``_``
+    alike. With ``REDIS_URL`` set (``$EXECUTUS_REDIS_URL``, or ``redis_url`` in TOML),
+    lanes are ``executus.redis.RedisLane`` (namespace from ``REDIS_NAMESPACE``);
+    otherwise in-process ``Lane``.
+
+    Everything is validated when the registry is built (and again on ``reload``):
+    malformed values and unknown ``LANE_*`` keys are ``ConfigError`` at load, not at
+    first use.
+
+    Precedence for each setting: the source, then the default passed to ``get``, then
+    the lane's built-in default.
+
+    Args:
+        source: where to read settings (default: the environment, ``EXECUTUS_`` prefix);
+            None reads nothing (every lane gets the code's defaults).
+        clock: passed to every in-process ``Lane`` (tests use ``ManualClock``).
+
+    Raises:
+        ConfigError: a setting is malformed or unknown, or ``REDIS_URL`` is set and
+            ``executus.redis`` cannot be imported.
+
+    Example::
+
+        lanes = Lanes(TomlSource("bot.toml"))
+        ollama = lanes.get("ollama", max_concurrent=2)   # config may override the 2
+        try:
+            ...
+        finally:
+            await lanes.aclose()
+    """
+
+    def __init__(
+        self, source: Source | None = _DEFAULT_SOURCE, *, clock: Clock | None = None
+    ) -> None:
+        self.source = source
+        self._clock = clock
+        self._lanes: dict[str, _Entry] = {}
+        self._reload_lock: Any = None  # an asyncio.Lock, made on first reload
+        self._snapshot = self._load()
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _load(self) -> _Snapshot:
+        source = self.source
+        if source is None:
+            return _Snapshot(None, None, {})
+        redis_url = get_str(source, "REDIS_URL")
+        namespace = get_str(source, "REDIS_NAMESPACE")
+        if redis_url is not None:
+            self._redis_lane_class()  # fail at load when executus.redis is missing
+        lanes = {
+            token: _read_lane(source, token, redis=redis_url is not None)
+            for token in sorted(_configured_tokens(source))
+        }
+        return _Snapshot(redis_url, namespace, lanes)
+
+    @staticmethod
+    def _redis_lane_class() -> Any:
+        try:
+            module = importlib.import_module(_REDIS_MODULE)
+        except ImportError as e:
+            raise ConfigError(
+                f"REDIS_URL is set, but Redis lanes are unavailable: cannot import "
+                f"{_REDIS_MODULE} ({e}); install executus[redis] or unset REDIS_URL",
+                key="REDIS_URL",
+            ) from e
+        cls = getattr(module, "RedisLane", None)
+        if cls is None:
+            raise ConfigError(
+                f"REDIS_URL is set, but {_REDIS_MODULE} has no RedisLane; "
+                "install executus[redis] or unset REDIS_URL",
+                key="REDIS_URL",
+            )
+        return cls
+
+    def settings(self, name: str) -> LaneSettings:
+        """The settings config gives lane ``name`` (all None when it sets nothing)."""
+        token = lane_token(name)
+        return self._snapshot.lanes.get(token) or LaneSettings(name=token)
+
+    def configured(self) -> list[str]:
+        """The lane names the source has settings for (as ``lane_token`` spells them)."""
+        return sorted(self._snapshot.lanes)
+
+    @property
+    def redis_url(self) -> str | None:
+        """The configured Redis URL, or None for in-process lanes."""
+        return self._snapshot.redis_url
+
+    # -- building --------------------------------------------------------------------------------
+
+    def _effective(self, token: str, defaults: _Defaults, snap: _Snapshot) -> _Effective:
+        s = snap.lanes.get(token) or LaneSettings(name=token)
+        policy = s.make_policy()
+        preemption = s.make_preemption()
+        redis = snap.redis_url is not None
+        max_concurrent = (
+            s.max_concurrent if s.max_concurrent is not None else defaults.max_concurrent
+        )
+        if max_concurrent is None and not redis:
+            max_concurrent = 1
+        return _Effective(
+            max_concurrent=max_concurrent,
+            policy=policy if policy is not None else defaults.policy,
+            preemption=defaults.preemption if preemption is False else preemption,
+            eta_window=s.eta_window or defaults.eta_window or 16,
+            lease=s.lease,
+            redis_url=snap.redis_url,
+            redis_namespace=snap.redis_namespace,
+        )
+
+    def get(
+        self,
+        name: str,
+        *,
+        max_concurrent: int | None = None,
+        policy: QueuePolicy | None = None,
+        preemption: Preemption | None = None,
+        eta_window: int | None = None,
+    ) -> Any:
+        """The lane called ``name``, built from config on first use.
+
+        The keyword arguments are the code's defaults, used where config sets nothing;
+        they count only when the lane is first built (later calls return that lane).
+
+        Args:
+            name: the lane's name (non-empty).
+            max_concurrent: default slot count (built-in: 1; a Redis lane adopts its
+                stored value).
+            policy: default queue policy (built-in: ``FIFO()``).
+            preemption: default preemption (built-in: None, disabled).
+            eta_window: default ETA window (built-in: 16).
+
+        Returns:
+            A ``Lane``, or a ``RedisLane`` when ``REDIS_URL`` is set.
+
+        Raises:
+            ValueError: ``name`` is empty.
+            ConfigError: another live lane's name reads the same settings
+                (``image-gen`` and ``image_gen``).
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"lane name must be a non-empty str, got {name!r}")
+        token = lane_token(name)
+        entry = self._lanes.get(token)
+        if entry is not None:
+            if entry.lane.name != name:
+                raise ConfigError(
+                    f"lane names {entry.lane.name!r} and {name!r} read the same settings "
+                    f"(LANE_{token}_*); use one spelling",
+                    key=f"LANE_{token}",
+                )
+            return entry.lane
+        defaults = _Defaults(max_concurrent, policy, preemption, eta_window)
+        eff = self._effective(token, defaults, self._snapshot)
+        lane = self._build(name, eff)
+        self._lanes[token] = _Entry(lane, defaults, eff)
+        return lane
+
+    __getitem__ = get
+
+    def _build(self, name: str, eff: _Effective) -> Any:
+        if eff.redis_url is None:
+            from ._lane import Lane
+
+            kwargs: dict[str, Any] = {}
+            if self._clock is not None:
+                kwargs["clock"] = self._clock
+            return Lane(
+                name,
+                eff.max_concurrent if eff.max_concurrent is not None else 1,
+                policy=eff.policy,
+                preemption=eff.preemption,
+                eta_window=eff.eta_window,
+                **kwargs,
+            )
+        cls = self._redis_lane_class()
+        kwargs = {"policy": eff.policy, "preemption": eff.preemption}
+        if eff.lease is not None:
+            kwargs["lease"] = eff.lease
+        if eff.redis_namespace is not None:
+            kwargs["namespace"] = eff.redis_namespace
+        params = inspect.signature(cls).parameters
+        if "eta_window" in params:
+            kwargs["eta_window"] = eff.eta_window
+        return cls(name, eff.redis_url, eff.max_concurrent, **kwargs)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and lane_token(name) in self._lanes
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([e.lane for e in self._lanes.values()])
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    # -- reloading -------------------------------------------------------------------------------
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the source and apply changed settings to the live lanes.
+
+        ``max_concurrent``, preemption and the ETA window change on a live lane at once
+        (``set_max_concurrent`` and friends: no job is dropped; lowering the limit never
+        cancels a running job). A changed **policy** (or weights, aging, lease, Redis
+        URL) cannot change under queued jobs: it is logged and reported in
+        ``pending_restart`` and applies to lanes built afterwards, as a database
+        reports settings that need a restart (PostgreSQL's ``pending_restart``).
+
+        Reloading is all or nothing with respect to errors: when the new config is
+        invalid, ``ConfigError`` is raised and nothing changes. Sources with a
+        ``reload()`` method (``TomlSource``, ``ChainSource``) are re-read first.
+
+        Returns:
+            What was applied and what waits for a restart.
+
+        Raises:
+            ConfigError: the new configuration is invalid (nothing was changed).
+        """
+        import asyncio
+
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            source_reload = getattr(self.source, "reload", None)
+            if callable(source_reload):
+                source_reload()
+            snap = self._load()
+            self._snapshot = snap
+            applied: list[tuple[str, str]] = []
+            pending: list[tuple[str, str]] = []
+            for token, entry in list(self._lanes.items()):
+                new = self._effective(token, entry.defaults, snap)
+                old = entry.applied
+                name = entry.lane.name
+                if new.max_concurrent is not None and new.max_concurrent != old.max_concurrent:
+                    await entry.lane.set_max_concurrent(new.max_concurrent)
+                    applied.append((name, "max_concurrent"))
+                if new.preemption != old.preemption:
+                    await entry.lane.set_preemption(new.preemption)
+                    applied.append((name, "preemption"))
+                if new.eta_window != old.eta_window:
+                    await entry.lane.set_eta_window(new.eta_window)
+                    applied.append((name, "eta_window"))
+                for what, a, b in (
+                    ("policy", old.policy, new.policy),
+                    ("lease", old.lease, new.lease),
+                    ("redis_url", old.redis_url, new.redis_url),
+                ):
+                    if a != b:
+                        pending.append((name, what))
+                        logger.warning(
+                            "lane %r: %s changed in config (%r -> %r); a live lane keeps "
+                            "its %s, the new one applies to lanes built afterwards",
+                            name,
+                            what,
+                            a,
+                            b,
+                            what,
+                        )
+                # Remember what is live: the applied values, the old un-appliable ones.
+                entry.applied = _Effective(
+                    max_concurrent=new.max_concurrent
+                    if new.max_concurrent is not None
+                    else old.max_concurrent,
+                    policy=old.policy,
+                    preemption=new.preemption,
+                    eta_window=new.eta_window,
+                    lease=old.lease,
+                    redis_url=old.redis_url,
+                    redis_namespace=old.redis_namespace,
+                )
+            return ReloadResult(tuple(applied), tuple(pending))
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        """Close every lane built here (see ``Lane.aclose``) and forget them.
+
+        Lanes built afterwards by ``get`` use the current configuration, policy included.
+        """
+        entries = list(self._lanes.values())
+        self._lanes.clear()
+        error: BaseException | None = None
+        for entry in entries:
+            try:
+                await entry.lane.aclose(drain=drain)
+            except BaseException as e:  # close the others before re-raising
+                error = error or e
+        if error is not None:
+            raise error
+
+    async def __aenter__(self) -> Lanes:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        backend = "memory" if self._snapshot.redis_url is None else "redis"
+        return (
+            f"<Lanes {backend} [{len(self._lanes)} live, {len(self._snapshot.lanes)} configured]>"
+        )

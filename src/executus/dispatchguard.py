@@ -1,0 +1,330 @@
+"""Dispatch guard: admission for incoming events before they reach the agent.
+
+Chat platforms and webhooks deliver at least once, and users type faster than an
+agent answers. ``DispatchGuard`` sits between the host's event stream and the agent:
+
+1. **Duplicates**: an event id seen within ``ttl`` seconds is refused with
+   ``DuplicateEvent``. Memory is bounded by time (ids expire after ``ttl``) and by size
+   (at most ``max_seen`` ids; beyond that the oldest are forgotten early, so a very late
+   redelivery of one of them could get through again).
+2. **One in flight per key** (a user, a channel): while a dispatch for a key runs,
+
+   - ``mode="reject"``: a second arrival is refused with ``KeyBusy``;
+   - ``mode="coalesce"``: it waits; only the latest waiting arrival is kept, and the
+     earlier waiting ones are refused with ``Superseded``. When the running dispatch
+     ends, the latest waiting one runs.
+
+Every refusal is a ``DispatchRefused``. A dispatch that raises or is cancelled frees
+its key like one that returns (nothing leaks), and the next waiting arrival runs.
+
+Example::
+
+    guard = DispatchGuard(ttl=600, mode="coalesce")
+
+    async def on_message(event):
+        try:
+            async with guard.dispatch(event.channel, event_id=event.id):
+                await agent.reply(event)
+        except DispatchRefused:
+            pass   # a duplicate, or a message overtaken by a newer one
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from ._clock import SystemClock
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+
+__all__ = [
+    "Admission",
+    "DispatchGuard",
+    "DispatchRefused",
+    "DuplicateEvent",
+    "KeyBusy",
+    "Superseded",
+]
+
+T = TypeVar("T")
+
+Mode = Literal["reject", "coalesce"]
+
+
+class DispatchRefused(Exception):
+    """An event was not admitted; subclasses say why.
+
+    Attributes:
+        key: the event's dispatch key (None when it had none).
+        event_id: the event's id (None when it had none).
+    """
+
+    def __init__(self, key: str | None, event_id: str | None, message: str) -> None:
+        self.key = key
+        self.event_id = event_id
+        super().__init__(message)
+
+
+class DuplicateEvent(DispatchRefused):
+    """The event id was already seen within the guard's TTL."""
+
+    def __init__(self, key: str | None, event_id: str, ttl: float) -> None:
+        super().__init__(key, event_id, f"event {event_id!r} was already seen in the last {ttl:g}s")
+
+
+class KeyBusy(DispatchRefused):
+    """``mode="reject"``: a dispatch for the key is already in flight."""
+
+    def __init__(self, key: str, event_id: str | None) -> None:
+        what = "event" if event_id is None else f"event {event_id!r}"
+        super().__init__(key, event_id, f"{what} refused: a dispatch for key {key!r} is in flight")
+
+
+class Superseded(DispatchRefused):
+    """``mode="coalesce"``: a newer arrival for the key replaced this waiting one.
+
+    Attributes:
+        by: the event id of the newer arrival (None when it had none).
+    """
+
+    def __init__(self, key: str, event_id: str | None, by: str | None) -> None:
+        self.by = by
+        what = "event" if event_id is None else f"event {event_id!r}"
+        newer = "a newer event" if by is None else f"event {by!r}"
+        super().__init__(key, event_id, f"{what} for key {key!r} was superseded by {newer}")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What ``dispatch`` yields to an admitted event.
+
+    Attributes:
+        key: the dispatch key.
+        event_id: the event id.
+        waited: True when the event waited for an earlier dispatch of its key to end.
+        superseded: how many waiting events this one replaced (coalesce mode).
+    """
+
+    key: str | None
+    event_id: str | None
+    waited: bool
+    superseded: int
+
+
+class _Waiter:
+    """The one arrival waiting for a busy key (coalesce mode)."""
+
+    __slots__ = ("by", "event_id", "future", "superseded")
+
+    def __init__(self, event_id: str | None, future: asyncio.Future[bool], superseded: int):
+        self.event_id = event_id
+        self.future = future  # result True: the slot is handed over; False: superseded
+        self.superseded = superseded
+        self.by: str | None = None  # the id of the arrival that replaced this one
+
+
+class _KeyState:
+    """A key with a dispatch in flight. Exists only while the key is busy."""
+
+    __slots__ = ("waiter",)
+
+    def __init__(self) -> None:
+        self.waiter: _Waiter | None = None
+
+
+class DispatchGuard:
+    """Admission control for incoming events: deduplication and one dispatch per key.
+
+    Invariants (all state changes are synchronous, between awaits):
+
+    - a key is in ``_busy`` exactly while one admitted dispatch holds it;
+    - a busy key has at most one waiter (coalesce mode), and the slot passes to it
+      directly when the holder leaves, so no third arrival can slip in between;
+    - seen ids are ordered by expiry, as the TTL is constant and the clock monotonic.
+
+    Args:
+        ttl: seconds an event id is remembered (> 0).
+        max_seen: at most this many ids are remembered (>= 1).
+        mode: ``"reject"`` or ``"coalesce"`` (see the module docs).
+        forget_failed: when True, an event whose dispatch raised an exception (not a
+            cancellation) is forgotten, so a redelivery of it is admitted (a retry); by
+            default it stays seen.
+        clock: the time source for the TTL (anything with ``monotonic()``).
+
+    Example::
+
+        guard = DispatchGuard(ttl=300, mode="reject")
+        async with guard.dispatch("user-42", event_id="evt-1"):
+            ...
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 600.0,
+        max_seen: int = 10_000,
+        mode: Mode = "reject",
+        forget_failed: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+            raise ValueError(f"ttl must be a number > 0, got {ttl!r}")
+        if isinstance(max_seen, bool) or not isinstance(max_seen, int) or max_seen < 1:
+            raise ValueError(f"max_seen must be an int >= 1, got {max_seen!r}")
+        if mode not in ("reject", "coalesce"):
+            raise ValueError(f"mode must be 'reject' or 'coalesce', got {mode!r}")
+        self.ttl = float(ttl)
+        self.max_seen = max_seen
+        self.mode: Mode = mode
+        self.forget_failed = forget_failed
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._seen: OrderedDict[str, float] = OrderedDict()  # id -> expiry, oldest first
+        self._busy: dict[str, _KeyState] = {}
+
+    # -- deduplication --------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        while seen:
+            event_id, expiry = next(iter(seen.items()))
+            if expiry > now:
+                break
+            del seen[event_id]
+
+    def seen(self, event_id: str) -> bool:
+        """True when ``event_id`` was recorded within the TTL (does not record it)."""
+        self._expire(self._clock.monotonic())
+        return event_id in self._seen
+
+    def remember(self, event_id: str) -> bool:
+        """Record ``event_id``; False when it was already seen within the TTL.
+
+        Use this alone for events that need no per-key limit.
+        """
+        now = self._clock.monotonic()
+        self._expire(now)
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = now + self.ttl
+        while len(self._seen) > self.max_seen:
+            self._seen.popitem(last=False)
+        return True
+
+    def forget(self, event_id: str) -> None:
+        """Forget ``event_id``, so a redelivery of it is admitted."""
+        self._seen.pop(event_id, None)
+
+    # -- one in flight per key -----------------------------------------------------------------
+
+    def busy(self, key: str) -> bool:
+        """True while a dispatch for ``key`` is in flight."""
+        return key in self._busy
+
+    def waiting(self, key: str) -> bool:
+        """True when an arrival for ``key`` waits for the one in flight (coalesce mode)."""
+        state = self._busy.get(key)
+        return state is not None and state.waiter is not None
+
+    async def _acquire(self, key: str, event_id: str | None) -> tuple[bool, int]:
+        """Take ``key``'s slot; returns (waited, superseded)."""
+        state = self._busy.get(key)
+        if state is None:
+            self._busy[key] = _KeyState()
+            return False, 0
+        if self.mode == "reject":
+            raise KeyBusy(key, event_id)
+        superseded = 0
+        old = state.waiter
+        if old is not None:
+            # Coalesce: the newer arrival replaces the waiting one.
+            superseded = old.superseded + 1
+            old.by = event_id
+            if not old.future.done():
+                old.future.set_result(False)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(event_id, fut, superseded)
+        state.waiter = waiter
+        try:
+            granted = await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.result():
+                # Handed the slot, then cancelled before resuming: pass it on.
+                self._release(key)
+            elif state.waiter is waiter:
+                state.waiter = None
+            raise
+        if not granted:
+            raise Superseded(key, event_id, waiter.by)
+        return True, superseded
+
+    def _release(self, key: str) -> None:
+        """Give ``key``'s slot to its waiter, or free the key."""
+        state = self._busy[key]
+        waiter = state.waiter
+        state.waiter = None
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_result(True)  # direct hand-over: the key stays busy
+            return
+        del self._busy[key]
+
+    @asynccontextmanager
+    async def dispatch(
+        self, key: str | None, *, event_id: str | None = None
+    ) -> AsyncIterator[Admission]:
+        """Admit one event, then hold its key while the body runs.
+
+        Args:
+            key: who the event is for (a user, a channel); None: no per-key limit.
+            event_id: the event's id for deduplication; None: not deduplicated.
+
+        Yields:
+            The ``Admission``.
+
+        Raises:
+            DuplicateEvent: ``event_id`` was seen within the TTL.
+            KeyBusy: ``mode="reject"`` and a dispatch for ``key`` is in flight.
+            Superseded: ``mode="coalesce"`` and a newer arrival replaced this one while
+                it waited.
+        """
+        if event_id is not None and not self.remember(event_id):
+            raise DuplicateEvent(key, event_id, self.ttl)
+        if key is None:
+            waited, superseded = False, 0
+        else:
+            waited, superseded = await self._acquire(key, event_id)
+        try:
+            yield Admission(key, event_id, waited, superseded)
+        except Exception:
+            if self.forget_failed and event_id is not None:
+                self.forget(event_id)
+            raise
+        finally:
+            if key is not None:
+                self._release(key)
+
+    async def run(
+        self, key: str | None, fn: Callable[[], Awaitable[T]], *, event_id: str | None = None
+    ) -> T:
+        """``dispatch`` as a call: admit the event, then await ``fn()`` holding its key.
+
+        Raises:
+            DispatchRefused: as ``dispatch``.
+        """
+        async with self.dispatch(key, event_id=event_id):
+            return await fn()
+
+    def __len__(self) -> int:
+        """How many keys have a dispatch in flight."""
+        return len(self._busy)
+
+    def __repr__(self) -> str:
+        return (
+            f"<DispatchGuard {self.mode} [{len(self._busy)} in flight, "
+            f"{len(self._seen)} ids seen] ttl={self.ttl:g}s>"
+        )

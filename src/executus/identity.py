@@ -1,0 +1,354 @@
+"""Identity: who is an admin, what a user is called, and lane operations gated by both.
+
+A harness plugs its host's notion of users in through two small protocols:
+
+- ``AdminPolicy``: ``is_admin(user) -> bool``. Default ``NoAdmins`` (nobody);
+  ``StaticAdmins({"ops"})`` for a fixed list; ``RoleAdmins(resolver, {"admin"})`` for
+  "whoever has the admin role".
+- ``MemberResolver``: ``resolve(user) -> Member`` (display name and roles). Default
+  ``IdAsName`` (the id is the name, no roles); ``StaticMembers`` for a fixed table.
+
+The ``is_admin`` and ``resolve`` functions accept ``None`` for the policy or resolver
+and fall back to those defaults, so seams can be left unplugged.
+
+``LaneOps`` puts a lane behind these rules: a user may cancel their own jobs (a job is
+yours when its key is your user id); an admin may cancel any job and change the lane's
+``max_concurrent``. Anything else raises ``Forbidden``::
+
+    ops = LaneOps(lane, StaticAdmins({"ops"}))
+    handle = await ops.submit(lambda: llm.chat(prompt), key="alice")
+    await ops.cancel("alice", handle.id)      # allowed: alice's own job
+    await ops.cancel("bob", handle.id)        # Forbidden
+    await ops.set_max_concurrent("ops", 4)    # allowed: ops is an admin
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from ._job import JobHandle
+
+__all__ = [
+    "AdminPolicy",
+    "Forbidden",
+    "IdAsName",
+    "LaneOps",
+    "Member",
+    "MemberResolver",
+    "NoAdmins",
+    "RoleAdmins",
+    "StaticAdmins",
+    "StaticMembers",
+    "is_admin",
+    "resolve",
+]
+
+T = TypeVar("T")
+
+
+class Forbidden(PermissionError):
+    """A user asked for an operation their role does not allow.
+
+    Attributes:
+        user: who asked.
+        action: what they asked for (``"cancel"``, ``"set_max_concurrent"``).
+    """
+
+    def __init__(self, user: str, action: str, message: str) -> None:
+        self.user = user
+        self.action = action
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """What a harness knows about a user.
+
+    Attributes:
+        id: the host's user id.
+        display_name: how to address the user in messages.
+        roles: the user's roles on the host (``{"admin", "moderator"}``).
+    """
+
+    id: str
+    display_name: str
+    roles: frozenset[str] = field(default_factory=frozenset)
+
+
+@runtime_checkable
+class AdminPolicy(Protocol):
+    """Decides who is an admin."""
+
+    def is_admin(self, user: str) -> bool:
+        """True when ``user`` may administer (cancel anyone's jobs, resize lanes)."""
+        ...
+
+
+@runtime_checkable
+class MemberResolver(Protocol):
+    """Turns a host user id into a ``Member``."""
+
+    def resolve(self, user: str) -> Member:
+        """The member with id ``user``; unknown users still resolve (id as name)."""
+        ...
+
+
+class NoAdmins:
+    """The default admin policy: nobody is an admin."""
+
+    __slots__ = ()
+
+    def is_admin(self, user: str) -> bool:
+        """Always False."""
+        return False
+
+    def __repr__(self) -> str:
+        return "NoAdmins()"
+
+
+class StaticAdmins:
+    """A fixed set of admin user ids.
+
+    Args:
+        users: the admins' ids.
+
+    Example::
+
+        admins = StaticAdmins({"ops", "alice"})
+        admins.is_admin("alice")   # True
+    """
+
+    __slots__ = ("users",)
+
+    def __init__(self, users: Iterable[str]) -> None:
+        if isinstance(users, str):
+            raise TypeError(f"users must be a collection of ids, not one str, got {users!r}")
+        self.users = frozenset(users)
+
+    def is_admin(self, user: str) -> bool:
+        """True when ``user`` is in the set."""
+        return user in self.users
+
+    def __repr__(self) -> str:
+        return f"StaticAdmins({sorted(self.users)!r})"
+
+
+class IdAsName:
+    """The default resolver: the id is the display name, and nobody has roles."""
+
+    __slots__ = ()
+
+    def resolve(self, user: str) -> Member:
+        """``Member(user, user)``."""
+        return Member(user, user)
+
+    def __repr__(self) -> str:
+        return "IdAsName()"
+
+
+class StaticMembers:
+    """A fixed table of members; ids not in it resolve as ``IdAsName`` does.
+
+    Args:
+        members: the known members (their ``id`` is the lookup key).
+
+    Example::
+
+        people = StaticMembers([Member("u1", "Alice", frozenset({"admin"}))])
+        people.resolve("u1").display_name   # "Alice"
+    """
+
+    __slots__ = ("_members",)
+
+    def __init__(self, members: Iterable[Member] | Mapping[str, Member]) -> None:
+        values = members.values() if isinstance(members, Mapping) else members
+        self._members = {m.id: m for m in values}
+
+    def resolve(self, user: str) -> Member:
+        """The member with id ``user``, or ``Member(user, user)``."""
+        return self._members.get(user) or Member(user, user)
+
+    def __repr__(self) -> str:
+        return f"StaticMembers(<{len(self._members)} members>)"
+
+
+class RoleAdmins:
+    """Admins are the members holding any of the given roles.
+
+    Args:
+        resolver: where roles come from.
+        roles: the roles that make a member an admin (default ``{"admin"}``).
+    """
+
+    __slots__ = ("resolver", "roles")
+
+    def __init__(self, resolver: MemberResolver, roles: Iterable[str] = ("admin",)) -> None:
+        self.resolver = resolver
+        self.roles = frozenset(roles)
+
+    def is_admin(self, user: str) -> bool:
+        """True when the resolved member holds one of ``roles``."""
+        return not self.roles.isdisjoint(self.resolver.resolve(user).roles)
+
+    def __repr__(self) -> str:
+        return f"RoleAdmins({self.resolver!r}, {sorted(self.roles)!r})"
+
+
+_NO_ADMINS = NoAdmins()
+_ID_AS_NAME = IdAsName()
+
+
+def is_admin(policy: AdminPolicy | None, user: str) -> bool:
+    """``policy.is_admin(user)``, or False when there is no policy."""
+    return (policy or _NO_ADMINS).is_admin(user)
+
+
+def resolve(resolver: MemberResolver | None, user: str) -> Member:
+    """``resolver.resolve(user)``, or ``Member(user, user)`` when there is no resolver."""
+    return (resolver or _ID_AS_NAME).resolve(user)
+
+
+class LaneOps:
+    """A lane's operations, authorised per user.
+
+    Jobs submitted through ``submit`` are tracked, so their key (their owner) is known.
+    The rules:
+
+    - anyone may submit (the job's ``key`` is its owner);
+    - a user may cancel their own jobs (``key == user``), queued or running;
+    - an admin may cancel any job (also one submitted to the lane directly, if it is
+      queued) and change ``max_concurrent``;
+    - everything else raises ``Forbidden``.
+
+    Ended jobs are forgotten as the facade goes, so memory follows the live jobs.
+
+    Args:
+        lane: a ``Lane`` or ``RedisLane``.
+        admins: who is an admin (None: nobody).
+        members: how users are named in error messages (None: by id).
+
+    Example::
+
+        ops = LaneOps(lane, StaticAdmins({"ops"}))
+        h = await ops.submit(lambda: render(prompt), key="alice")
+        await ops.cancel("ops", h.id)   # an admin may cancel alice's job
+    """
+
+    def __init__(
+        self,
+        lane: Any,
+        admins: AdminPolicy | None = None,
+        members: MemberResolver | None = None,
+    ) -> None:
+        self.lane = lane
+        self.admins = admins
+        self.members = members
+        self._jobs: dict[str, JobHandle[Any]] = {}
+        self._prune_at = 64
+
+    def _name(self, user: str) -> str:
+        return resolve(self.members, user).display_name
+
+    def _prune(self) -> None:
+        # Amortised O(1): sweep ended jobs when the table doubles since the last sweep.
+        if len(self._jobs) >= self._prune_at:
+            self._jobs = {k: h for k, h in self._jobs.items() if not h.done()}
+            self._prune_at = max(64, 2 * len(self._jobs))
+
+    async def submit(
+        self, fn: Callable[[], Awaitable[T]], *, key: str, **options: Any
+    ) -> JobHandle[T]:
+        """Submit ``fn`` for the user ``key`` (see ``Lane.submit`` for ``options``).
+
+        Returns:
+            The job's handle; the job is tracked so its owner can cancel it.
+        """
+        handle: JobHandle[T] = await self.lane.submit(fn, key=key, **options)
+        self._prune()
+        self._jobs[handle.id] = handle
+        return handle
+
+    def jobs(self, key: str | None = None) -> list[JobHandle[Any]]:
+        """The live (queued or running) jobs submitted here, optionally only ``key``'s."""
+        return [h for h in self._jobs.values() if not h.done() and (key is None or h.key == key)]
+
+    async def cancel(self, user: str, job_id: str) -> bool:
+        """Cancel job ``job_id`` on behalf of ``user``.
+
+        Returns:
+            True when the job was queued or running and is now cancelled; False when it
+            had already ended.
+
+        Raises:
+            Forbidden: the job is not ``user``'s and ``user`` is not an admin, or the job
+                was not submitted through this facade (its owner is unknown) and
+                ``user`` is not an admin.
+            NotQueued: an admin cancelled an untracked job that is not queued.
+        """
+        admin = is_admin(self.admins, user)
+        handle = self._jobs.get(job_id)
+        if handle is None:
+            if not admin:
+                raise Forbidden(
+                    user,
+                    "cancel",
+                    f"{self._name(user)} may not cancel job {job_id!r}: its owner is "
+                    "unknown, and only an admin may cancel it",
+                )
+            await self.lane.cancel(job_id)  # NotQueued unless queued
+            return True
+        if not admin and handle.key != user:
+            raise Forbidden(
+                user,
+                "cancel",
+                f"{self._name(user)} may not cancel job {job_id!r} of "
+                f"{self._name(handle.key) if handle.key else 'no one'}: only its owner "
+                "or an admin may",
+            )
+        cancelled = await handle.cancel()
+        self._jobs.pop(job_id, None)
+        return cancelled
+
+    async def cancel_key(self, user: str, key: str) -> int:
+        """Cancel every live tracked job of ``key`` on behalf of ``user``.
+
+        Returns:
+            How many jobs were cancelled.
+
+        Raises:
+            Forbidden: ``key`` is not ``user`` and ``user`` is not an admin.
+        """
+        if key != user and not is_admin(self.admins, user):
+            raise Forbidden(
+                user,
+                "cancel",
+                f"{self._name(user)} may not cancel the jobs of {self._name(key)}: only "
+                "their owner or an admin may",
+            )
+        count = 0
+        for handle in self.jobs(key):
+            if await handle.cancel():
+                count += 1
+            self._jobs.pop(handle.id, None)
+        return count
+
+    async def set_max_concurrent(self, user: str, n: int) -> None:
+        """Change the lane's slot limit on behalf of ``user`` (admins only).
+
+        Raises:
+            Forbidden: ``user`` is not an admin.
+            ValueError: ``n`` is not >= 1.
+        """
+        if not is_admin(self.admins, user):
+            raise Forbidden(
+                user,
+                "set_max_concurrent",
+                f"{self._name(user)} may not change max_concurrent of lane "
+                f"{self.lane.name!r}: only an admin may",
+            )
+        await self.lane.set_max_concurrent(n)
+
+    def __repr__(self) -> str:
+        return f"<LaneOps {self.lane.name!r} [{len(self.jobs())} tracked] admins={self.admins!r}>"

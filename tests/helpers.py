@@ -1,0 +1,57 @@
+"""Controllable jobs and small async helpers for the tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+class Gate:
+    """A job body the test ends at will: ``release(value)`` or ``fail(exc)``.
+
+    ``started`` counts how often the body began (a requeued job starts again).
+    """
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[object] | None = None
+        self.started = 0
+        self.running = False
+        self.cancelled = False
+
+    def __call__(self) -> Awaitable[object]:
+        return self._body()
+
+    async def _body(self) -> object:
+        self.started += 1
+        self.running = True
+        self._fut = asyncio.get_running_loop().create_future()
+        try:
+            return await self._fut
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        finally:
+            self.running = False
+
+    def release(self, value: object = None) -> None:
+        assert self._fut is not None, "the job has not started"
+        self._fut.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        assert self._fut is not None, "the job has not started"
+        self._fut.set_exception(exc)
+
+
+async def settle(rounds: int = 5) -> None:
+    """Let every ready task run a few steps."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def value(v: object) -> Callable[[], Awaitable[object]]:
+    """A job that returns ``v`` at once."""
+
+    async def body() -> object:
+        return v
+
+    return body

@@ -1,0 +1,244 @@
+"""Queue policies: dispatch order, true positions, aging, fair share and custom policies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from executus import FIFO, FairShare, JobHandle, Lane, PolicyState, Priority, QueuePolicy
+from executus.testing import ManualClock
+from tests.helpers import Gate, settle
+
+
+async def _start_order(lane: Lane, handles: list[JobHandle[Any]], blocker: Gate) -> list[str]:
+    """Release the blocker and record the order in which queued jobs start."""
+    order: list[str] = []
+    await settle()
+    blocker.release()
+    while len(order) < len(handles):
+        await asyncio.sleep(0)
+        for h in handles:
+            if h.id not in order and h.state.value != "queued":
+                order.append(h.id)
+    return order
+
+
+async def _queue_order(lane: Lane, specs: list[dict[str, Any]]) -> list[str]:
+    """Queue jobs behind one running blocker on a 1-slot lane; return their start order."""
+    blocker = Gate()
+    await lane.submit(blocker)
+    handles = []
+    for spec in specs:
+        handles.append(await lane.submit(_instant, **spec))
+    positions = {h.id: h.position for h in handles}
+    order = await _start_order(lane, handles, blocker)
+    # Each job's reported position was its true place in the dispatch order.
+    assert sorted(positions, key=positions.__getitem__) == order
+    return order
+
+
+async def _instant() -> None:
+    return None
+
+
+def test_priority_and_fair_share_validate() -> None:
+    """Bad aging and weights are refused with the rule and the value."""
+    with pytest.raises(ValueError, match=r"^aging must be > 0 seconds or None, got 0$"):
+        Priority(aging=0)
+    with pytest.raises(ValueError, match=r"^weights\['a'\] must be a finite number > 0, got 0$"):
+        FairShare(weights={"a": 0})
+    with pytest.raises(ValueError, match=r"^default_weight must be a finite number > 0, got -1$"):
+        FairShare(default_weight=-1)
+    with pytest.raises(TypeError, match=r"^weights keys must be str, got 1$"):
+        FairShare(weights={1: 2.0})  # type: ignore[dict-item]
+
+
+def test_policy_reprs_and_equality() -> None:
+    """Policies compare by settings and have readable reprs."""
+    assert repr(Priority(aging=5)) == "Priority(aging=5)"
+    assert repr(FairShare()) == "FairShare()"
+    assert FairShare(weights={"a": 2}) == FairShare(weights={"a": 2.0})
+    assert Priority() != Priority(aging=1)
+    assert FIFO() == FIFO()
+
+
+async def test_fifo_is_arrival_order() -> None:
+    """FIFO starts jobs in arrival order, whatever their priority."""
+    lane = Lane("x", 1)
+    order = await _queue_order(
+        lane, [{"job_id": "a", "priority": 0}, {"job_id": "b", "priority": 9}, {"job_id": "c"}]
+    )
+    assert order == ["a", "b", "c"]
+
+
+async def test_priority_orders_by_level_then_arrival() -> None:
+    """Priority starts higher levels first and keeps arrival order within a level."""
+    lane = Lane("x", 1, policy=Priority())
+    order = await _queue_order(
+        lane,
+        [
+            {"job_id": "a", "priority": 1},
+            {"job_id": "b", "priority": 5},
+            {"job_id": "c", "priority": 1},
+            {"job_id": "d", "priority": 5},
+            {"job_id": "e", "priority": -2},
+        ],
+    )
+    assert order == ["b", "d", "a", "c", "e"]
+
+
+async def test_aging_lets_old_jobs_overtake(clock: ManualClock) -> None:
+    """With aging, a job gains one level per `aging` seconds waited."""
+    lane = Lane("x", 1, policy=Priority(aging=10), clock=clock)
+    blocker = Gate()
+    await lane.submit(blocker)
+    old = await lane.submit(_instant, job_id="old", priority=0)
+    clock.advance(25)  # old is now worth 2.5 levels
+    high = await lane.submit(_instant, job_id="high", priority=2)
+    higher = await lane.submit(_instant, job_id="higher", priority=3)
+    assert (higher.position, old.position, high.position) == (1, 2, 3)
+    assert await _start_order(lane, [old, high, higher], blocker) == ["higher", "old", "high"]
+
+
+async def test_fair_share_position_is_the_true_place() -> None:
+    """A key flooding the lane does not push another key's job behind its flood."""
+    lane = Lane("x", 1, policy=FairShare())
+    blocker = Gate()
+    await lane.submit(blocker)
+    flood = [await lane.submit(_instant, key="flood") for _ in range(10)]
+    lone = await lane.submit(_instant, key="lone", job_id="lone")
+    assert lone.position == 2  # after the flood's first job, not at the queue's end
+    assert [h.position for h in flood[:3]] == [1, 3, 4]
+    order = await _start_order(lane, [*flood, lone], blocker)
+    assert order.index("lone") == 1
+
+
+async def test_fair_share_idle_key_earns_no_credit() -> None:
+    """A key that was idle does not get a burst of catch-up starts."""
+    lane = Lane("x", 1, policy=FairShare())
+    blocker = Gate()
+    await lane.submit(blocker)
+    busy = [await lane.submit(_instant, key="busy") for _ in range(6)]
+    await settle()
+    blocker.release()
+    await settle(30)
+    # "late" arrives after busy had the lane to itself: it alternates, no burst.
+    blocker2 = Gate()
+    await lane.submit(blocker2, key="busy")
+    busy2 = [await lane.submit(_instant, key="busy", job_id=f"b{i}") for i in range(4)]
+    late = [await lane.submit(_instant, key="late", job_id=f"l{i}") for i in range(4)]
+    order = await _start_order(lane, [*busy2, *late], blocker2)
+    assert all(h.done() for h in busy)
+    assert order[:4] in (["l0", "b0", "l1", "b1"], ["b0", "l0", "b1", "l1"])
+
+
+async def test_fair_share_weights_split_starts() -> None:
+    """With weights 3:1 and both keys backlogged, starts split 75/25."""
+    lane = Lane("x", 1, policy=FairShare(weights={"a": 3.0}))
+    blocker = Gate()
+    await lane.submit(blocker)
+    handles = [await lane.submit(_instant, key=k) for _ in range(100) for k in ("a", "b")]
+    order = await _start_order(lane, handles, blocker)
+    keys = {h.id: h.key for h in handles}
+    window = Counter(keys[i] for i in order[:100])
+    assert window == {"a": 75, "b": 25}
+
+
+async def test_fair_share_priority_within_a_key() -> None:
+    """Within one key, higher priority goes first; other keys keep their turn."""
+    lane = Lane("x", 1, policy=FairShare())
+    order = await _queue_order(
+        lane,
+        [
+            {"job_id": "a1", "key": "a"},
+            {"job_id": "b1", "key": "b"},
+            {"job_id": "a2", "key": "a", "priority": 9},
+            {"job_id": "b2", "key": "b"},
+        ],
+    )
+    assert order == ["a2", "b1", "a1", "b2"]
+
+
+class _LIFOState(PolicyState):
+    def __init__(self) -> None:
+        self.stack: list[JobHandle[Any]] = []
+
+    def push(self, job: JobHandle[Any], now: float) -> None:
+        self.stack.append(job)
+
+    def pop(self) -> JobHandle[Any]:
+        return self.stack.pop()
+
+    def remove(self, job: JobHandle[Any]) -> None:
+        self.stack.remove(job)
+
+    def position(self, job: JobHandle[Any]) -> int:
+        return len(self.stack) - self.stack.index(job)
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+
+class LIFO(QueuePolicy):
+    name = "lifo"
+
+    def new_state(self) -> PolicyState:
+        return _LIFOState()
+
+
+async def test_custom_policy() -> None:
+    """A QueuePolicy subclass orders the lane, positions included."""
+    lane = Lane("x", 1, policy=LIFO())
+    assert repr(lane) == "<Lane 'x' [0/1 running, 0 queued | lifo]>"
+    order = await _queue_order(lane, [{"job_id": "a"}, {"job_id": "b"}, {"job_id": "c"}])
+    assert order == ["c", "b", "a"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    policy=st.sampled_from(["fifo", "priority", "aging", "fair"]),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), st.sampled_from("abc"), st.integers(-2, 2)),
+            st.tuples(st.just("cancel"), st.integers(0, 50), st.just(0)),
+            st.tuples(st.just("pop"), st.just(""), st.just(0)),
+        ),
+        max_size=40,
+    ),
+)
+def test_positions_match_dispatch_order(policy: str, ops: list[tuple[str, str, int]]) -> None:
+    """After any mix of arrivals, cancels and starts, positions are the dispatch order."""
+    asyncio.run(_positions_match(policy, ops))
+
+
+async def _positions_match(policy: str, ops: list[tuple[str, str, int]]) -> None:
+    clock = ManualClock()
+    made: dict[str, QueuePolicy] = {
+        "fifo": FIFO(),
+        "priority": Priority(),
+        "aging": Priority(aging=2),
+        "fair": FairShare(weights={"a": 2}),
+    }
+    lane = Lane("x", 1, policy=made[policy], clock=clock)
+    running = await lane.submit(Gate())
+    queued: list[JobHandle[Any]] = []
+    for op, key, prio in ops:
+        clock.advance(0.5)
+        if op == "push":
+            queued.append(await lane.submit(Gate(), key=key, priority=prio))
+        elif op == "cancel" and queued:
+            assert await queued.pop(prio % len(queued)).cancel()
+        elif op == "pop" and queued:
+            # End the running job: the job at position 1 must start in its place.
+            expected = next(h for h in queued if h.position == 1)
+            assert await running.cancel()
+            assert expected.state.value == "running"
+            queued.remove(expected)
+            running = expected
+        assert sorted(h.position for h in queued) == list(range(1, len(queued) + 1))
+    await lane.aclose(drain=False)
