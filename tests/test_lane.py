@@ -12,6 +12,7 @@ from executus import (
     DuplicateJob,
     FairShare,
     JobCancelled,
+    JobHandle,
     JobState,
     Lane,
     LaneBusy,
@@ -116,7 +117,7 @@ async def test_fn_must_be_callable() -> None:
 async def test_fn_returning_a_non_awaitable_fails_the_job() -> None:
     """A fn that returns a plain value ends the job FAILED with a clear TypeError."""
     lane = Lane("x", 1)
-    handle = await lane.submit(lambda: 3)  # type: ignore[arg-type,return-value]
+    handle: JobHandle[object] = await lane.submit(lambda: 3)  # type: ignore[arg-type,return-value]
     with pytest.raises(TypeError, match=r"^fn must return an awaitable, got int: 3$"):
         await handle
     assert handle.state is JobState.FAILED

@@ -32,9 +32,7 @@ async def _queue_order(lane: Lane, specs: list[dict[str, Any]]) -> list[str]:
     """Queue jobs behind one running blocker on a 1-slot lane; return their start order."""
     blocker = Gate()
     await lane.submit(blocker)
-    handles = []
-    for spec in specs:
-        handles.append(await lane.submit(_instant, **spec))
+    handles = [await lane.submit(_instant, **spec) for spec in specs]
     positions = {h.id: h.position for h in handles}
     order = await _start_order(lane, handles, blocker)
     # Each job's reported position was its true place in the dispatch order.

@@ -162,9 +162,7 @@ async def test_cooperative_victim_that_returns_during_grace_succeeds(clock: Manu
 
 async def test_requeue_keeps_the_original_place_and_runs_again() -> None:
     """requeue=True puts the victim back at its arrival place; it reruns and succeeds."""
-    lane = Lane(
-        "gpu", 1, policy=Priority(), preemption=Preemption(min_runtime=0, requeue=True)
-    )
+    lane = Lane("gpu", 1, policy=Priority(), preemption=Preemption(min_runtime=0, requeue=True))
     victim_gate = Gate()
     victim = await lane.submit(victim_gate, preemptible=True)
     await settle()

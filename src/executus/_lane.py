@@ -465,6 +465,8 @@ class Lane:
         if job._state is not _RUNNING:  # already ended (e.g. its lane was force-closed)
             return job._exc
         now = self._clock.monotonic()
+        started = job._t_start
+        assert started is not None
         del self._running[job]
         self._victims.pop(job, None)
         timer = self._timers.pop(job, None)
@@ -497,12 +499,12 @@ class Lane:
             job._end(state, now, exc=error)
         elif exc is not None:
             self._failed += 1
-            self._window.add(now - (job._t_start or now))
+            self._window.add(now - started)
             error = exc
             job._end(JobState.FAILED, now, exc=exc)
         else:
             self._succeeded += 1
-            self._window.add(now - (job._t_start or now))
+            self._window.add(now - started)
             error = None
             job._end(JobState.SUCCEEDED, now, value=value)
         del self._jobs[job.id]
@@ -618,15 +620,14 @@ class Lane:
             if deadline is not None:
                 held.append(max(0.0, deadline - now))
             else:
-                elapsed.append(now - (r._t_start or now))
-        return estimate_wait(
-            position,
-            self._max,
-            elapsed,
-            self._window,
-            self._throughput.count(now),
-            held=held,
-        )
+                started = r._t_start
+                assert started is not None
+                elapsed.append(now - started)
+        # The fallback rate: runs per minute, extrapolated while the lane is younger
+        # than the one-minute window (one run in its first second is 60/min, not 1/min).
+        span = min(60.0, max(1.0, now - self._mono0))
+        per_minute = round(self._throughput.count(now) * 60.0 / span)
+        return estimate_wait(position, self._max, elapsed, self._window, per_minute, held=held)
 
     def _job_position(self, job: JobHandle[Any]) -> int:
         front = self._front
