@@ -655,3 +655,78 @@ async def test_current_job_outside_a_job_is_none() -> None:
 async def test_policy_property_and_fifo_default() -> None:
     """A lane without a policy is FIFO."""
     assert Lane("x").policy == FIFO()
+
+
+# -- estimates ---------------------------------------------------------------------------
+
+
+async def _history(lane: Lane, clock: ManualClock, seconds: float, runs: int) -> None:
+    """Record `runs` run times of `seconds` each."""
+    for _ in range(runs):
+        gate = Gate()
+        handle = await lane.submit(gate)
+        await settle()
+        clock.advance(seconds)
+        gate.release()
+        await handle
+
+
+async def test_eta_uses_elapsed_time_of_running_jobs(clock: ManualClock) -> None:
+    """The ETA counts how long running jobs have already run, not whole run times."""
+    lane = Lane("x", 2, clock=clock)
+    await _history(lane, clock, 10.0, 4)
+    await lane.submit(Gate())
+    await lane.submit(Gate())
+    clock.advance(4)
+    first = await lane.submit(Gate())
+    second = await lane.submit(Gate())
+    third = await lane.submit(Gate())
+    # Both slots free up about 6 s from now (10 s runs, 4 s done), the third job
+    # waits for one of them plus about one more run.
+    assert 5.0 <= first.eta <= 6.0
+    assert first.eta <= second.eta <= 6.0
+    assert 11.0 <= third.eta <= 16.0
+    before = first.eta
+    clock.advance(1)
+    assert first.eta == pytest.approx(before - 1.0)  # live
+    await lane.aclose(drain=False)
+
+
+async def test_busy_eta_is_the_queued_eta(clock: ManualClock) -> None:
+    """LaneBusy reports the very ETA a queued job at that position is given."""
+    lane = Lane("x", 2, clock=clock)
+    await _history(lane, clock, 10.0, 3)
+    await lane.submit(Gate())
+    await lane.submit(Gate())
+    clock.advance(3)
+    await lane.submit(Gate())
+    with pytest.raises(LaneBusy) as info:
+        await lane.submit(Gate(), max_wait=5)
+    busy = info.value
+    assert (busy.position, busy.lane, busy.max_wait) == (2, "x", 5)
+    assert busy.eta > 5
+    assert str(busy) == (
+        f"lane 'x' is busy: position 2, estimated wait {busy.eta:.1f}s exceeds max_wait 5s"
+    )
+    queued = await lane.submit(Gate())
+    assert (queued.position, queued.eta) == (2, busy.eta)
+    accepted = await lane.submit(Gate(), max_wait=60.0)
+    assert accepted.position == 3
+    assert (await lane.stats()).rejected == 1
+    await lane.aclose(drain=False)
+
+
+async def test_eta_fallbacks_without_run_times(clock: ManualClock) -> None:
+    """Without run times the ETA uses the recent rate, and one second per place before."""
+    lane = Lane("x", 1, clock=clock)
+    await lane.submit(Gate())
+    queued = await lane.submit(Gate())
+    assert queued.eta == 1.0
+    clock.advance(60)
+    running = next(iter(lane._running))
+    await running.cancel()  # ends a run without a run time: the rate is 1 per minute
+    await settle()
+    later = await lane.submit(Gate())
+    assert later.position == 1
+    assert later.eta == pytest.approx(60.0)
+    await lane.aclose(drain=False)

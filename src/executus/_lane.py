@@ -591,11 +591,16 @@ class Lane:
             return True
         if job._state is not _RUNNING:
             return False
+        task = job._task
         self._cancel_nowait(job, _CANCEL)
-        if job._task is asyncio.current_task():
+        if task is asyncio.current_task():
             return True  # a slot() body cancelling itself: it ends when it unwinds
         with contextlib.suppress(Exception):  # the outcome is read from the state
             await job
+        if task is not None and job._fn is None and not task.done():
+            pass  # a slot() body in another task: it ended as a job, the task goes on
+        elif task is not None and not task.done():
+            await asyncio.wait([task])  # let the run's task finish its last step
         return job._state is JobState.CANCELLED
 
     async def cancel(self, job_id: str) -> None:
@@ -713,8 +718,14 @@ class Lane:
                 self._end_queued(front.popleft(), LaneClosed(self._name, message))
             while len(queue):
                 self._end_queued(queue.pop(), LaneClosed(self._name, message))
+            tasks = [
+                job._task for job in self._running if job._fn is not None and job._task is not None
+            ]
             for job in list(self._running):
                 self._cancel_nowait(job, _CLOSE)
+            pending = [t for t in tasks if not t.done()]
+            if pending:
+                await asyncio.wait(pending)  # every run's task has ended on return
         if self._jobs:
             fut = self._loop_().create_future()
             self._drained.append(fut)
