@@ -227,6 +227,7 @@ class LaneModel(RuleBasedStateMachine):
             return
         assert not self.violations, self.violations
         lane = self.lane
+        lane._check()  # the lane's own invariants
         running = len(lane._running)
         assert running <= self.cap
         if running <= lane.max_concurrent:

@@ -30,6 +30,10 @@ class JobState(enum.Enum):
     CANCELLED = "cancelled"
     PREEMPTED = "preempted"
 
+    # Identity hash: the Enum default hashes the name in Python on every dict lookup,
+    # and the lane looks states up on every transition.
+    __hash__ = object.__hash__
+
     @property
     def terminal(self) -> bool:
         """True for SUCCEEDED, FAILED, CANCELLED and PREEMPTED."""

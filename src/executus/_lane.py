@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -45,6 +47,9 @@ from ._stats import LaneStats
 __all__ = ["Lane"]
 
 T = TypeVar("T")
+
+# Invariant checks on every decision run under `python -X dev` (and PYTHONDEVMODE=1).
+_DEBUG = sys.flags.dev_mode
 
 _QUEUED = JobState.QUEUED
 _RUNNING = JobState.RUNNING
@@ -109,9 +114,15 @@ class Lane:
         self._name = name
         self._policy = policy
         self._queue: PolicyState = policy.new_state()
+        # Only call admit() for states that override it (saves a call per job).
+        self._admits = type(self._queue).admit is not PolicyState.admit
         self._preemption = preemption
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._mono0 = self._clock.monotonic()
+        # The hot paths read the monotonic clock through one bound function.
+        self._now: Callable[[], float] = (
+            time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic
+        )
+        self._mono0 = self._now()
         self._wall0 = datetime.fromtimestamp(self._clock.time(), UTC)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -342,7 +353,7 @@ class Lane:
             raise DuplicateJob(self._name, job_id)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        now = self._clock.monotonic()
+        now = self._now()
         job: JobHandle[Any] = JobHandle(
             self,
             job_id,
@@ -357,6 +368,8 @@ class Lane:
             # Free slot (so, by invariant 2, nothing is queued): start now.
             jobs[job_id] = job
             self._submitted += 1
+            if self._admits:
+                self._queue.admit(job, now)
             self._start(job, now)
             return job
 
@@ -407,8 +420,8 @@ class Lane:
                 job = queue.pop()
             else:
                 break
-            self._start(job, self._clock.monotonic())
-        if __debug__:
+            self._start(job, self._now())
+        if _DEBUG:
             self._check()
 
     def _check(self) -> None:
@@ -464,15 +477,17 @@ class Lane:
         """
         if job._state is not _RUNNING:  # already ended (e.g. its lane was force-closed)
             return job._exc
-        now = self._clock.monotonic()
+        now = self._now()
         started = job._t_start
         assert started is not None
         del self._running[job]
-        self._victims.pop(job, None)
-        timer = self._timers.pop(job, None)
-        if timer is not None:
-            timer.cancel()
-        cause = self._causes.pop(job, None)
+        cause = None
+        if self._causes:  # victims and timers exist only alongside a recorded cause
+            self._victims.pop(job, None)
+            timer = self._timers.pop(job, None)
+            if timer is not None:
+                timer.cancel()
+            cause = self._causes.pop(job, None)
         self._throughput.record(now)
         error: BaseException | None
         if cancelled:
@@ -570,7 +585,7 @@ class Lane:
             grant.cancel()
         self._cancelled += 1
         del self._jobs[job.id]
-        job._end(JobState.CANCELLED, self._clock.monotonic(), exc=error)
+        job._end(JobState.CANCELLED, self._now(), exc=error)
         if not self._jobs and self._drained:
             self._wake_drained()
 
@@ -641,7 +656,7 @@ class Lane:
         return len(front) + self._queue.position(job)
 
     def _job_eta(self, job: JobHandle[Any]) -> float:
-        return self._estimate(self._job_position(job), self._clock.monotonic())
+        return self._estimate(self._job_position(job), self._now())
 
     def _wall(self, mono: float) -> datetime:
         return self._wall0 + timedelta(seconds=mono - self._mono0)
@@ -650,7 +665,7 @@ class Lane:
 
     async def stats(self) -> LaneStats:
         """A consistent snapshot of the lane's figures."""
-        now = self._clock.monotonic()
+        now = self._now()
         oldest: datetime | None = None
         for job in self._jobs.values():  # submission order; the running ones come first
             if job._state is _QUEUED:

@@ -53,6 +53,13 @@ class PolicyState(ABC):
         """Put back a preempted job at its original arrival place (default: ``push``)."""
         self.push(job, now)
 
+    def admit(self, job: JobHandle[Any], now: float) -> None:
+        """A job started at once, without queueing (the queue was empty).
+
+        The default does nothing; a policy that keeps accounts (fair share charges the
+        job's key one start) records the start here.
+        """
+
     @abstractmethod
     def pop(self) -> JobHandle[Any]:
         """Remove and return the job to start next. Only called when non-empty."""
@@ -152,7 +159,8 @@ class _PriorityState(_SortedState):
     __slots__ = ()
 
     def _key(self, job: JobHandle[Any], now: float) -> Any:
-        return -job.priority * _SEQ_SPAN + job._seq
+        p = job.priority
+        return job._seq if not p else job._seq - p * _SEQ_SPAN
 
 
 class _AgingState(_SortedState):
@@ -277,7 +285,8 @@ class _FairShareState(PolicyState):
         self._slots.insert((flow.tag(j), flow.order), flow)
         flow.n += 1
         if job._qkey is None:
-            job._qkey = -job.priority * _SEQ_SPAN + job._seq
+            p = job.priority
+            job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
         flow.queue.insert(job._qkey, job)
         self._len += 1
 
@@ -294,6 +303,12 @@ class _FairShareState(PolicyState):
         if flow is not None:
             flow.head -= 1  # its finish tag drops by one start before re-backlogging
         self.push(job, now)
+
+    def admit(self, job: JobHandle[Any], now: float) -> None:
+        # Charge the key as if the job had queued and been dispatched at once: a key
+        # whose jobs start without queueing still pays for its starts.
+        self.push(job, now)
+        self.pop()
 
     def pop(self) -> JobHandle[Any]:
         (tag, _), flow = self._slots.pop_first()
