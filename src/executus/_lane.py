@@ -24,7 +24,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -116,6 +116,7 @@ class Lane:
         self._queue: PolicyState = policy.new_state()
         # Only call admit() for states that override it (saves a call per job).
         self._admits = type(self._queue).admit is not PolicyState.admit
+        self._nq = 0  # len(self._queue), kept here: the policy's __len__ is a Python call
         self._preemption = preemption
         self._clock: Clock = clock if clock is not None else SystemClock()
         # The hot paths read the monotonic clock through one bound function.
@@ -175,7 +176,7 @@ class Lane:
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
-        queued = len(self._queue) + len(self._front)
+        queued = self._nq + len(self._front)
         return (
             f"<Lane {self._name!r} [{len(self._running)}/{self._max} running, "
             f"{queued} queued | {self._policy.name}]{state}>"
@@ -386,11 +387,13 @@ class Lane:
             return job
 
         self._queue.push(job, now)
+        self._nq += 1
         if max_wait is not None:
             position = len(self._front) + self._queue.position(job)
             eta = self._estimate(position, now)
             if eta > max_wait:
                 self._queue.remove(job)
+                self._nq -= 1
                 self._refuse(position, eta, max_wait)
         jobs[job_id] = job
         self._submitted += 1
@@ -406,6 +409,14 @@ class Lane:
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Start a run's task: ``asyncio.Task`` directly unless the loop has a task
+        factory (the loop's ``create_task`` adds a Python-level call per job)."""
+        loop = self._loop_()
+        if loop.get_task_factory() is None:
+            return asyncio.Task(coro, loop=loop)
+        return loop.create_task(coro)
+
     # -- the decision step -----------------------------------------------------------------
 
     def _reconcile(self) -> None:
@@ -416,7 +427,8 @@ class Lane:
         while len(running) < self._max:
             if front:
                 job = front.popleft()
-            elif len(queue):
+            elif self._nq:
+                self._nq -= 1
                 job = queue.pop()
             else:
                 break
@@ -425,7 +437,8 @@ class Lane:
             self._check()
 
     def _check(self) -> None:
-        assert not (self._front or len(self._queue)) or len(self._running) >= self._max, (
+        assert self._nq == len(self._queue), "the queued count drifted"
+        assert not (self._front or self._nq) or len(self._running) >= self._max, (
             "a job is queued while a slot is free"
         )
 
@@ -440,7 +453,7 @@ class Lane:
                 grant.set_result(None)
         else:
             job._begun = False
-            job._task = self._loop_().create_task(self._run(job, fn))
+            job._task = self._spawn(self._run(job, fn))
 
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
         job._begun = True
@@ -498,6 +511,7 @@ class Lane:
                 job._task = None
                 job._transition(_QUEUED)
                 self._queue.requeue(job, now)
+                self._nq += 1
                 self._reconcile()
                 return None
             if cause == _PREEMPT:
@@ -576,6 +590,7 @@ class Lane:
             self._front.remove(job)
         else:
             self._queue.remove(job)
+            self._nq -= 1
         self._end_queued(job, error)
 
     def _end_queued(self, job: JobHandle[Any], error: BaseException) -> None:
@@ -675,7 +690,7 @@ class Lane:
             name=self._name,
             max_concurrent=self._max,
             running=len(self._running),
-            queued=len(self._queue) + len(self._front),
+            queued=self._nq + len(self._front),
             oldest_queued_at=oldest,
             throughput_1m=self._throughput.count(now),
             submitted=self._submitted,
@@ -731,7 +746,8 @@ class Lane:
             front, queue = self._front, self._queue
             while front:
                 self._end_queued(front.popleft(), LaneClosed(self._name, message))
-            while len(queue):
+            while self._nq:
+                self._nq -= 1
                 self._end_queued(queue.pop(), LaneClosed(self._name, message))
             tasks = [
                 job._task for job in self._running if job._fn is not None and job._task is not None
