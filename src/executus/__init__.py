@@ -21,6 +21,17 @@ from ._errors import LaneError as LaneError
 from ._errors import LaneUnavailable as LaneUnavailable
 from ._errors import LeaseLost as LeaseLost
 from ._errors import NotQueued as NotQueued
+from ._events import EventKind as EventKind
+from ._events import LaneEvent as LaneEvent
+from ._events import LaneObserver as LaneObserver
+from ._events import LoggingObserver as LoggingObserver
+from ._fanout import FanoutProgress as FanoutProgress
+from ._fanout import KeyProgress as KeyProgress
+from ._fanout import Outcome as Outcome
+from ._fanout import ProgressLine as ProgressLine
+from ._fanout import fanout as fanout
+from ._fanout import fanout_iter as fanout_iter
+from ._fanout import grid as grid
 from ._job import JobContext as JobContext
 from ._job import JobHandle as JobHandle
 from ._job import JobState as JobState
@@ -44,6 +55,19 @@ __all__ = [
     "JobContext",
     "LaneStats",
     "current_job",
+    # observing
+    "LaneEvent",
+    "EventKind",
+    "LaneObserver",
+    "LoggingObserver",
+    # swarms
+    "fanout",
+    "fanout_iter",
+    "grid",
+    "Outcome",
+    "FanoutProgress",
+    "KeyProgress",
+    "ProgressLine",
     # policies
     "QueuePolicy",
     "PolicyState",

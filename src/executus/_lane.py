@@ -40,6 +40,7 @@ from ._errors import (
     NotQueued,
 )
 from ._eta import RuntimeWindow, ThroughputWindow, estimate_wait
+from ._events import Emitter, EventKind, LaneEvent, LaneObserver
 from ._job import CURRENT_JOB, JobHandle, JobState
 from ._policies import FIFO, PolicyState, Preemption, QueuePolicy
 from ._stats import LaneStats
@@ -56,6 +57,13 @@ _RUNNING = JobState.RUNNING
 
 # Why a running job was cancelled by the lane (recorded before ``task.cancel()``, so the
 # job's end tells a lane-made cancellation from an outside one).
+_END_EVENTS = {
+    JobState.SUCCEEDED: EventKind.FINISHED,
+    JobState.FAILED: EventKind.FINISHED,
+    JobState.CANCELLED: EventKind.CANCELLED,
+    JobState.PREEMPTED: EventKind.PREEMPTED,
+}
+
 _CANCEL = "cancel"
 _CLOSE = "close"
 _PREEMPT = "preempt"
@@ -138,6 +146,7 @@ class Lane:
         self._drained: list[asyncio.Future[None]] = []
         self._seq = 0
 
+        self._events = Emitter()
         self._window = RuntimeWindow(eta_window)
         self._throughput = ThroughputWindow()
         self._submitted = 0
@@ -371,6 +380,8 @@ class Lane:
             self._submitted += 1
             if self._admits:
                 self._queue.admit(job, now)
+            if self._events.active:
+                self._emit(EventKind.SUBMITTED, job, state=_RUNNING, position=0, eta=0.0)
             self._start(job, now)
             return job
 
@@ -383,6 +394,8 @@ class Lane:
             self._front.append(job)
             jobs[job_id] = job
             self._submitted += 1
+            if self._events.active:
+                self._emit(EventKind.SUBMITTED, job, state=_QUEUED, position=len(self._front))
             self._preempt(victim, now)
             return job
 
@@ -397,10 +410,14 @@ class Lane:
                 self._refuse(position, eta, max_wait)
         jobs[job_id] = job
         self._submitted += 1
+        if self._events.active:
+            self._emit(EventKind.SUBMITTED, job, state=_QUEUED, position=job.position)
         return job
 
     def _refuse(self, position: int, eta: float, max_wait: float) -> None:
         self._rejected += 1
+        if self._events.active:
+            self._emit(EventKind.REJECTED, None, position=position, eta=eta)
         raise LaneBusy(self._name, position, eta, max_wait)
 
     def _loop_(self) -> asyncio.AbstractEventLoop:
@@ -446,6 +463,8 @@ class Lane:
         job._transition(_RUNNING)
         job._t_start = now
         self._running[job] = None
+        if self._events.active:
+            self._emit(EventKind.STARTED, job, state=_RUNNING, wait=now - job._t_submit)
         fn = job._fn
         if fn is None:  # a slot() job: wake its waiting task, if it waits
             grant = self._grants.pop(job, None)
@@ -512,6 +531,8 @@ class Lane:
                 job._transition(_QUEUED)
                 self._queue.requeue(job, now)
                 self._nq += 1
+                if self._events.active:
+                    self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=now - started)
                 self._reconcile()
                 return None
             if cause == _PREEMPT:
@@ -537,6 +558,12 @@ class Lane:
             error = None
             job._end(JobState.SUCCEEDED, now, value=value)
         del self._jobs[job.id]
+        if self._events.active:
+            kind = _END_EVENTS[job._state]
+            failed = job._state is JobState.FAILED
+            self._emit(
+                kind, job, state=job._state, run=now - started, error=exc if failed else None
+            )
         self._reconcile()
         if not self._jobs and self._drained:
             self._wake_drained()
@@ -601,6 +628,8 @@ class Lane:
         self._cancelled += 1
         del self._jobs[job.id]
         job._end(JobState.CANCELLED, self._now(), exc=error)
+        if self._events.active:
+            self._emit(EventKind.CANCELLED, job, state=JobState.CANCELLED)
         if not self._jobs and self._drained:
             self._wake_drained()
 
@@ -710,6 +739,8 @@ class Lane:
             TypeError, ValueError: ``n`` is not an int >= 1.
         """
         self._max = _check_count("max_concurrent", n)
+        if self._events.active:
+            self._emit(EventKind.RESIZED, None, max_concurrent=n)
         self._reconcile()
 
     async def set_preemption(self, preemption: Preemption | None) -> None:
@@ -740,6 +771,8 @@ class Lane:
         Calling it again is harmless (and ``drain=False`` after a draining close
         cancels what is left).
         """
+        if not self._closed and self._events.active:
+            self._emit(EventKind.CLOSED, None)
         self._closed = True
         if not drain:
             message = f"lane {self._name!r} was closed before the job started"
@@ -765,6 +798,30 @@ class Lane:
             finally:
                 if fut in self._drained:
                     self._drained.remove(fut)
+
+    # -- observers -------------------------------------------------------------------------
+
+    def add_observer(self, observer: LaneObserver) -> None:
+        """Call ``observer(event)`` with every ``LaneEvent`` of this lane from now on.
+
+        Events arrive on the next loop step, in order. A plain function runs on the
+        loop; an ``async def`` one in its own task, so a slow observer never delays a
+        start (it loses its oldest events past 10,000 behind). Errors are logged to
+        ``executus.events`` and ignored. Adding the same observer twice is a no-op.
+        """
+        self._events.add(observer)
+
+    def remove_observer(self, observer: LaneObserver) -> None:
+        """Stop sending events to ``observer`` (unknown observers are ignored)."""
+        self._events.remove(observer)
+
+    def _emit(self, kind: EventKind, job: JobHandle[Any] | None, **fields: Any) -> None:
+        wall = self._clock.time()
+        if job is None:
+            event = LaneEvent(kind, self._name, wall, **fields)
+        else:
+            event = LaneEvent(kind, self._name, wall, job.id, job.key, job.priority, **fields)
+        self._events.emit(event)
 
     def _wake_drained(self) -> None:
         waiters, self._drained = self._drained, []
