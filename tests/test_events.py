@@ -199,12 +199,12 @@ async def test_logging_observer_fields(caplog: pytest.LogCaptureFixture) -> None
         await lane.run(value(1), job_id="j", key="alice")
         await settle()
     records = [r for r in caplog.records if r.name == "executus.lane"]
-    assert [r.event for r in records] == ["submitted", "started", "finished"]
+    assert [r.__dict__["event"] for r in records] == ["submitted", "started", "finished"]
     last = records[-1]
-    assert (last.lane, last.job_id, last.key) == (
+    assert (last.__dict__["lane"], last.__dict__["job_id"], last.__dict__["key"]) == (
         "gpu", "j", "alice"
     )  # fmt: skip
-    assert last.state == "succeeded"
+    assert last.__dict__["state"] == "succeeded"
     assert last.getMessage().startswith("lane 'gpu': finished job 'j' key 'alice' succeeded")
 
 
