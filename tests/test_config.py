@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -524,3 +527,63 @@ async def test_concurrent_reloads_are_serialised(tmp_path: Path) -> None:
     assert sum(len(r.applied) for r in results) == 1
     assert a.max_concurrent == 7
     await lanes.aclose()
+
+
+async def test_reload_treats_an_unset_policy_as_fifo() -> None:
+    """Removing an explicit 'fifo' policy (the default) is not a pending change."""
+    values = {"EXECUTUS_LANE_A_POLICY": "fifo"}
+    lanes = Lanes(EnvSource(environ=values))
+    lanes.get("a")
+    del values["EXECUTUS_LANE_A_POLICY"]
+    assert await lanes.reload() == ReloadResult()
+    await lanes.aclose()
+
+
+# -- Redis lanes from config -------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The URL of a private redis-server on a free port (skipped without the backend)."""
+    pytest.importorskip("executus.redis", reason="executus.redis is not available")
+    if shutil.which("redis-server") is None:  # pragma: no cover - depends on the machine
+        pytest.skip("redis-server is not installed")
+    from tests.redis.helpers import RedisServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    server = RedisServer(port, tmp_path)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+async def test_redis_url_builds_redis_lanes(redis_url: str) -> None:
+    """With REDIS_URL set, lanes are RedisLanes with the configured lease and limits."""
+    from executus.redis import RedisLane
+
+    values = {
+        "EXECUTUS_REDIS_URL": redis_url,
+        "EXECUTUS_REDIS_NAMESPACE": "cfgtest",
+        "EXECUTUS_LANE_GPU_MAX_CONCURRENT": "2",
+        "EXECUTUS_LANE_GPU_LEASE": "5s",
+        "EXECUTUS_LANE_GPU_POLICY": "fair_share",
+    }
+    lanes = Lanes(EnvSource(environ=values))
+    assert lanes.redis_url == redis_url
+    lane = lanes.get("gpu")
+    try:
+        assert isinstance(lane, RedisLane)
+        assert lane.lease == 5.0
+        assert lane.policy == FairShare()
+        assert await lane.run(lambda: asyncio.sleep(0, "ok"), key="alice") == "ok"
+        assert (await lane.stats()).max_concurrent == 2
+        values["EXECUTUS_LANE_GPU_MAX_CONCURRENT"] = "3"
+        assert (await lanes.reload()).applied == (("gpu", "max_concurrent"),)
+        assert (await lane.stats()).max_concurrent == 3
+    finally:
+        await lanes.aclose()

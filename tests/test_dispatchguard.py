@@ -20,6 +20,11 @@ from executus.testing import ManualClock
 from tests.helpers import settle
 
 
+async def nothing() -> str:
+    """A dispatch body that returns at once."""
+    return "ok"
+
+
 class Hold:
     """A dispatch body that runs until the test opens it."""
 
@@ -99,7 +104,7 @@ async def test_reject_mode_refuses_a_second_arrival() -> None:
     with pytest.raises(KeyBusy) as e:
         await guard.run("alice", hold, event_id="e2")
     assert str(e.value) == "event 'e2' refused: a dispatch for key 'alice' is in flight"
-    assert await guard.run("bob", asyncio.sleep, event_id="e3") is None
+    assert await guard.run("bob", nothing, event_id="e3") == "ok"
     hold.gate.set()
     assert await task == "done"
     assert not guard.busy("alice")
@@ -154,12 +159,12 @@ async def test_failed_dispatch_frees_the_key_and_hands_over() -> None:
 
     first = asyncio.create_task(guard.run("k", boom, event_id="a"))
     await entered.wait()
-    second = asyncio.create_task(guard.run("k", asyncio.sleep, event_id="b"))
+    second = asyncio.create_task(guard.run("k", nothing, event_id="b"))
     await settle()
     fail.set()
     with pytest.raises(RuntimeError, match=r"^model crashed$"):
         await first
-    assert await second is None
+    assert await second == "ok"
     assert len(guard) == 0
     # The failed event stays seen by default.
     assert guard.seen("a")
@@ -175,7 +180,7 @@ async def test_forget_failed_admits_a_redelivery() -> None:
     with pytest.raises(ValueError, match=r"^bad$"):
         await guard.run("k", boom, event_id="a")
     assert not guard.seen("a")
-    assert await guard.run("k", asyncio.sleep, event_id="a") is None
+    assert await guard.run("k", nothing, event_id="a") == "ok"
     assert guard.seen("a")
 
 
@@ -185,12 +190,12 @@ async def test_cancelled_holder_frees_the_key() -> None:
     hold = Hold()
     holder = asyncio.create_task(guard.run("k", hold, event_id="a"))
     await hold.entered.wait()
-    waiter = asyncio.create_task(guard.run("k", asyncio.sleep, event_id="b"))
+    waiter = asyncio.create_task(guard.run("k", nothing, event_id="b"))
     await settle()
     holder.cancel()
     with pytest.raises(asyncio.CancelledError):
         await holder
-    assert await waiter is None
+    assert await waiter == "ok"
     assert len(guard) == 0
 
 
@@ -200,7 +205,7 @@ async def test_cancelled_waiter_leaves_nothing_behind() -> None:
     hold = Hold()
     holder = asyncio.create_task(guard.run("k", hold, event_id="a"))
     await hold.entered.wait()
-    waiter = asyncio.create_task(guard.run("k", asyncio.sleep, event_id="b"))
+    waiter = asyncio.create_task(guard.run("k", nothing, event_id="b"))
     await settle()
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -214,25 +219,28 @@ async def test_cancelled_waiter_leaves_nothing_behind() -> None:
 async def test_waiter_cancelled_after_hand_over_passes_the_key_on() -> None:
     """A waiter handed the key but cancelled before it resumed passes the key on."""
     guard = DispatchGuard(mode="coalesce")
-    hold = Hold()
-    holder = asyncio.create_task(guard.run("k", hold, event_id="a"))
-    await hold.entered.wait()
     ran: list[str] = []
+    go_c = asyncio.Event()
 
     async def note(name: str) -> None:
         ran.append(name)
 
-    waiter = asyncio.create_task(guard.run("k", lambda: note("b"), event_id="b"))
-    await settle()
-    hold.gate.set()
-    await holder  # the hand-over to b happened; b has not resumed yet
+    async def arrive_c() -> None:
+        await go_c.wait()
+        await guard.run("k", lambda: note("c"), event_id="c")
+
+    third = asyncio.create_task(arrive_c())
+    async with guard.dispatch("k", event_id="a"):
+        waiter = asyncio.create_task(guard.run("k", lambda: note("b"), event_id="b"))
+        await settle()
+        assert guard.waiting("k")
+        go_c.set()  # c wakes before b: it arrives after the hand-over below
+    # Leaving the block handed the key to b, which has not resumed yet.
     assert guard.busy("k")
-    third = asyncio.create_task(guard.run("k", lambda: note("c"), event_id="c"))
-    await asyncio.sleep(0)  # c queues behind the handed-over slot
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    await third
+    await asyncio.wait_for(third, 5)
     assert ran == ["c"]
     assert len(guard) == 0
 

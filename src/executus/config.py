@@ -29,6 +29,7 @@ and raise ``ConfigError`` naming the key and the bad value when it is malformed.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import logging
@@ -37,7 +38,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +64,9 @@ __all__ = [
     "get_float",
     "get_int",
     "get_str",
+    "lane_token",
+    "normalize_key",
+    "parse_duration",
 ]
 
 logger = logging.getLogger("executus.config")
@@ -92,7 +96,8 @@ class ConfigError(ValueError):
 class Source(Protocol):
     """Where settings come from: ``get(key)`` returns the raw string or None if absent.
 
-    Keys are flat and case-insensitive (``"LANE_OLLAMA_POLICY"``). A source may also
+    Keys are flat and case-insensitive; the helpers and ``Lanes`` always ask for the
+    normalised spelling (``normalize_key``: ``"LANE_OLLAMA_POLICY"``). A source may also
     offer ``keys()`` (see ``ListableSource``), which lets ``Lanes`` reject unknown lane
     settings at load, and ``where(key)``, a description of where a key is read from
     (``"$EXECUTUS_REDIS_URL"``), which error messages quote.
@@ -405,7 +410,7 @@ def _raw(source: Source | None, key: str) -> str | None:
     """The stripped value, or None when absent or blank (``FOO=`` means unset)."""
     if source is None:
         return None
-    value = source.get(key)
+    value = source.get(normalize_key(key))
     if value is None:
         return None
     value = value.strip()
@@ -413,10 +418,10 @@ def _raw(source: Source | None, key: str) -> str | None:
 
 
 def _bad(source: Source, key: str, value: str, expected: str) -> ConfigError:
+    key = normalize_key(key)
     return ConfigError(
-        f"config key {normalize_key(key)!r} ({_where(source, key)}): expected {expected}, "
-        f"got {value!r}",
-        key=normalize_key(key),
+        f"config key {key!r} ({_where(source, key)}): expected {expected}, got {value!r}",
+        key=key,
         value=value,
     )
 
@@ -889,7 +894,7 @@ class _Effective:
     eta_window: int
     lease: float | None
     redis_url: str | None
-    redis_namespace: str | None = field(default=None)
+    redis_namespace: str | None = None
 
 
 _REDIS_MODULE = "executus.redis"
@@ -941,7 +946,7 @@ class Lanes:
         self.source = source
         self._clock = clock
         self._lanes: dict[str, _Entry] = {}
-        self._reload_lock: Any = None  # an asyncio.Lock, made on first reload
+        self._reload_lock: asyncio.Lock | None = None  # made on first reload (in a loop)
         self._snapshot = self._load()
 
     # -- loading -----------------------------------------------------------------------------
@@ -1113,8 +1118,8 @@ class Lanes:
         reports settings that need a restart (PostgreSQL's ``pending_restart``).
 
         Reloading is all or nothing with respect to errors: when the new config is
-        invalid, ``ConfigError`` is raised and nothing changes. Sources with a
-        ``reload()`` method (``TomlSource``, ``ChainSource``) are re-read first.
+        invalid, ``ConfigError`` is raised and no lane or lane setting changes. Sources
+        with a ``reload()`` method (``TomlSource``, ``ChainSource``) are re-read first.
 
         Returns:
             What was applied and what waits for a restart.
@@ -1122,7 +1127,7 @@ class Lanes:
         Raises:
             ConfigError: the new configuration is invalid (nothing was changed).
         """
-        import asyncio
+        from ._policies import FIFO
 
         if self._reload_lock is None:
             self._reload_lock = asyncio.Lock()
@@ -1148,7 +1153,7 @@ class Lanes:
                     await entry.lane.set_eta_window(new.eta_window)
                     applied.append((name, "eta_window"))
                 for what, a, b in (
-                    ("policy", old.policy, new.policy),
+                    ("policy", old.policy or FIFO(), new.policy or FIFO()),
                     ("lease", old.lease, new.lease),
                     ("redis_url", old.redis_url, new.redis_url),
                 ):

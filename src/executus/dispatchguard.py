@@ -14,8 +14,9 @@ agent answers. ``DispatchGuard`` sits between the host's event stream and the ag
      earlier waiting ones are refused with ``Superseded``. When the running dispatch
      ends, the latest waiting one runs.
 
-Every refusal is a ``DispatchRefused``. A dispatch that raises or is cancelled frees
-its key like one that returns (nothing leaks), and the next waiting arrival runs.
+Every refusal is a ``DispatchRefused``; a refused event's id stays seen, so a
+redelivery of it is a duplicate. A dispatch that raises or is cancelled frees its key
+like one that returns (nothing leaks), and the next waiting arrival runs.
 
 Example::
 

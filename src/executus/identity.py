@@ -258,9 +258,11 @@ class LaneOps:
             self._prune_at = max(64, 2 * len(self._jobs))
 
     async def submit(
-        self, fn: Callable[[], Awaitable[T]], *, key: str, **options: Any
+        self, fn: Callable[[], Awaitable[T]], *, key: str | None = None, **options: Any
     ) -> JobHandle[T]:
         """Submit ``fn`` for the user ``key`` (see ``Lane.submit`` for ``options``).
+
+        A job without a key has no owner: only an admin may cancel it.
 
         Returns:
             The job's handle; the job is tracked so its owner can cancel it.

@@ -59,8 +59,8 @@ class AttachmentLimit(Exception):
         self.key = key
         self.limit = limit
         self.bound = bound
-        where = f"key {key!r}" if limit == "max_per_key" else "all keys"
-        super().__init__(f"{limit} is {bound}: {where} already hold {bound} pending items")
+        where = f"key {key!r} already holds" if limit == "max_per_key" else "all keys already hold"
+        super().__init__(f"{limit} is {bound}: {where} {bound} pending items")
 
 
 class PendingAttachments(Generic[T]):
