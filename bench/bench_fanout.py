@@ -30,7 +30,8 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
 import aiometer
 
@@ -80,7 +81,7 @@ async def run_gather(fn: Callable[[int], Awaitable[int]], n: int) -> int:
     return len(results)
 
 
-RUNNERS: dict[str, Callable[[Callable[[int], Awaitable[int]], int], Awaitable[int]]] = {
+RUNNERS: dict[str, Callable[[Callable[[int], Awaitable[int]], int], Coroutine[Any, Any, int]]] = {
     "fanout": run_fanout,
     "aiometer": run_aiometer,
     "gather+sems": run_gather,
@@ -89,7 +90,7 @@ FUNCTIONS: dict[str, Callable[[int], Awaitable[int]]] = {"noop": noop, "yield": 
 
 
 def time_one(
-    runner: Callable[[Callable[[int], Awaitable[int]], int], Awaitable[int]],
+    runner: Callable[[Callable[[int], Awaitable[int]], int], Coroutine[Any, Any, int]],
     fn: Callable[[int], Awaitable[int]],
     n: int,
 ) -> float:
@@ -103,9 +104,7 @@ def time_one(
 
 def measure_speed(runs: int) -> dict[str, dict[str, float]]:
     """Median seconds per (function, runner), runners alternating within each round."""
-    samples: dict[str, dict[str, list[float]]] = {
-        f: {r: [] for r in RUNNERS} for f in FUNCTIONS
-    }
+    samples: dict[str, dict[str, list[float]]] = {f: {r: [] for r in RUNNERS} for f in FUNCTIONS}
     for fname, fn in FUNCTIONS.items():
         for runner in RUNNERS.values():  # warm up imports and code paths
             time_one(runner, fn, 1000)
@@ -178,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         base = rows["fanout"]
         for rname, secs in rows.items():
             ratio = "" if rname == "fanout" else f"{secs / base:.2f}x faster"
-            print(
-                f"{fname:<6} {rname:<12} {secs * 1000:8.1f} {N_ITEMS / secs:10,.0f} {ratio:>12}"
-            )
+            print(f"{fname:<6} {rname:<12} {secs * 1000:8.1f} {N_ITEMS / secs:10,.0f} {ratio:>12}")
     if memory:
         print()
         print("fanout_iter over a lazy generator, outcomes dropped as consumed (tracemalloc):")

@@ -464,7 +464,6 @@ class _Swarm(Generic[T, R]):
 
         # Input.
         self._total: int | None = None
-        self._sized_items: Iterable[T] | None = None
         self._ait: AsyncIterator[T] | None = None
         self._it: Iterator[T] | None = None
         if isinstance(items, AsyncIterable):
@@ -485,6 +484,7 @@ class _Swarm(Generic[T, R]):
         self._n_pending = 0
         self._running = 0
         self._n_workers = 0
+        self._unstarted: set[asyncio.Task[None]] = set()  # workers before their first step
         self._idle: deque[asyncio.Future[None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False  # fail-fast, a fatal error, or the caller left
@@ -561,11 +561,13 @@ class _Swarm(Generic[T, R]):
         """The next item to start (round robin over runnable keys), or None."""
         if self._stopping:
             return None
-        if self._it is not None and self._n_pending < self._read_ahead:
-            self._fill()
         ring = self._ring
         if not ring:
-            return None
+            if self._it is None:
+                return None
+            self._fill()
+            if not ring:
+                return None
         ks = ring.popleft()
         entry = ks.pending.popleft()
         self._n_pending -= 1
@@ -575,6 +577,12 @@ class _Swarm(Generic[T, R]):
             ring.append(ks)
         else:
             ks.in_ring = False
+        if self._it is not None:
+            self._fill()  # keep the window full, so other keys' items are in sight
+            if self._stopping:  # reading failed an item under fail_fast: drop this one too
+                self._release(ks)
+                self._record(ks, self._cancel_outcome(ks, entry[0], entry[1], entry[2], None, 0))
+                return None
         if ring:
             self._more_hands()
         elif self._exhausted and not self._n_pending:
@@ -597,14 +605,25 @@ class _Swarm(Generic[T, R]):
             del self._keys[ks.key]
 
     def _more_hands(self) -> None:
-        """Runnable items are waiting: wake an idle worker, or start one if allowed."""
+        """Runnable items are waiting: wake an idle worker, or start workers if allowed.
+
+        Workers are started for every queued item at once (not one per loop step), up
+        to the global cap: a burst of slow items gets all its slots in one step. Some
+        queued items may belong to keys at their cap; the extra workers then idle, which
+        the cap bounds.
+        """
         idle = self._idle
         while idle:
             fut = idle.popleft()
             if not fut.done():
                 fut.set_result(None)
                 return
-        if not self._stopping and (self._cap is None or self._n_workers < self._cap):
+        if self._stopping:
+            return
+        want = self._n_pending - len(self._unstarted)
+        if self._cap is not None:
+            want = min(want, self._cap - self._n_workers)
+        for _ in range(want):
             self._spawn_worker()
 
     def _wake_all(self) -> None:
@@ -626,10 +645,13 @@ class _Swarm(Generic[T, R]):
         # finished while a worker is about to start; the done callback runs even if the
         # task is cancelled before its first step.
         self._n_workers += 1
-        self._spawn(self._worker()).add_done_callback(self._worker_done)
+        task = self._spawn(self._worker())
+        self._unstarted.add(task)
+        task.add_done_callback(self._worker_done)
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         self._n_workers -= 1
+        self._unstarted.discard(task)  # in case it was cancelled before its first step
         self._check_finished()
 
     # -- outcomes ----------------------------------------------------------------------------
@@ -647,8 +669,6 @@ class _Swarm(Generic[T, R]):
             self._failed += 1
             if ks is not None:
                 ks.failed += 1
-            if self._fail_fast and not self._stopping:
-                self._stop()
         if ks is not None:
             ks.done += 1
         if self._collect:
@@ -662,6 +682,13 @@ class _Swarm(Generic[T, R]):
                     waiter.set_result(None)
         if self._progress is not None:
             self._report()
+        if (
+            self._fail_fast
+            and not outcome.ok
+            and not self._stopping
+            and not isinstance(outcome.error, asyncio.CancelledError)
+        ):
+            self._stop()  # after storing: the error comes before the cancellations
 
     def _cancel_outcome(
         self,
@@ -777,6 +804,7 @@ class _Swarm(Generic[T, R]):
     # -- workers -----------------------------------------------------------------------------
 
     async def _worker(self) -> None:
+        self._unstarted.discard(asyncio.current_task())
         fn = self._fn
         mono = self._mono
         wall = self._wall
@@ -1048,12 +1076,14 @@ async def fanout(
         lanes: a mapping from key to a ``Lane``/``RedisLane`` (or one lane for every
             key). Such a key's items run as jobs of its lane, submitted with
             ``priority=lane_priority`` and ``preemptible=lane_preemptible``; an item
-            holds its fanout slot while its job is queued or running. Without its own
+            holds its fanout slot while its job is queued or running. The job's lane key
+            is the item's key (``str(key)`` unless it is a str or None). Without its own
             ``per_key`` entry, a lane key is capped at the lane's ``max_concurrent``.
         fail_fast: on the first item that fails, cancel every item still queued or
             running (their outcomes are cancelled: ``error`` is a CancelledError) and
             stop reading the input. For a sized input (list, tuple, range...) the unread
-            items are reported cancelled too, so the result lines up with the input.
+            items are reported cancelled too (with key None: their key is not computed),
+            so the result lines up with the input.
         progress: a callable receiving a ``FanoutProgress`` (at most once per
             ``progress_interval`` seconds, and always once at the end), or True for a
             live line on stderr (``ProgressLine``). It is called synchronously and must

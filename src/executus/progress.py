@@ -1,0 +1,502 @@
+"""Run progress for people: "queued (#3, ~30s)", "step 2/5: parsing", "done".
+
+A ``ProgressReporter`` is bound to one target (a user, a chat thread) and a
+``Deliverer``. Each update (queued, started, step, done, failed, cancelled, preempted)
+is turned into text and delivered, **throttled** (at most one delivery per
+``interval`` seconds) and **coalesced** (a burst of updates delivers only the newest,
+once the interval has passed), so a chat API is not flooded. A terminal update (done,
+failed, cancelled, preempted) is delivered at once, replacing anything still waiting,
+and ends the report: later updates are ignored. A deliverer that raises never fails
+the run: the error is logged (logger ``executus.progress``) and reporting goes on.
+
+A lane job can drive a reporter without its code doing anything::
+
+    reporter = ProgressReporter("user-42", chat, interval=2.0)
+    reply = await run_with_progress(lane, lambda: llm.chat(prompt), reporter, key="user-42")
+
+or, for a handle you already hold, ``await reporter.track(handle)``. Time comes from an
+injectable clock (``clock=``, e.g. ``executus.testing.ManualClock``), which also drives
+the delayed deliveries and the polling of a tracked handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self, TypeVar
+
+from ._clock import Clock, SystemClock, TimerHandle
+from ._job import JobHandle, JobState
+from .deliver import Deliverer, Discard
+
+__all__ = [
+    "ProgressReporter",
+    "ProgressUpdate",
+    "format_eta",
+    "format_update",
+    "run_with_progress",
+]
+
+T = TypeVar("T")
+
+log = logging.getLogger("executus.progress")
+
+Kind = Literal["queued", "started", "step", "done", "failed", "cancelled", "preempted"]
+_TERMINAL_KINDS = frozenset({"done", "failed", "cancelled", "preempted"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    """One progress event, before it is turned into text.
+
+    Attributes:
+        kind: ``"queued"``, ``"started"``, ``"step"``, ``"done"``, ``"failed"``,
+            ``"cancelled"`` or ``"preempted"``.
+        position: for ``queued``: the place in the lane's dispatch order (1 = next).
+        eta: for ``queued``: the estimated seconds until it starts, or None.
+        step: for ``step``: the step number (1-based).
+        steps: for ``step``: the number of steps, or None if unknown.
+        message: free text (a step's description, a final note), or "".
+        error: for ``failed``: the error, or None.
+    """
+
+    kind: Kind
+    position: int | None = None
+    eta: float | None = None
+    step: int | None = None
+    steps: int | None = None
+    message: str = ""
+    error: BaseException | str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True for done, failed, cancelled and preempted."""
+        return self.kind in _TERMINAL_KINDS
+
+
+def format_eta(seconds: float) -> str:
+    """A short, rounded-up duration for people: ``"~30s"``, ``"~2m"``, ``"~1h05m"``."""
+    if not math.isfinite(seconds):
+        return "~?"
+    s = max(0, math.ceil(seconds))
+    if s < 60:
+        return f"~{s}s"
+    m = math.ceil(s / 60)
+    if m < 60:
+        return f"~{m}m"
+    h, m = divmod(m, 60)
+    return f"~{h}h{m:02d}m"
+
+
+def format_update(update: ProgressUpdate) -> str:
+    """The default text of an update.
+
+    ``queued (#3, ~30s)``, ``started``, ``step 2/5: parsing``, ``done``,
+    ``failed: <error>``, ``cancelled``, ``preempted``; a ``message`` is appended after
+    a colon.
+    """
+    kind = update.kind
+    if kind == "queued":
+        parts = []
+        if update.position:
+            parts.append(f"#{update.position}")
+        if update.eta is not None:
+            parts.append(format_eta(update.eta))
+        text = f"queued ({', '.join(parts)})" if parts else "queued"
+    elif kind == "step":
+        of = "" if update.steps is None else f"/{update.steps}"
+        text = f"step {update.step}{of}"
+    elif kind == "failed":
+        err = update.error
+        detail = (str(err) or type(err).__name__) if isinstance(err, BaseException) else err
+        text = f"failed: {detail}" if detail else "failed"
+    else:
+        text = kind
+    if update.message:
+        text = f"{text}: {update.message}"
+    return text
+
+
+class _Formatter(Protocol):
+    def __call__(self, update: ProgressUpdate, /) -> str: ...
+
+
+class ProgressReporter:
+    """Sends a run's progress to one target, throttled and coalesced.
+
+    Args:
+        target: who the updates are for (passed to ``deliverer.deliver``).
+        deliverer: where updates go; None means ``Discard()``.
+        interval: the minimum seconds between two deliveries (>= 0). Updates in between
+            are coalesced: only the newest is delivered, when the interval has passed.
+        clock: the time source and timer (default: the system clock).
+        formatter: turns a ``ProgressUpdate`` into text (default ``format_update``).
+        prefix: text put before every message (e.g. ``"render: "``).
+        deliver_timeout: seconds one delivery may take before it is abandoned (and
+            logged); None for no limit.
+
+    Raises:
+        TypeError: ``interval`` is not a number.
+        ValueError: ``interval`` or ``deliver_timeout`` is negative or not finite.
+
+    Example::
+
+        reporter = ProgressReporter("user-42", Stdout(), interval=1.0)
+        await reporter.started()
+        for i, page in enumerate(pages, 1):
+            await reporter.step(i, len(pages), f"page {page}")
+            ...
+        await reporter.done()
+    """
+
+    def __init__(
+        self,
+        target: str,
+        deliverer: Deliverer | None = None,
+        *,
+        interval: float = 2.0,
+        clock: Clock | None = None,
+        formatter: _Formatter | None = None,
+        prefix: str = "",
+        deliver_timeout: float | None = 10.0,
+    ) -> None:
+        if deliver_timeout is not None and not (
+            math.isfinite(deliver_timeout) and deliver_timeout > 0
+        ):
+            raise ValueError(
+                f"deliver_timeout must be a finite number > 0 or None, got {deliver_timeout!r}"
+            )
+        self._deliver_timeout = deliver_timeout
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise TypeError(f"interval must be a number of seconds, got {interval!r}")
+        if not math.isfinite(interval) or interval < 0:
+            raise ValueError(f"interval must be a finite number >= 0, got {interval!r}")
+        self.target = target
+        self._deliverer: Deliverer = Discard() if deliverer is None else deliverer
+        self._interval = float(interval)
+        self._clock: Clock = SystemClock() if clock is None else clock
+        self._format: _Formatter = format_update if formatter is None else formatter
+        self._prefix = prefix
+        self._pending: str | None = None  # newest undelivered text
+        self._last_text: str | None = None  # last text delivered (or attempted)
+        self._last_at: float | None = None  # when the last delivery started
+        self._timer: TimerHandle | None = None
+        self._lock = asyncio.Lock()  # deliveries happen one at a time, in order
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._final: ProgressUpdate | None = None
+        self.delivered = 0
+        self.failures = 0
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def interval(self) -> float:
+        """The minimum seconds between two deliveries."""
+        return self._interval
+
+    @property
+    def finished(self) -> bool:
+        """True once a terminal update (done, failed, cancelled, preempted) was made."""
+        return self._final is not None
+
+    @property
+    def final(self) -> ProgressUpdate | None:
+        """The terminal update, once there is one."""
+        return self._final
+
+    def __repr__(self) -> str:
+        state = "finished" if self._final is not None else "open"
+        return (
+            f"<ProgressReporter target={self.target!r} {state} "
+            f"delivered={self.delivered} interval={self._interval:g}s>"
+        )
+
+    # -- updates -----------------------------------------------------------------------------
+
+    async def update(self, update: ProgressUpdate) -> None:
+        """Report ``update`` (throttled and coalesced unless it is terminal).
+
+        Returns once the update is delivered (terminal updates, and those the throttle
+        lets through at once) or scheduled. Updates after a terminal one are ignored.
+        """
+        if self._final is not None:
+            return
+        text = self._prefix + self._format(update)
+        if update.terminal:
+            self._final = update
+            self._cancel_timer()
+            self._pending = text
+            await self._flush(force=True)
+            return
+        if text == self._last_text:
+            # The newest state is what the target already has (e.g. a poll that found
+            # the same position): drop anything older that still waits.
+            self._pending = None
+            self._cancel_timer()
+            return
+        self._pending = text
+        now = self._clock.monotonic()
+        due = 0.0 if self._last_at is None else self._last_at + self._interval - now
+        if due <= 0 and not self._lock.locked():
+            self._cancel_timer()
+            await self._flush()
+        elif self._timer is None:
+            self._timer = self._clock.call_later(max(due, 0.0), self._on_timer)
+
+    async def queued(self, position: int | None = None, eta: float | None = None) -> None:
+        """Report that the run waits: ``queued (#3, ~30s)``."""
+        await self.update(ProgressUpdate("queued", position=position, eta=eta))
+
+    async def started(self, message: str = "") -> None:
+        """Report that the run started."""
+        await self.update(ProgressUpdate("started", message=message))
+
+    async def step(self, i: int, n: int | None = None, message: str = "") -> None:
+        """Report step ``i`` of ``n``: ``step 2/5: parsing``."""
+        await self.update(ProgressUpdate("step", step=i, steps=n, message=message))
+
+    async def done(self, message: str = "") -> None:
+        """Report success (terminal)."""
+        await self.update(ProgressUpdate("done", message=message))
+
+    async def failed(self, error: BaseException | str | None = None, message: str = "") -> None:
+        """Report failure (terminal): ``failed: <error>``."""
+        await self.update(ProgressUpdate("failed", error=error, message=message))
+
+    async def cancelled(self, message: str = "") -> None:
+        """Report that the run was cancelled (terminal)."""
+        await self.update(ProgressUpdate("cancelled", message=message))
+
+    async def preempted(self, message: str = "") -> None:
+        """Report that the run was preempted and will not run again (terminal)."""
+        await self.update(ProgressUpdate("preempted", message=message))
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._flushers.add(task)
+        task.add_done_callback(self._flushers.discard)
+
+    async def _flush(self, *, force: bool = False) -> None:
+        """Deliver the newest pending text, if any (one delivery at a time)."""
+        async with self._lock:
+            text = self._pending
+            if text is None:
+                return
+            if not force and self._last_at is not None:
+                due = self._last_at + self._interval - self._clock.monotonic()
+                if due > 0:  # another delivery got in first: wait for the next slot
+                    if self._timer is None:
+                        self._timer = self._clock.call_later(due, self._on_timer)
+                    return
+            self._pending = None
+            self._last_text = text
+            self._last_at = self._clock.monotonic()
+            try:
+                async with asyncio.timeout(self._deliver_timeout):
+                    await self._deliverer.deliver(self.target, text)
+            except Exception:
+                self.failures += 1
+                log.warning(
+                    "progress delivery to %r failed (the run goes on)", self.target, exc_info=True
+                )
+            else:
+                self.delivered += 1
+
+    async def flush(self) -> None:
+        """Deliver a coalesced update that waits for its interval now."""
+        self._cancel_timer()
+        await self._flush(force=True)
+
+    async def aclose(self) -> None:
+        """Deliver what is pending and stop the timer; wait for deliveries in flight."""
+        self._cancel_timer()
+        await self._flush(force=True)
+        if self._flushers:
+            await asyncio.gather(*self._flushers, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Report the run's end if nothing terminal was reported: done, failed or cancelled."""
+        if self._final is None:
+            if exc is None:
+                await self.done()
+            elif isinstance(exc, asyncio.CancelledError):
+                await self.cancelled()
+            else:
+                await self.failed(exc)
+        await self.aclose()
+
+    # -- driving from a lane job -------------------------------------------------------------
+
+    async def _sleep(self, delay: float, until: asyncio.Future[Any]) -> None:
+        """Wait ``delay`` seconds on the reporter's clock, or until ``until`` is done."""
+        loop = asyncio.get_running_loop()
+        tick: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not tick.done():
+                tick.set_result(None)
+
+        timer = self._clock.call_later(delay, wake)
+        try:
+            await asyncio.wait({tick, until}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not tick.done():
+                tick.cancel()
+
+    async def track(self, handle: JobHandle[Any], *, poll: float | None = None) -> JobState:
+        """Report a lane job's life from its handle, until it ends.
+
+        While the job is queued, its position and ETA are read every ``poll`` seconds
+        (default: the reporter's interval, at least 0.05 s) and reported; then
+        ``started``; then its end: done, failed (with the job's error), cancelled or
+        preempted. A job preempted and requeued by its lane is reported queued again.
+        The job's code does nothing; cancelling ``track`` leaves the job alone.
+
+        Args:
+            handle: the job's handle (from ``lane.submit``).
+            poll: seconds between two reads of a queued job's position.
+
+        Returns:
+            The job's terminal state.
+        """
+        every = max(self._interval, 0.05) if poll is None else poll
+        if every <= 0:
+            raise ValueError(f"poll must be > 0, got {poll!r}")
+        ended = asyncio.ensure_future(_wait_handle(handle))
+        try:
+            reported_run = -1  # the handle's preemption count when "started" was sent
+            while not handle.done():
+                state = handle.state
+                if state is JobState.QUEUED:
+                    await self.queued(handle.position, handle.eta)
+                    reported_run = -1
+                elif state is JobState.RUNNING and reported_run != handle.preemptions:
+                    reported_run = handle.preemptions
+                    await self.started()
+                if handle.done():
+                    break
+                await self._sleep(every, ended)
+        finally:
+            if not ended.done():
+                ended.cancel()
+        final = handle.state
+        if final is JobState.SUCCEEDED:
+            await self.done()
+        elif final is JobState.FAILED:
+            await self.failed(handle.exception())
+        elif final is JobState.PREEMPTED:
+            await self.preempted()
+        else:
+            await self.cancelled()
+        return final
+
+
+async def _wait_handle(handle: JobHandle[Any]) -> None:
+    """Wait for a handle to end, whatever its outcome."""
+    with contextlib.suppress(Exception):  # the outcome is read from the handle's state
+        await handle
+
+
+class _Submitter(Protocol):
+    """What ``run_with_progress`` needs of a lane (``Lane`` and ``RedisLane``)."""
+
+    async def submit(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        job_id: str | None = ...,
+        key: str | None = ...,
+        priority: int = ...,
+        preemptible: bool = ...,
+        max_wait: float | None = ...,
+    ) -> JobHandle[T]: ...
+
+
+async def run_with_progress(
+    lane: _Submitter,
+    fn: Callable[[], Awaitable[T]],
+    reporter: ProgressReporter,
+    *,
+    poll: float | None = None,
+    **submit_options: Any,
+) -> T:
+    """Run ``fn`` as a job of ``lane`` while ``reporter`` reports its progress.
+
+    Like ``lane.run``: the caller owns the job (cancelling the caller cancels the job,
+    which is reported ``cancelled``). The reporter says queued (position and ETA),
+    started, then done / failed / cancelled / preempted; the job's code does nothing.
+
+    Args:
+        lane: a ``Lane`` or ``RedisLane``.
+        fn: the job (a zero-argument callable returning an awaitable).
+        reporter: where progress goes.
+        poll: seconds between two reads of a queued job's position (see ``track``).
+        **submit_options: passed to ``lane.submit`` (``key``, ``priority``, ...).
+
+    Returns:
+        The job's value.
+
+    Raises:
+        Everything ``lane.submit`` and awaiting the job raise (``LaneBusy``, the job's
+        own error, ``JobPreempted``...). A ``LaneBusy`` refusal is reported as failed.
+
+    Example::
+
+        reporter = ProgressReporter("user-42", chat)
+        reply = await run_with_progress(lane, lambda: llm.chat(prompt), reporter, key="user-42")
+    """
+    try:
+        handle = await lane.submit(fn, **submit_options)
+    except Exception as exc:
+        await reporter.failed(exc)
+        raise
+    tracker = asyncio.ensure_future(reporter.track(handle, poll=poll))
+    try:
+        value: T = await handle
+    except asyncio.CancelledError:
+        if not handle.done():
+            await handle.cancel()
+        await _finish_tracker(tracker)
+        raise
+    except BaseException:
+        await _finish_tracker(tracker)
+        raise
+    await _finish_tracker(tracker)
+    return value
+
+
+async def _finish_tracker(tracker: asyncio.Future[JobState]) -> None:
+    """Let the tracker report the end; if we are cancelled meanwhile, cancel it too.
+
+    The tracker ends soon after its job: its deliveries are bounded by the reporter's
+    ``deliver_timeout``.
+    """
+    try:
+        await asyncio.shield(tracker)
+    except asyncio.CancelledError:
+        tracker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tracker
+        raise
