@@ -5,23 +5,34 @@ ended in the last 60 seconds in O(1) memory (one counter per second, in a ring),
 high the job rate. ``estimate_wait`` turns a queue position into seconds.
 
 The estimate (one function for every caller: ``handle.eta``, ``LaneBusy.eta`` and the
-``max_wait`` gate):
+``max_wait`` gate) is the *median* time at which the lane will have freed as many slots
+as there are jobs ahead, counting slot-free events ``N(t)``:
 
-1. Each running job will free its slot after its expected *remaining* time, from how
-   long it has already run: the mean of ``s - elapsed`` over the recent run times ``s``
-   longer than ``elapsed`` (the empirical mean residual life), or half the mean run time
-   if it has already outlived them all.
-2. With ``m`` slots, the sorted free times ``F[0..m-1]`` repeat every mean run time
-   ``mu``: the job at position ``p`` starts at ``F[(p-1) % m] + ((p-1) // m) * mu``.
-   (The p-th slot event of m staggered renewal sequences with step mu.)
-3. Without any recorded run time: ``p * 60 / throughput_1m``; with no throughput either,
+1. A running job that has run ``e`` seconds ends after a residual time drawn from the
+   recent run times longer than ``e``, minus ``e`` (the empirical residual life; a job
+   that outlived them all is given half the mean run time). A free slot counts as a
+   residual of 0; a slot held by a preemption grace, as its known remaining time.
+2. After its residual ``r``, a slot goes on freeing up once per run: the expected
+   number of further runs ended by ``t`` is the renewal function
+   ``M(u) = max(0, u / mu + (cv^2 - 1) / 2)`` at ``u = t - r`` (its asymptote, with
+   ``mu`` and ``cv`` the window's mean and coefficient of variation).
+3. ``E[N(t)]`` sums, over slots, the chance each residual has passed plus the runs
+   after it. A count of independent events has its median within half an event of its
+   mean, so the job at position ``p`` starts when ``E[N(t)] = p - 1/2``. ``E[N(t)]`` is
+   piecewise linear in ``t``: one sorted sweep over the residual points solves it.
+
+   This beats "sorted expected residuals plus whole rounds of the mean": the first of
+   m running jobs to end comes sooner than the smallest of their expected ends (the
+   expected minimum is below the minimum of expectations), and later starts are
+   spread by the run times' variance, not stacked in rounds.
+4. Without any recorded run time: ``p * 60 / throughput_1m``; with no throughput either,
    one second per position.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_right, insort
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 
@@ -29,13 +40,17 @@ __all__ = ["RuntimeWindow", "ThroughputWindow", "estimate_wait"]
 
 
 class RuntimeWindow:
-    """The last ``size`` run times, with their mean and mean residual life."""
+    """The last ``size`` run times, with their mean and mean residual life.
+
+    Recording a run is O(1): the sorted copy the estimates read is rebuilt only when an
+    estimate asks for it after a change (most runs end without anyone asking).
+    """
 
     __slots__ = ("_recent", "_sorted", "_suffix", "_total")
 
     def __init__(self, size: int) -> None:
         self._recent: deque[float] = deque(maxlen=size)
-        self._sorted: list[float] = []
+        self._sorted: list[float] | None = []
         self._suffix: list[float] | None = None
         self._total = 0.0
 
@@ -48,25 +63,19 @@ class RuntimeWindow:
 
     def resize(self, size: int) -> None:
         """Keep the most recent ``size`` run times from now on."""
-        kept = list(self._recent)[-size:]
-        self._recent = deque(maxlen=size)
-        self._sorted = []
-        self._total = 0.0
-        for d in kept:
-            self.add(d)
+        self._recent = deque(list(self._recent)[-size:], maxlen=size)
+        self._total = math.fsum(self._recent)
+        self._sorted = None
+        self._suffix = None
 
     def add(self, seconds: float) -> None:
         """Record one run time."""
         recent = self._recent
         if len(recent) == recent.maxlen:
-            old = recent[0]
-            self._total -= old
-            srt = self._sorted
-            del srt[bisect_right(srt, old) - 1]
+            self._total -= recent[0]
         recent.append(seconds)
         self._total += seconds
-        insort(self._sorted, seconds)
-        self._suffix = None
+        self._sorted = None
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -76,9 +85,17 @@ class RuntimeWindow:
         n = len(self._recent)
         return self._total / n if n else None
 
+    def sorted_runs(self) -> list[float]:
+        """The recorded run times in ascending order (do not modify the list)."""
+        srt = self._sorted
+        if srt is None:
+            srt = self._sorted = sorted(self._recent)
+            self._suffix = None
+        return srt
+
     def remaining(self, elapsed: float, mean: float) -> float:
         """Expected seconds left for a job that has run ``elapsed`` seconds."""
-        srt = self._sorted
+        srt = self.sorted_runs()
         i = bisect_right(srt, elapsed)
         n = len(srt) - i
         if n <= 0:
@@ -111,7 +128,7 @@ class ThroughputWindow:
 
     def record(self, now: float) -> None:
         """Count one run ending at monotonic time ``now``."""
-        second = math.floor(now)
+        second = int(now) if now >= 0.0 else math.floor(now)  # int() is the cheap floor
         i = second % self.SPAN
         if self._stamps[i] != second:
             self._stamps[i] = second
@@ -143,6 +160,9 @@ def estimate_wait(
         throughput_1m: runs ended in the last minute (the fallback).
         held: known seconds until slots already promised free up (a preemption grace
             still running); they count as running jobs with that remaining time.
+
+    Returns:
+        The median estimate of the wait, in seconds (0.0 for ``position <= 0``).
     """
     if position <= 0:
         return 0.0
@@ -153,13 +173,98 @@ def estimate_wait(
         if position <= len(known):
             return known[position - 1]
         return (known[-1] if known else 0.0) + (position - len(known)) * step
-    free = sorted([window.remaining(e, mean) for e in elapsed] + list(held))
-    excess = len(free) - slots
-    if excess > 0:
-        # More jobs run than the limit (it was lowered): the first completions free
-        # nothing for the queue.
-        free = free[excess:]
-    elif excess < 0:
-        free = [0.0] * (-excess) + free
-    rounds, idx = divmod(position - 1, slots)
-    return max(0.0, free[idx]) + rounds * mean
+    elapsed = list(elapsed)
+    held = list(held)
+    busy = len(elapsed) + len(held)
+    # The first ``excess`` slot events free nothing for the queue when more jobs run
+    # than the limit (it was lowered); free slots are events at time 0.
+    excess = busy - slots
+    target = position - 0.5 + max(0, excess)
+    if mean <= 0.0:  # every run took no measurable time
+        return max(held, default=0.0) if position + max(0, excess) > len(elapsed) else 0.0
+    return _solve(target, mean, window, elapsed, held, max(0, -excess))
+
+
+_MAX_POINTS = 256  # residual points per estimate; more slots share them (quantiles)
+
+
+def _solve(
+    target: float,
+    mean: float,
+    window: RuntimeWindow,
+    elapsed: list[float],
+    held: list[float],
+    free: int,
+) -> float:
+    """The time ``t`` at which ``E[N(t)]`` reaches ``target`` (see the module notes)."""
+    srt = window.sorted_runs()
+    n_all = len(srt)
+    var = sum((s - mean) ** 2 for s in srt) / (n_all - 1) if n_all > 1 else 0.0
+    c = 0.5 * (var / (mean * mean) - 1.0)  # M(u) = max(0, u / mean + c)
+    delay = max(0.0, -c * mean)  # M starts to grow this long after a slot frees
+    jump = 1.0 + max(0.0, c)  # the count added when a residual passes
+    rate = 1.0 / mean
+
+    # Residual points (time, weight); each busy or free slot's weights sum to 1. With
+    # many slots, each running job keeps only evenly spaced quantiles of its residuals
+    # (the sum over many slots needs less detail per slot), bounding the work.
+    points: list[tuple[float, float]] = [(0.0, 1.0)] * free
+    points.extend((h, 1.0) for h in held)
+    per_job = max(2, _MAX_POINTS // max(1, len(elapsed)))
+    for e in elapsed:
+        i = bisect_right(srt, e)
+        n = n_all - i
+        if n <= 0:
+            points.append((0.5 * mean, 1.0))
+        elif n <= per_job:
+            w = 1.0 / n
+            points.extend((srt[k] - e, w) for k in range(i, n_all))
+        else:
+            w = 1.0 / per_job
+            points.extend(
+                (srt[i + (2 * q + 1) * n // (2 * per_job)] - e, w) for q in range(per_job)
+            )
+
+    # Once every point and its delayed slope have passed, E[N] is one straight line:
+    # total * jump + (total * t - sum(w * r) - total * delay) / mean. Far positions
+    # land there, with no sort.
+    total = float(free + len(held) + len(elapsed))
+    sum_wr = 0.0
+    last = 0.0
+    for r, w in points:
+        sum_wr += w * r
+        if r > last:
+            last = r
+    line_at = total * jump + (total * (last + delay) - sum_wr - total * delay) * rate
+    if target >= line_at:
+        return (target - total * jump) * mean / total + (sum_wr + total * delay) / total
+
+    # Otherwise sweep the points in time order: E[N] jumps by ``w * jump`` at each point
+    # ``r`` and its slope grows by ``w / mean`` at ``r + delay`` (the same order shifted
+    # by a constant, so one sorted list serves both).
+    points.sort()
+    n_pts = len(points)
+    level = 0.0
+    slope = 0.0
+    t = 0.0
+    i = k = 0
+    while i < n_pts or k < n_pts:
+        if i < n_pts and points[i][0] <= points[k][0] + delay:
+            when, w = points[i]
+            is_jump = True
+        else:
+            when, w = points[k][0] + delay, points[k][1]
+            is_jump = False
+        if slope > 0.0 and level + slope * (when - t) >= target:
+            return t + (target - level) / slope
+        level += slope * (when - t)
+        t = when
+        if is_jump:
+            i += 1
+            level += w * jump
+            if level >= target:
+                return max(0.0, t)
+        else:
+            k += 1
+            slope += w * rate
+    return t + (target - level) / slope if slope > 0.0 else t

@@ -1,0 +1,219 @@
+"""Unit tests of the wait estimator and the lane's rolling windows (``_eta``)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from executus._eta import RuntimeWindow, ThroughputWindow, estimate_wait
+
+
+def window(*runs: float, size: int = 16) -> RuntimeWindow:
+    w = RuntimeWindow(size)
+    for r in runs:
+        w.add(r)
+    return w
+
+
+# -- RuntimeWindow -----------------------------------------------------------------------
+
+
+def test_empty_window_has_no_mean() -> None:
+    """An empty window has length 0 and mean None."""
+    w = RuntimeWindow(4)
+    assert (len(w), w.mean(), w.size) == (0, None, 4)
+
+
+def test_window_keeps_the_last_size_runs() -> None:
+    """Past its size, the oldest run times drop out of the mean."""
+    w = window(10.0, 1.0, 2.0, 3.0, size=3)
+    assert len(w) == 3
+    assert w.mean() == pytest.approx(2.0)
+
+
+def test_remaining_is_the_mean_residual_of_longer_runs() -> None:
+    """remaining(e) averages s - e over the recorded runs s longer than e."""
+    w = window(1.0, 2.0, 4.0)
+    assert w.remaining(0.0, 7 / 3) == pytest.approx(7 / 3)
+    assert w.remaining(1.5, 7 / 3) == pytest.approx(((2.0 - 1.5) + (4.0 - 1.5)) / 2)
+    assert w.remaining(2.0, 7 / 3) == pytest.approx(2.0)  # only 4.0 is longer than 2.0
+
+
+def test_remaining_after_outliving_every_run_is_half_the_mean() -> None:
+    """A job that ran longer than every recorded run is given half the mean."""
+    w = window(1.0, 2.0)
+    assert w.remaining(5.0, 1.5) == pytest.approx(0.75)
+
+
+def test_remaining_follows_later_adds() -> None:
+    """remaining reflects runs added after an earlier query."""
+    w = window(1.0, 3.0)
+    assert w.remaining(2.0, 2.0) == pytest.approx(1.0)
+    w.add(6.0)
+    assert w.remaining(2.0, w.mean() or 0.0) == pytest.approx(((3.0 - 2) + (6.0 - 2)) / 2)
+
+
+def test_resize_keeps_the_most_recent_runs() -> None:
+    """Shrinking keeps the newest runs; growing keeps all and admits more."""
+    w = window(1.0, 2.0, 3.0, 4.0, size=4)
+    w.resize(2)
+    assert (w.size, len(w)) == (2, 2)
+    assert w.mean() == pytest.approx(3.5)
+    assert w.remaining(3.5, 3.5) == pytest.approx(0.5)  # 3.0 dropped out of the residuals
+    w.resize(3)
+    w.add(6.0)
+    assert len(w) == 3
+    assert w.mean() == pytest.approx((3.0 + 4.0 + 6.0) / 3)
+
+
+def test_window_matches_a_plain_recomputation() -> None:
+    """mean and remaining agree with a direct computation over random adds."""
+    rng = random.Random(7)
+    w = RuntimeWindow(5)
+    kept: list[float] = []
+    for _ in range(200):
+        d = rng.choice([0.5, 1.0, 1.0, 2.0, rng.random() * 3])
+        w.add(d)
+        kept = [*kept, d][-5:]
+        mean = sum(kept) / len(kept)
+        assert w.mean() == pytest.approx(mean)
+        e = rng.random() * 3
+        longer = [s - e for s in kept if s > e]
+        expected = sum(longer) / len(longer) if longer else 0.5 * mean
+        assert w.remaining(e, mean) == pytest.approx(expected)
+
+
+# -- ThroughputWindow --------------------------------------------------------------------
+
+
+def test_throughput_counts_the_last_minute() -> None:
+    """Runs ended within 60 seconds count; older ones drop out."""
+    t = ThroughputWindow()
+    for now in (100.0, 100.5, 101.2, 130.0):
+        t.record(now)
+    assert t.count(130.0) == 4
+    assert t.count(160.9) == 2  # second 100 is out of the window; 101 and 130 are in
+    assert t.count(161.5) == 1
+    assert t.count(200.0) == 0
+
+
+def test_throughput_ring_reuses_buckets_after_a_minute() -> None:
+    """A bucket reused 60 seconds later starts from zero."""
+    t = ThroughputWindow()
+    t.record(5.0)
+    t.record(5.5)
+    t.record(65.2)  # same ring slot as second 5
+    assert t.count(65.2) == 1
+
+
+def test_throughput_empty_is_zero() -> None:
+    """No recorded run: a count of 0."""
+    assert ThroughputWindow().count(1000.0) == 0
+
+
+# -- estimate_wait -----------------------------------------------------------------------
+
+
+def test_not_queued_waits_nothing() -> None:
+    """Position 0 (or less) is 0.0 seconds."""
+    assert estimate_wait(0, 2, [1.0], window(1.0), 10) == 0.0
+    assert estimate_wait(-1, 2, [1.0], window(1.0), 10) == 0.0
+
+
+def test_without_history_one_second_per_position() -> None:
+    """No run times and no throughput: one second per position."""
+    assert estimate_wait(3, 2, [0.5, 0.7], RuntimeWindow(16), 0) == 3.0
+
+
+def test_without_run_times_throughput_paces_the_queue() -> None:
+    """No run times: position * 60 / throughput_1m."""
+    assert estimate_wait(3, 2, [0.5], RuntimeWindow(16), 30) == pytest.approx(6.0)
+
+
+def test_without_run_times_held_slots_free_first() -> None:
+    """No run times: promised slots free at their known times, then the fallback pace."""
+    w = RuntimeWindow(16)
+    assert estimate_wait(1, 2, [], w, 0, held=[4.0, 2.5]) == 2.5
+    assert estimate_wait(2, 2, [], w, 0, held=[4.0, 2.5]) == 4.0
+    assert estimate_wait(4, 2, [], w, 0, held=[4.0, 2.5]) == 6.0
+
+
+def test_first_round_is_the_order_statistic_of_residuals() -> None:
+    """Equal run times: position k waits for the k-th running job to end."""
+    w = window(1.0, 1.0, 1.0)
+    assert estimate_wait(1, 2, [0.2, 0.6], w, 0) == pytest.approx(0.4)
+    assert estimate_wait(2, 2, [0.2, 0.6], w, 0) == pytest.approx(0.8)
+
+
+def test_later_rounds_follow_the_renewal_line() -> None:
+    """Past the first round, slots free up once per mean run time each."""
+    w = window(1.0, 1.0, 1.0)
+    # residuals 0.4 and 0.8; each slot's next runs add (t - r) - 0.5 (zero variance);
+    # E[N] = 2.5 at t = 1.35 (1.3 + 0.1 / 2).
+    assert estimate_wait(3, 2, [0.2, 0.6], w, 0) == pytest.approx(1.35)
+    # far out: 2 slots, one run per second each
+    far = estimate_wait(203, 2, [0.2, 0.6], w, 0)
+    assert far == pytest.approx(estimate_wait(3, 2, [0.2, 0.6], w, 0) + 100.0)
+
+
+def test_the_first_end_comes_before_the_smallest_expected_end() -> None:
+    """Spread run times: the next start is the median first end, below every mean."""
+    w = window(0.5, 1.0, 1.5, 2.0)
+    eta = estimate_wait(1, 4, [0.0, 0.0, 0.0, 0.0], w, 0)
+    assert eta == pytest.approx(0.5)  # each job ends by 0.5 with chance 1/4: E[N] = 1
+    assert eta < min(w.remaining(0.0, 1.25) for _ in range(4))
+
+
+def test_a_free_slot_means_no_wait() -> None:
+    """Fewer running jobs than slots: position 1 starts at once."""
+    assert estimate_wait(1, 2, [0.3], window(1.0), 0) == 0.0
+    assert estimate_wait(2, 2, [0.3], window(1.0), 0) == pytest.approx(0.7)
+
+
+def test_over_the_limit_first_completions_free_nothing() -> None:
+    """After the limit was lowered, the first ends only bring running down to it."""
+    w = window(1.0, 1.0)
+    # 3 running (residuals 0.9, 0.5, 0.1) in 2 slots: position 1 waits for the 2nd end.
+    assert estimate_wait(1, 2, [0.1, 0.5, 0.9], w, 0) == pytest.approx(0.5)
+
+
+def test_held_slots_count_as_known_residuals() -> None:
+    """A slot held by a preemption grace frees at its known time."""
+    w = window(1.0, 1.0)
+    assert estimate_wait(1, 2, [0.2], w, 0, held=[0.3]) == pytest.approx(0.3)
+    assert estimate_wait(2, 2, [0.2], w, 0, held=[0.3]) == pytest.approx(0.8)
+
+
+def test_a_job_outliving_every_run_gets_half_the_mean() -> None:
+    """A running job older than every recorded run is expected to end in mean / 2."""
+    w = window(1.0, 1.0)
+    assert estimate_wait(1, 1, [5.0], w, 0) == pytest.approx(0.5)
+
+
+def test_instant_runs_mean_no_wait() -> None:
+    """A window of zero-length runs: queued jobs are expected to start at once."""
+    assert estimate_wait(5, 2, [0.0, 0.0], window(0.0, 0.0), 0) == 0.0
+    assert estimate_wait(5, 2, [0.0], window(0.0), 0, held=[2.0]) == 2.0
+
+
+def test_many_slots_use_quantiles_of_the_residuals() -> None:
+    """With more slots than points to spare, each job keeps quantiles: same answer here."""
+    w = window(*([1.0] * 16))
+    assert estimate_wait(1, 32, [0.0] * 32, w, 0) == pytest.approx(1.0)
+    assert estimate_wait(32, 32, [0.0] * 32, w, 0) == pytest.approx(1.0)
+    spread = window(*(0.5 + i / 15 for i in range(16)))
+    etas = [estimate_wait(p, 64, [0.25] * 64, spread, 0) for p in (1, 32, 64, 65, 200)]
+    assert etas == sorted(etas)
+    assert 0.0 < etas[0] < etas[-1]
+
+
+def test_estimate_grows_with_position() -> None:
+    """Later positions never get a shorter estimate."""
+    rng = random.Random(3)
+    w = window(*(rng.lognormvariate(0.0, 0.5) for _ in range(16)))
+    elapsed = [rng.random() for _ in range(4)]
+    etas = [estimate_wait(p, 4, elapsed, w, 0) for p in range(1, 60)]
+    assert all(a <= b for a, b in itertools.pairwise(etas))
+    assert etas[0] > 0.0
