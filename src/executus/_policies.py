@@ -53,7 +53,7 @@ class PolicyState(ABC):
         """Put back a preempted job at its original arrival place (default: ``push``)."""
         self.push(job, now)
 
-    def admit(self, job: JobHandle[Any], now: float) -> None:
+    def admit(self, job: JobHandle[Any], now: float) -> None:  # noqa: B027 - optional hook
         """A job started at once, without queueing (the queue was empty).
 
         The default does nothing; a policy that keeps accounts (fair share charges the
