@@ -38,7 +38,5 @@ def load(name: str) -> Script:
     if name not in SCRIPT_NAMES:
         raise ValueError(f"unknown script {name!r}; known: {', '.join(SCRIPT_NAMES)}")
     pkg = files("executus._redis") / "lua"
-    source = (pkg / "lib.lua").read_text("utf-8") + "\n" + (pkg / f"{name}.lua").read_text(
-        "utf-8"
-    )
+    source = (pkg / "lib.lua").read_text("utf-8") + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())

@@ -5,7 +5,8 @@
 -- gone. Also reaps and grants, and (at most once per sweep_ms, lane-wide, guarded by
 -- SET NX PX) drops the queued jobs of dead clients.
 -- Reply: {'OK', {lost ids}, {granted id, fence...}, {queued id, position, eta...},
---         {gone ids}, {grants id, fence...}}
+--         {gone ids}, {grants id, fence...}, {victim id, fence, grace left ms...}}
+-- (victims repeat preemption requests, in case a wake-up was lost)
 local bad = enter(ARGV[1])
 if bad then return bad end
 local proc = ARGV[2]
@@ -38,12 +39,17 @@ if redis.call('SET', P .. 'sweep', proc, 'NX', 'PX', sweep) then
   end
 end
 
-local lost, granted, queued, gone, out = {}, {}, {}, {}, {}
+local lost, granted, queued, gone, out, victims = {}, {}, {}, {}, {}, {}
 for i = 0, nrun - 1 do
   local id, fence = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
   local J = jget(id)
   if J and J.state == 'r' and J.f == fence and redis.call('ZSCORE', HOLD, id) then
     redis.call('ZADD', HOLD, 'XX', now + J.l, id)
+    if J.va then
+      victims[#victims + 1] = id
+      victims[#victims + 1] = fence
+      victims[#victims + 1] = I(math.max(0, J.va + C.pgrace - now))
+    end
   else
     lost[#lost + 1] = id
   end
@@ -66,4 +72,4 @@ for i = 6 + 2 * nrun, #ARGV do
     queued[#queued + 1] = F(eta(pos, now))
   end
 end
-return {'OK', lost, granted, queued, gone, out}
+return {'OK', lost, granted, queued, gone, out, victims}

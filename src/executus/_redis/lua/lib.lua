@@ -72,6 +72,9 @@ end
 
 local function wake(proc, msg, now)
   if alive(proc, now) then
+    if redis.call('TYPE', wk(proc)).ok ~= 'list' then
+      redis.call('DEL', wk(proc))  -- damaged (or absent): a grant must not fail on it
+    end
     redis.call('RPUSH', wk(proc), msg)
     redis.call('PEXPIRE', wk(proc), 600000)
   end
@@ -134,6 +137,36 @@ local function q_push(J, requeue)
     redis.call('ZADD', fqk(J.ek), J.qs, J.m)
   end
   redis.call('ZADD', QT, J.sub, J.id)
+end
+
+-- Fair share: charge a key one start for a job that starts without queueing, as if it
+-- had queued and been dispatched at once (the in-process lane's PolicyState.admit): a
+-- key whose jobs start at once still pays for its starts. Only called with nothing
+-- queued, so the key's flow is new or idle.
+local function fair_admit(ek)
+  local f = flow_get(ek)
+  local V = vtime()
+  if not f then
+    f = {ek = ek, b = V, h = 0, n = 0, o = redis.call('HINCRBY', CFG, 'fo', 1),
+      w = weight(ek)}
+  elseif f.n == 0 then
+    redis.call('ZREM', FI, flow_mk(f))
+    f.b = math.max(V, f.b + f.h / f.w)
+    f.h = 0
+  else
+    return  -- backlogged: its queued jobs are charged when they start
+  end
+  local tag = f.b
+  redis.call('HSET', CFG, 'vt', F(tag))
+  f.h = 1
+  redis.call('ZADD', FI, F(f.b + 1 / f.w), flow_mk(f))
+  flow_put(f)
+  -- Forget idle flows that would restart at V anyway (as q_pop does).
+  local old = redis.call('ZRANGEBYSCORE', FI, '-inf', F(tag), 'LIMIT', 0, 2)
+  for _, omk in ipairs(old) do
+    redis.call('ZREM', FI, omk)
+    redis.call('DEL', flk(string.sub(omk, 13)))
+  end
 end
 
 -- Remove a queued job from wherever it waits.
@@ -355,7 +388,7 @@ end
 -- Hand free slots to the next jobs: preemption arrivals first, then the policy's order.
 -- Jobs of dead clients are dropped on the way.
 local function grant(now, caller, out)
-  if C.rec > now then return end
+  if C.rec > now or redis.call('ZCARD', QT) == 0 then return end
   local running = redis.call('ZCARD', HOLD)
   local budget = 256
   while running < C.max and budget > 0 do

@@ -1,0 +1,396 @@
+"""Benchmark RedisLane against Dramatiq's ConcurrentRateLimiter on one private Redis.
+
+Run:  .venv/bin/python bench/bench_redis.py [--quick] [--repeats N]
+
+It starts its own redis-server on a free port (no persistence) and never touches any
+other Redis. Every scenario runs in real worker processes started from this file, which
+wait for a common start instant so that they overlap fully. Each figure is the median
+of ``--repeats`` runs.
+
+Scenarios:
+1. Slot utilisation: 8 slots, 10 ms jobs, 4 processes x 8 concurrent submitters
+   (RedisLane) against ConcurrentRateLimiter(limit=8) with 4 processes x 8 threads
+   polling with jittered exponential back-off (1 ms doubling to 32 ms). The slots allow
+   800 jobs/s at most.
+2. Hand-off latency: 1 slot, two processes taking turns with 1 ms jobs; the time from a
+   job's end in one process to the next job's start in the other.
+3. Throughput with free slots: no-op jobs, 64 submitters per process, 1 and 4 processes;
+   script calls per job (EVALSHA, EVAL and BLPOP from INFO commandstats; the calls a
+   client makes in one event-loop turn share one pipelined round trip).
+4. Recovery after SIGKILL: a process holding the only slot is killed; the time until a
+   job queued by another process starts, for several leases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+
+
+# -- worker roles (run in child processes) ---------------------------------------------
+
+
+async def role_util(a: argparse.Namespace) -> dict[str, Any]:
+    from executus.redis import RedisLane
+
+    lane = RedisLane("bench", a.url, namespace=a.ns, lease=10.0)
+    await lane.stats()
+    done = 0
+    end_at = a.start_at + a.seconds
+
+    async def submitter() -> None:
+        nonlocal done
+        while time.monotonic() < end_at:
+            await lane.run(lambda: asyncio.sleep(a.job))
+            if a.start_at <= time.monotonic() <= end_at:
+                done += 1
+
+    await asyncio.sleep(max(0.0, a.start_at - time.monotonic()))
+    await asyncio.gather(*(submitter() for _ in range(a.submitters)))
+    await lane.aclose()
+    return {"done": done}
+
+
+def role_util_dramatiq(a: argparse.Namespace) -> dict[str, Any]:
+    from dramatiq.rate_limits import ConcurrentRateLimiter
+    from dramatiq.rate_limits.backends import RedisBackend
+
+    import redis
+
+    backend = RedisBackend(client=redis.Redis.from_url(a.url))
+    limiter = ConcurrentRateLimiter(backend, f"{a.ns}-mutex", limit=8, ttl=10_000)  # type: ignore[no-untyped-call]
+    done = 0
+    lock = threading.Lock()
+    end_at = a.start_at + a.seconds
+
+    def worker() -> None:
+        nonlocal done
+        time.sleep(max(0.0, a.start_at - time.monotonic()))
+        while time.monotonic() < end_at:
+            backoff = 0.001
+            while True:
+                with limiter.acquire(raise_on_failure=False) as acquired:
+                    if acquired:
+                        time.sleep(a.job)
+                        break
+                time.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 0.032)
+            if a.start_at <= time.monotonic() <= end_at:
+                with lock:
+                    done += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(a.submitters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"done": done}
+
+
+async def role_handoff(a: argparse.Namespace) -> dict[str, Any]:
+    from executus.redis import RedisLane
+
+    lane = RedisLane("handoff", a.url, namespace=a.ns, lease=10.0)
+    await lane.stats()
+    runs: list[tuple[float, float]] = []
+
+    async def job() -> None:
+        t0 = time.monotonic()
+        await asyncio.sleep(a.job)
+        runs.append((t0, time.monotonic()))
+
+    await asyncio.sleep(max(0.0, a.start_at - time.monotonic()))
+    end_at = a.start_at + a.seconds
+    while time.monotonic() < end_at:
+        await lane.run(job)
+    await lane.aclose()
+    return {"runs": runs}
+
+
+async def role_free(a: argparse.Namespace) -> dict[str, Any]:
+    from executus.redis import RedisLane
+
+    lane = RedisLane("free", a.url, namespace=a.ns, lease=10.0)
+    await lane.stats()
+    done = 0
+    end_at = a.start_at + a.seconds
+
+    async def nothing() -> None:
+        return None
+
+    async def submitter() -> None:
+        nonlocal done
+        while time.monotonic() < end_at:
+            await lane.run(nothing)
+            done += 1
+
+    await asyncio.sleep(max(0.0, a.start_at - time.monotonic()))
+    await asyncio.gather(*(submitter() for _ in range(a.submitters)))
+    await lane.aclose()
+    return {"done": done}
+
+
+async def role_hold(a: argparse.Namespace) -> dict[str, Any]:
+    from executus.redis import RedisLane
+
+    lane = RedisLane("recover", a.url, namespace=a.ns, lease=a.lease)
+    await lane.submit(asyncio.Event().wait)
+    print(json.dumps({"ready": True}), flush=True)
+    await asyncio.Event().wait()
+    return {}
+
+
+def worker_main(a: argparse.Namespace) -> None:
+    roles = {
+        "util": role_util,
+        "handoff": role_handoff,
+        "free": role_free,
+        "hold": role_hold,
+    }
+    out = role_util_dramatiq(a) if a.role == "util-dramatiq" else asyncio.run(roles[a.role](a))
+    print(json.dumps(out), flush=True)
+
+
+# -- orchestration ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="executus-bench-redis-")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def round_trips(self) -> int:
+        """Commands clients sent (commandstats also counts the scripts' inner calls)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        stats = client.info("commandstats")
+        client.close()
+        sent = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_blpop", "cmdstat_ping")
+        return sum(int(v["calls"]) for k, v in stats.items() if k in sent)
+
+    def reads(self) -> int:
+        """Read events the server processed: one per request batch a client sent."""
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        stats = client.info("stats")
+        client.close()
+        return int(stats["total_reads_processed"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_workers(specs: list[list[str]], timeout: float = 120) -> list[dict[str, Any]]:
+    procs = [
+        subprocess.Popen([sys.executable, str(HERE), "--worker", *spec], stdout=subprocess.PIPE)
+        for spec in specs
+    ]
+    outs = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=timeout)
+        outs.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+    return outs
+
+
+def configure(server: Server, ns: str, name: str, max_concurrent: int) -> None:
+    from executus.redis import RedisLane
+
+    async def setup() -> None:
+        lane = RedisLane(name, server.url, max_concurrent, namespace=ns, lease=10.0)
+        await lane.stats()
+        await lane.aclose()
+
+    asyncio.run(setup())
+
+
+def bench_utilisation(server: Server, seconds: float) -> tuple[float, float, float, float]:
+    """Jobs/s and server reads per job, for RedisLane and for ConcurrentRateLimiter."""
+    ns = f"u{random.getrandbits(32):x}"
+    configure(server, ns, "bench", 8)
+    figures: list[float] = []
+    for role in ("util", "util-dramatiq"):
+        start_at = time.monotonic() + 1.5
+        common = ["--url", server.url, "--ns", ns, "--start-at", repr(start_at),
+                  "--seconds", repr(seconds), "--job", "0.01", "--submitters", "8"]  # fmt: skip
+        before = server.reads()
+        outs = run_workers([["--role", role, *common] for _ in range(4)])
+        reads = server.reads() - before
+        done = sum(o["done"] for o in outs)
+        figures += [done / seconds, reads / max(1, done)]
+    return figures[0], figures[2], figures[1], figures[3]
+
+
+def bench_handoff(server: Server, seconds: float) -> list[float]:
+    ns = f"h{random.getrandbits(32):x}"
+    configure(server, ns, "handoff", 1)
+    start_at = time.monotonic() + 1.5
+    common = ["--url", server.url, "--ns", ns, "--start-at", repr(start_at),
+              "--seconds", repr(seconds), "--job", "0.001"]  # fmt: skip
+    outs = run_workers([["--role", "handoff", *common] for _ in range(2)])
+    runs = sorted((s, e, i) for i, o in enumerate(outs) for s, e in o["runs"])
+    return [(b[0] - a[1]) * 1000 for a, b in itertools.pairwise(runs) if a[2] != b[2]]
+
+
+def bench_free(server: Server, seconds: float, processes: int) -> tuple[float, float]:
+    ns = f"f{random.getrandbits(32):x}"
+    configure(server, ns, "free", 100_000)
+    start_at = time.monotonic() + 1.5
+    common = ["--url", server.url, "--ns", ns, "--start-at", repr(start_at),
+              "--seconds", repr(seconds), "--submitters", "64"]  # fmt: skip
+    before = server.round_trips()
+    outs = run_workers([["--role", "free", *common] for _ in range(processes)])
+    calls = server.round_trips() - before
+    done = sum(o["done"] for o in outs)
+    return done / seconds, calls / max(1, done)
+
+
+def bench_recovery(server: Server, lease: float) -> float:
+    from executus.redis import RedisLane
+
+    ns = f"r{random.getrandbits(32):x}"
+    configure(server, ns, "recover", 1)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE), "--worker", "--role", "hold", "--url", server.url,
+         "--ns", ns, "--lease", repr(lease)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    json.loads(proc.stdout.readline())
+
+    async def measure() -> float:
+        lane = RedisLane("recover", server.url, namespace=ns, lease=lease)
+        started = asyncio.Event()
+
+        async def job() -> None:
+            started.set()
+
+        handle = await lane.submit(job)
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGKILL)
+        await started.wait()
+        elapsed = time.monotonic() - t0
+        await handle
+        await lane.aclose()
+        return elapsed
+
+    elapsed = asyncio.run(measure())
+    proc.wait(timeout=10)
+    return elapsed
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="shorter runs")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    seconds = 2.0 if a.quick else 4.0
+    server = Server()
+    try:
+        print(f"redis-server on port {server.port}; {a.repeats} repeats; medians\n")
+        util = [bench_utilisation(server, seconds) for _ in range(a.repeats)]
+        ours = statistics.median(u[0] for u in util)
+        theirs = statistics.median(u[1] for u in util)
+        our_reads = statistics.median(u[2] for u in util)
+        their_reads = statistics.median(u[3] for u in util)
+        print("1. slot utilisation (8 slots, 10 ms jobs, 4 processes x 8 submitters)")
+        print(f"   RedisLane:             {ours:7.0f} jobs/s  ({ours / 800:.0%} of 800)  "
+              f"{our_reads:6.1f} server reads per job")  # fmt: skip
+        print(f"   ConcurrentRateLimiter: {theirs:7.0f} jobs/s  ({theirs / 800:.0%} of 800)  "
+              f"{their_reads:6.1f} server reads per job")  # fmt: skip
+        print(
+            f"   ratio: {ours / theirs:.2f}x   per-run jobs/s: "
+            + ", ".join(f"{u[0]:.0f} vs {u[1]:.0f}" for u in util)
+            + "\n"
+        )
+
+        p50s, p99s = [], []
+        for _ in range(a.repeats):
+            lat = bench_handoff(server, seconds)
+            p50s.append(pct(lat, 0.5))
+            p99s.append(pct(lat, 0.99))
+        print("2. hand-off latency, release in A -> start in B (1 slot, 1 ms jobs)")
+        print(f"   p50 {statistics.median(p50s):.2f} ms   p99 {statistics.median(p99s):.2f} ms\n")
+
+        print("3. throughput with free slots (no-op jobs, 64 submitters per process)")
+        for n in (1, 4):
+            runs = [bench_free(server, seconds, n) for _ in range(a.repeats)]
+            rate = statistics.median(r[0] for r in runs)
+            rt = statistics.median(r[1] for r in runs)
+            print(f"   {n} process{'es' if n > 1 else '  '}: {rate:8.0f} jobs/s   {rt:.2f} "
+                  "script calls per job")  # fmt: skip
+        print()
+        print("4. recovery after SIGKILL of the slot holder (kill -> next start)")
+        for lease in (1.0, 2.0, 4.0):
+            rec = statistics.median(bench_recovery(server, lease) for _ in range(a.repeats))
+            print(f"   lease {lease:3.1f}s: {rec:.2f}s  ({rec / lease:.2f} x lease)")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        wp = argparse.ArgumentParser()
+        wp.add_argument("--worker", action="store_true")
+        wp.add_argument("--role", required=True)
+        wp.add_argument("--url", required=True)
+        wp.add_argument("--ns", required=True)
+        wp.add_argument("--start-at", type=float, default=0.0)
+        wp.add_argument("--seconds", type=float, default=3.0)
+        wp.add_argument("--job", type=float, default=0.01)
+        wp.add_argument("--submitters", type=int, default=8)
+        wp.add_argument("--lease", type=float, default=10.0)
+        worker_main(wp.parse_args())
+    else:
+        main()

@@ -1,0 +1,1392 @@
+"""``RedisLane``: a lane whose slots, queue and figures live in Redis.
+
+Jobs run in the process that submitted them; Redis decides who runs when. Every state
+change is one Lua script (``lua/``), run atomically on the server with the server's
+clock, so check-then-act never spans two round trips.
+
+How a job moves (one client = one ``RedisLane`` object):
+
+1. ``submit`` runs ``submit.lua``: the job starts at once (the reply carries its fence)
+   or is queued (the reply carries its position and ETA), or is refused (``max_wait``).
+2. A job that ends runs ``release.lua``: fenced and idempotent, it frees the slot and
+   grants it to the next jobs in the same step. A grant for this client comes back in
+   the reply; a grant for another client is pushed onto that client's ``wake:`` list.
+3. Each client has one task blocking on its ``wake:`` list (``BLPOP`` with a bounded
+   timeout, under a watchdog): grants, preemption requests, lost leases and remote
+   cancels arrive there - directed to the one client concerned, never broadcast.
+4. Each client's heartbeat task renews all its leases in one script every ``lease / 3``
+   seconds, learns which it lost, picks up any grant whose wake-up was lost, refreshes
+   the positions and ETAs of its queued jobs, and (one client per interval, guarded by
+   ``SET NX PX``) drops the queued jobs of clients that died.
+5. A job whose lease was not renewed for ``0.8 * lease`` is cancelled by its own client
+   with ``LeaseLost`` before the server can hand its slot to someone else.
+6. Redis losing the lane (a restart without persistence, a flush) shows up as a missing
+   config or a changed epoch; every client then re-registers its running jobs and
+   re-submits its queued ones in their original order (``attach.lua``), and new grants
+   wait one lease so that every client can do so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._errors import (
+    DuplicateJob,
+    JobCancelled,
+    JobPreempted,
+    LaneBusy,
+    LaneClosed,
+    LaneUnavailable,
+    LeaseLost,
+    NotQueued,
+)
+from .._job import CURRENT_JOB, JobHandle, JobState
+from .._policies import FIFO, FairShare, Preemption, Priority, QueuePolicy
+from .._stats import LaneStats
+from . import scripts
+from .keys import LaneKeys, check_key_part
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import ConnectionPool
+
+__all__ = ["RedisLane"]
+
+T = TypeVar("T")
+
+_QUEUED = JobState.QUEUED
+_RUNNING = JobState.RUNNING
+
+# Why a running job's task was cancelled by this client.
+_CANCEL = "cancel"
+_CLOSE = "close"
+_PREEMPT = "preempt"
+_LOST = "lost"
+
+_LEASE_FRACTION = 0.8  # a client stops its job after this share of the lease unrenewed
+_HEARTBEATS_PER_LEASE = 3
+_MAX_QUEUED_REFRESH = 512  # queued jobs whose position one heartbeat refreshes
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+
+
+def _s(value: object) -> str:
+    """A reply element as text (clients may or may not decode responses)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def _policy_args(policy: QueuePolicy) -> list[str]:
+    if isinstance(policy, FairShare):
+        args = ["fair", "0", repr(policy.default_weight), str(len(policy.weights))]
+        for key, weight in policy.weights.items():
+            args += [key, repr(weight)]
+        return args
+    if isinstance(policy, Priority):
+        return ["prio", repr(policy.aging or 0.0), "1", "0"]
+    return ["fifo", "0", "1", "0"]
+
+
+def _ms(seconds: float) -> str:
+    return str(max(0, round(seconds * 1000)))
+
+
+def _ek(key: str | None) -> str:
+    return "~" if key is None else "=" + key
+
+
+class _Local:
+    """This client's record of one of its jobs."""
+
+    __slots__ = (
+        "cause",
+        "eta",
+        "eta_at",
+        "fence",
+        "fn",
+        "granted",
+        "handle",
+        "nonce",
+        "on_grant_cancel",
+        "position",
+        "renewed",
+        "seq",
+        "timer",
+    )
+
+    def __init__(self, handle: JobHandle[Any], fn: Callable[[], Awaitable[Any]] | None) -> None:
+        self.handle = handle
+        self.fn = fn
+        self.nonce = uuid.uuid4().hex
+        self.fence: str | None = None
+        self.seq: int | None = None  # known once the submit reply arrived
+        self.renewed = 0.0
+        self.cause: str | None = None
+        self.position = 0
+        self.eta = 0.0
+        self.eta_at = 0.0
+        self.granted: asyncio.Future[None] | None = None  # slot() waiting for its grant
+        self.on_grant_cancel: BaseException | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class RedisLane:
+    """A lane shared by every process that uses the same Redis (or Valkey).
+
+    Same interface and semantics as ``Lane``, lane-wide: slots, queue order (``FIFO``,
+    ``Priority`` with aging, ``FairShare`` with weights stored with the lane),
+    preemption, ``max_wait``, stats and ``set_max_concurrent`` hold across all
+    processes. Jobs run in the process that submitted them; only their metadata (id,
+    key, priority, times) is stored in Redis, never a payload, and nothing read from
+    Redis is unpickled or evaluated.
+
+    A process that dies does not leak slots: its leases expire after ``lease`` seconds
+    and its queued jobs are dropped. A process frozen past its lease loses its slots,
+    and on waking stops its jobs with ``LeaseLost``.
+
+    Example::
+
+        from executus.redis import RedisLane
+
+        async with RedisLane("ollama", "redis://localhost:6379/0", 2,
+                             policy=FairShare()) as lane:
+            reply = await lane.run(lambda: llm.chat(prompt), key="user-42", max_wait=30)
+
+    Args:
+        name: the lane's name (non-empty, no braces).
+        redis: a URL (``redis://``, ``rediss://`` for TLS, with user and password for
+            ACL) or a ``redis.asyncio.Redis`` client (not closed by the lane).
+        max_concurrent: the lane-wide slot limit; None adopts the stored value (1 for a
+            new lane). Given, it is stored for every process.
+        policy: ``FIFO()``, ``Priority(...)`` or ``FairShare(...)``; None adopts the
+            stored one (``FIFO()`` for a new lane). Custom policies are refused.
+            Changing the policy of a lane with queued jobs is refused.
+        preemption: ``Preemption(...)`` to store for the lane, or None to adopt the
+            stored setting (off for a new lane; ``set_preemption(None)`` turns it off).
+        lease: seconds a running job's slot is held without renewal (> 0); the
+            heartbeat renews it every ``lease / 3``.
+        namespace: the key prefix (``{namespace:name}:...``).
+        eta_window: how many recent run times the estimate averages; None adopts the
+            stored value (16 for a new lane).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        redis: str | aioredis.Redis,
+        max_concurrent: int | None = None,
+        *,
+        policy: QueuePolicy | None = None,
+        preemption: Preemption | None = None,
+        lease: float = 10.0,
+        namespace: str = "executus",
+        eta_window: int | None = None,
+    ) -> None:
+        self._name = check_key_part("name", name)
+        check_key_part("namespace", namespace)
+        if max_concurrent is not None:
+            _check_count("max_concurrent", max_concurrent)
+        if eta_window is not None:
+            _check_count("eta_window", eta_window)
+        if policy is not None and type(policy) not in (FIFO, Priority, FairShare):
+            raise TypeError(
+                "RedisLane supports the built-in policies FIFO, Priority and FairShare "
+                f"only (the order is computed in Redis), got {policy!r}"
+            )
+        _check_preemption(preemption)
+        if isinstance(lease, bool) or not isinstance(lease, int | float):
+            raise TypeError(f"lease must be a number of seconds, got {lease!r}")
+        if not math.isfinite(lease) or lease < 0.1:
+            raise ValueError(f"lease must be >= 0.1 seconds, got {lease!r}")
+        if isinstance(redis, str):
+            self._url: str | None = redis
+            self._client: aioredis.Redis | None = None
+        elif isinstance(redis, aioredis.Redis):
+            self._url = None
+            self._client = redis
+        else:
+            raise TypeError(f"redis must be a URL or a redis.asyncio.Redis client, got {redis!r}")
+        self._namespace = namespace
+        self._keys = LaneKeys(namespace, name)
+        self._want_max = max_concurrent
+        self._want_policy = policy
+        self._want_preemption = preemption
+        self._want_window = eta_window
+        self._lease = float(lease)
+        self._client_id = uuid.uuid4().hex
+        # What this client last saw of the lane's configuration.
+        self._max = max_concurrent or 1
+        self._policy: QueuePolicy = policy or FIFO()
+        self._preemption = preemption
+        self._epoch = ""
+        self._fence_floor = 0
+        self._jobs: dict[str, _Local] = {}
+        self._closed = False
+        self._hard = False  # closing with drain=False
+        self._stopping = False  # the background tasks are being stopped
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._recover_lock = asyncio.Lock()
+        self._blocking: aioredis.Redis | None = None
+        self._own_client = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._chores: set[asyncio.Task[Any]] = set()
+        self._drained: list[asyncio.Future[None]] = []
+        self._hb_kick = asyncio.Event()
+        self._batch: list[tuple[scripts.Script, Sequence[str], asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self._senders: set[asyncio.Task[None]] = set()
+        self._last_beat = 0.0
+        # Blocking and retry bounds, derived from the lease (see docs/redis.md).
+        self._block = max(0.5, min(5.0, self._lease / 2))
+        self._op_timeout = max(1.0, min(5.0, self._lease / 2))
+        self._retry_budget = max(1.0, min(3.0, self._lease / 3))
+
+    # -- properties ------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The lane's name."""
+        return self._name
+
+    @property
+    def max_concurrent(self) -> int:
+        """The lane-wide slot limit as this client last saw it (``stats()`` is live)."""
+        return self._max
+
+    @property
+    def policy(self) -> QueuePolicy:
+        """The lane's queue policy as this client last saw it."""
+        return self._policy
+
+    @property
+    def preemption(self) -> Preemption | None:
+        """The lane's preemption setting as this client last saw it."""
+        return self._preemption
+
+    @property
+    def lease(self) -> float:
+        """Seconds a slot is held without renewal."""
+        return self._lease
+
+    @property
+    def closed(self) -> bool:
+        """True once ``aclose`` was called."""
+        return self._closed
+
+    @property
+    def client_id(self) -> str:
+        """This client's id in Redis (liveness, wake-up list)."""
+        return self._client_id
+
+    def __repr__(self) -> str:
+        running = sum(1 for r in self._jobs.values() if r.handle._state is _RUNNING)
+        queued = sum(1 for r in self._jobs.values() if r.handle._state is _QUEUED)
+        state = " closed" if self._closed else ""
+        return (
+            f"<RedisLane {self._name!r} [max {self._max} | {self._policy.name} | "
+            f"here: {running} running, {queued} queued]{state}>"
+        )
+
+    # -- connection ------------------------------------------------------------------
+
+    async def _ensure(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                raise LaneClosed(self._name)
+            if self._client is None:
+                assert self._url is not None
+                self._client = aioredis.Redis.from_url(
+                    self._url,
+                    socket_timeout=self._op_timeout,
+                    socket_connect_timeout=self._op_timeout,
+                )
+                self._own_client = True
+            pool: ConnectionPool = self._client.connection_pool
+            kwargs = dict(pool.connection_kwargs)
+            kwargs["socket_timeout"] = self._block + 5.0
+            kwargs.setdefault("socket_connect_timeout", self._op_timeout)
+            self._blocking = aioredis.Redis(
+                connection_pool=type(pool)(
+                    connection_class=pool.connection_class, max_connections=4, **kwargs
+                )
+            )
+            try:
+                await self._attach(first=True)
+            except BaseException:
+                await self._close_clients()
+                raise
+            self._started = True
+            self._last_beat = time.monotonic()
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._wake_loop(), name=f"executus-redis-wake-{self._name}"),
+                loop.create_task(self._beat_loop(), name=f"executus-redis-beat-{self._name}"),
+            ]
+
+    async def _close_clients(self) -> None:
+        if self._blocking is not None:
+            with contextlib.suppress(Exception):
+                await self._blocking.aclose()
+                await self._blocking.connection_pool.disconnect()
+            self._blocking = None
+        if self._own_client and self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+            self._client = None
+
+    async def _evalsha(self, script: scripts.Script, argv: Sequence[str]) -> Any:
+        """Run a script in the next batch: every script call made in one turn of the
+        event loop goes out in one pipelined write and one round trip (auto-pipelining,
+        as ioredis does), which is what lets many submitters share one connection's
+        system calls."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((script, argv, fut))
+        if not self._flush_scheduled:
+            # The sender's first step runs in the loop's next turn and takes every
+            # call queued by then.
+            self._flush_scheduled = True
+            task = asyncio.get_running_loop().create_task(self._send())
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        return await fut
+
+    async def _send(self) -> None:
+        self._flush_scheduled = False
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        client = self._client
+        try:
+            if client is None:
+                raise RedisConnectionError("the lane's client is closed")
+            async with asyncio.timeout(self._op_timeout):
+                if len(batch) == 1:
+                    script, argv, _ = batch[0]
+                    try:
+                        results: list[Any] = [
+                            await client.evalsha(script.sha, 1, self._keys.cfg, *argv)
+                        ]
+                    except ResponseError as e:
+                        results = [e]
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for script, argv, _ in batch:
+                        pipe.evalsha(script.sha, 1, self._keys.cfg, *argv)
+                    results = await pipe.execute(raise_on_error=False)
+                for i, (script, argv, _) in enumerate(batch):
+                    if isinstance(results[i], NoScriptError):
+                        # The server does not know it (restarted, flushed, a new node).
+                        try:
+                            results[i] = await client.eval(script.source, 1, self._keys.cfg, *argv)
+                        except ResponseError as e:
+                            results[i] = e
+        except Exception as e:
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        except BaseException:
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(RedisConnectionError("the request was abandoned"))
+            raise
+        for (_, _, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def _call(
+        self, name: str, argv: Sequence[str], *, budget: float | None = None
+    ) -> list[Any]:
+        """Run one script; retry connection failures within ``budget`` seconds.
+
+        Every script is safe to retry: submit is idempotent by nonce, release by fence.
+
+        Raises:
+            LaneUnavailable: Redis stayed unreachable, or refused the script.
+        """
+        script = scripts.load(name)
+        deadline = time.monotonic() + (self._retry_budget if budget is None else budget)
+        delay = 0.02
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                # cancellation that races with the reply.
+                async with asyncio.timeout(self._op_timeout):
+                    reply = await self._evalsha(script, argv)
+            except ResponseError as e:
+                raise LaneUnavailable(
+                    f"lane {self._name!r}: Redis refused the {name} script: {e} "
+                    f"(if the lane's keys are damaged, delete the keys under "
+                    f"{self._keys.prefix!r} to reset it)"
+                ) from e
+            except _TRANSIENT as e:
+                if time.monotonic() + delay > deadline:
+                    raise LaneUnavailable(
+                        f"lane {self._name!r}: Redis is unreachable ({type(e).__name__}: {e})"
+                    ) from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+                continue
+            if not isinstance(reply, list) or not reply:
+                raise LaneUnavailable(
+                    f"lane {self._name!r}: unexpected reply to the {name} script: {reply!r:.100}"
+                )
+            return reply
+
+    async def _eval(
+        self, name: str, args: Sequence[str], *, budget: float | None = None
+    ) -> list[Any]:
+        """Run a lane script with this client's epoch; recover once if the lane was lost."""
+        for _ in range(3):
+            epoch = self._epoch
+            reply = await self._call(name, [epoch, *args], budget=budget)
+            status = _s(reply[0])
+            if status in ("NOLANE", "EPOCH"):
+                await self._recover(epoch)
+                continue
+            return reply
+        raise LaneUnavailable(f"lane {self._name!r}: its state in Redis keeps changing")
+
+    async def _attach(self, *, first: bool) -> None:
+        """Create or join the lane; when recovering, re-register this client's jobs."""
+        if first:
+            policy = self._want_policy
+            pre = self._want_preemption
+            max_arg = "" if self._want_max is None else str(self._want_max)
+            win_arg = "" if self._want_window is None else str(self._want_window)
+            pre_set = pre is not None
+        else:
+            policy, pre, pre_set = self._policy, self._preemption, True
+            max_arg, win_arg = str(self._max), ""
+        argv: list[str] = [self._client_id, self._epoch, uuid.uuid4().hex, _ms(self._lease)]
+        argv.append(max_arg)
+        argv += _policy_args(policy) if policy is not None else ["", "0", "1", "0"]
+        if pre_set and pre is not None:
+            argv += ["1", _ms(pre.min_runtime), _ms(pre.grace), "1" if pre.requeue else "0"]
+        elif pre_set:
+            argv += ["0", "30000", "0", "0"]
+        else:
+            argv += ["", "0", "0", "0"]
+        argv += [win_arg, str(self._fence_floor)]
+        now = time.monotonic()
+        running = [
+            r for r in self._jobs.values() if r.handle._state is _RUNNING and r.fence is not None
+        ]
+        argv.append(str(len(running)))
+        for r in running:
+            job = r.handle
+            argv += [
+                job.id,
+                r.fence or "0",
+                _ek(job.key),
+                str(job.priority),
+                "1" if job.preemptible else "0",
+                str(r.seq or 0),
+                _ms(now - (job._t_start or now)),
+                _ms(now - job._t_submit),
+            ]
+        queued = sorted(
+            (r for r in self._jobs.values() if r.handle._state is _QUEUED and r.seq is not None),
+            key=lambda r: r.seq or 0,
+        )
+        for r in queued:
+            job = r.handle
+            argv += [
+                job.id,
+                _ek(job.key),
+                str(job.priority),
+                "1" if job.preemptible else "0",
+                str(r.seq),
+                _ms(now - job._t_submit),
+                r.nonce,
+            ]
+        reply = await self._call("attach", argv)
+        if _s(reply[0]) == "POLICY":
+            raise LaneUnavailable(
+                f"lane {self._name!r} has queued jobs under the stored policy "
+                f"{_s(reply[1])!r}; its policy can change only while nothing is queued"
+            )
+        self._epoch = _s(reply[1])
+        cfg = [_s(x) for x in reply[2]]
+        self._max = int(cfg[0])
+        aging = float(cfg[2])
+        if cfg[1] == "fifo":
+            self._policy = FIFO()
+        elif cfg[1] == "prio":
+            self._policy = Priority(aging or None)
+        elif not isinstance(self._policy, FairShare) or self._policy.default_weight != float(
+            cfg[3]
+        ):
+            self._policy = FairShare(default_weight=float(cfg[3]))
+        self._preemption = (
+            Preemption(int(cfg[5]) / 1000, int(cfg[6]) / 1000, cfg[7] == "1")
+            if cfg[4] == "1"
+            else None
+        )
+        for r in running:
+            r.renewed = now
+        self._grants(reply[3])
+
+    async def _recover(self, seen_epoch: str) -> None:
+        async with self._recover_lock:
+            if self._epoch != seen_epoch:
+                return  # another caller recovered already
+            await self._attach(first=False)
+            self._hb_kick.set()
+
+    # -- submitting ------------------------------------------------------------------
+
+    async def submit(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        job_id: str | None = None,
+        key: str | None = None,
+        priority: int = 0,
+        preemptible: bool = False,
+        max_wait: float | None = None,
+    ) -> JobHandle[T]:
+        """Submit a job; return its handle at once (running or queued).
+
+        Args:
+            fn: a zero-argument callable returning an awaitable, called once per run in
+                the job's own task, in this process.
+            job_id: a unique id, or None to have one made.
+            key: who the job is for (fair share is across keys).
+            priority: higher is more important (for ``Priority`` and preemption).
+            preemptible: whether a higher-priority arrival may evict this job.
+            max_wait: None, or seconds: refuse with ``LaneBusy`` (enqueueing nothing)
+                when the job cannot start at once and its ETA exceeds this.
+
+        Returns:
+            The job's handle: RUNNING (position 0, eta 0.0) or QUEUED.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or an option has the wrong type.
+            ValueError: an option is out of range.
+            LaneClosed: the lane is closed.
+            DuplicateJob: ``job_id`` is queued or running in this lane (in any process).
+            LaneBusy: refused by ``max_wait``.
+            LaneUnavailable: Redis is unreachable or refused; nothing was submitted.
+        """
+        if not callable(fn):
+            raise TypeError(
+                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
+            )
+        handle: JobHandle[T] = (
+            await self._submit(fn, job_id, key, priority, preemptible, max_wait)
+        ).handle
+        return handle
+
+    async def run(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        job_id: str | None = None,
+        key: str | None = None,
+        priority: int = 0,
+        preemptible: bool = False,
+        max_wait: float | None = None,
+    ) -> T:
+        """Submit a job and wait for its result; the caller owns the job.
+
+        If the awaiting task is cancelled, the job is cancelled too (removed if queued,
+        its task cancelled if running) and ``CancelledError`` propagates.
+
+        Returns:
+            The job's return value.
+
+        Raises:
+            Everything ``submit`` raises, the job's own exception, ``JobCancelled``,
+            ``JobPreempted``, ``LeaseLost`` or ``LaneClosed``.
+        """
+        handle = await self.submit(
+            fn,
+            job_id=job_id,
+            key=key,
+            priority=priority,
+            preemptible=preemptible,
+            max_wait=max_wait,
+        )
+        try:
+            return await handle
+        except asyncio.CancelledError:
+            self._chore(handle.cancel())
+            raise
+
+    @asynccontextmanager
+    async def slot(
+        self,
+        *,
+        job_id: str | None = None,
+        key: str | None = None,
+        priority: int = 0,
+        preemptible: bool = False,
+        max_wait: float | None = None,
+    ) -> AsyncIterator[JobHandle[None]]:
+        """Hold one lane-wide slot for the body of an ``async with``, as a job.
+
+        The request waits under the lane's policy like any job; the body then runs as
+        that job in the caller's task (``current_job()`` works) and the slot is freed
+        on exit, whatever the exit. Cancelling the waiting task withdraws the request.
+        If the slot is preempted (or its lease is lost), the body's task is cancelled
+        and ``JobPreempted`` (or ``LeaseLost``) leaves the block.
+
+        Example::
+
+            async with lane.slot(key="user-42") as job:
+                async for chunk in llm.stream(prompt):
+                    await send(chunk)
+        """
+        rec = await self._submit(None, job_id, key, priority, preemptible, max_wait)
+        job: JobHandle[None] = rec.handle
+        task = asyncio.current_task()
+        assert task is not None
+        job._task = task  # set before the grant: a preemption may follow it at once
+        if job._state is _QUEUED:
+            rec.granted = asyncio.get_running_loop().create_future()
+            try:
+                await rec.granted
+            except BaseException:
+                rec.granted = None
+                await _shielded(self._withdraw(rec, JobCancelled(self._name, job.id)))
+                raise
+        if job._state is not _RUNNING:
+            # Ended while waiting (closed, dropped): report it as the handle would.
+            job.result()
+            raise JobCancelled(self._name, job.id)
+        token = CURRENT_JOB.set(job)
+        try:
+            yield job
+        except asyncio.CancelledError as exc:
+            cause = rec.cause
+            error = await _shielded(self._finish(rec, None, exc, cancelled=True))
+            if cause is not None and error is not None and task.uncancel() == 0:
+                raise error from None
+            raise
+        except BaseException as exc:
+            await _shielded(self._finish(rec, None, exc, cancelled=False))
+            raise
+        else:
+            await _shielded(self._finish(rec, None, None, cancelled=False))
+        finally:
+            CURRENT_JOB.reset(token)
+
+    async def _submit(
+        self,
+        fn: Callable[[], Awaitable[Any]] | None,
+        job_id: str | None,
+        key: str | None,
+        priority: int,
+        preemptible: bool,
+        max_wait: float | None,
+    ) -> _Local:
+        if self._closed:
+            raise LaneClosed(self._name)
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a str or None, got {key!r}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, got {priority!r}")
+        if abs(priority) >= 2**40:
+            raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
+        if not isinstance(preemptible, bool):
+            raise TypeError(f"preemptible must be a bool, got {preemptible!r}")
+        if max_wait is not None:
+            if isinstance(max_wait, bool) or not isinstance(max_wait, int | float):
+                raise TypeError(f"max_wait must be a number of seconds or None, got {max_wait!r}")
+            if not max_wait >= 0:
+                raise ValueError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
+        if job_id is None:
+            job_id = f"{self._name}-{uuid.uuid4().hex}"
+        elif not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str or None, got {job_id!r}")
+        elif not job_id:
+            raise ValueError("job_id must be a non-empty str, got ''")
+        await self._ensure()
+        if self._closed:
+            raise LaneClosed(self._name)
+        if job_id in self._jobs:
+            raise DuplicateJob(self._name, job_id)
+        now = time.monotonic()
+        handle: JobHandle[Any] = JobHandle(
+            self,
+            job_id,
+            fn,
+            key=key,
+            priority=priority,
+            preemptible=preemptible,
+            seq=0,
+            submitted=now,
+        )
+        rec = _Local(handle, fn)
+        self._jobs[job_id] = rec  # before the call: a grant may arrive before the reply
+        args = [
+            self._client_id,
+            job_id,
+            rec.nonce,
+            "0" if key is None else "1",
+            key or "",
+            str(priority),
+            "1" if preemptible else "0",
+            _ms(self._lease),
+            "-1" if max_wait is None else _ms(max_wait),
+        ]
+        try:
+            reply = await self._eval("submit", args)
+        except BaseException:
+            # Nothing half-done: forget it here, and free whatever the server may have
+            # recorded before the reply was lost.
+            if self._jobs.get(job_id) is rec and handle._state is _QUEUED:
+                del self._jobs[job_id]
+                self._chore(self._forget_remote(job_id))
+            elif handle._state is _RUNNING:  # granted meanwhile: give it back
+                if fn is None:
+                    self._chore(self._finish(rec, None, None, cancelled=True))
+                else:
+                    self._cancel_task(rec, _CANCEL)
+            raise
+        status = _s(reply[0])
+        if status == "DUP":
+            del self._jobs[job_id]
+            raise DuplicateJob(self._name, job_id)
+        if status == "BUSY":
+            del self._jobs[job_id]
+            raise LaneBusy(self._name, int(reply[1]), float(_s(reply[2])), max_wait or 0.0)
+        if status == "RUN":
+            rec.seq = int(reply[2])
+            handle._seq = rec.seq
+            if handle._state is _QUEUED:
+                self._start(rec, _s(reply[1]))
+            self._grants(reply[3:])
+        else:
+            rec.seq = int(reply[3])
+            handle._seq = rec.seq
+            self._estimate(rec, int(reply[1]), float(_s(reply[2])))
+            self._grants(reply[4:])
+        return rec
+
+    def _estimate(self, rec: _Local, position: int, eta: float) -> None:
+        rec.position = position
+        rec.eta = eta
+        rec.eta_at = time.monotonic()
+
+    async def _forget_remote(self, job_id: str) -> None:
+        with contextlib.suppress(LaneUnavailable):
+            reply = await self._eval("cancel", [self._client_id, job_id, "1"])
+            self._grants(reply[1:])
+
+    # -- running ---------------------------------------------------------------------
+
+    def _grants(self, flat: Sequence[Any]) -> None:
+        """Start this client's jobs granted in a script reply (pairs of id, fence)."""
+        for i in range(0, len(flat) - 1, 2):
+            self._granted(_s(flat[i]), _s(flat[i + 1]))
+
+    def _granted(self, job_id: str, fence: str) -> None:
+        rec = self._jobs.get(job_id)
+        if rec is None or rec.handle._state is not _QUEUED or self._closing_hard():
+            if rec is not None and rec.fence == fence:
+                return  # a duplicate of a grant already taken
+            # Granted after we gave it up (cancelled, failed submit, closing): hand the
+            # slot straight back.
+            self._chore(self._release(job_id, fence, "cancel"))
+            if rec is not None and rec.handle._state is _QUEUED:
+                self._end_queued(rec, LaneClosed(self._name, self._closed_message()))
+            return
+        if rec.on_grant_cancel is not None:
+            self._chore(self._release(job_id, fence, "cancel"))
+            self._end_queued(rec, rec.on_grant_cancel)
+            return
+        self._start(rec, fence)
+
+    def _closing_hard(self) -> bool:
+        return self._closed and self._hard
+
+    def _start(self, rec: _Local, fence: str) -> None:
+        job = rec.handle
+        now = time.monotonic()
+        job._transition(_RUNNING)
+        job._t_start = now
+        rec.fence = fence
+        rec.renewed = now
+        rec.cause = None
+        self._fence_floor = max(self._fence_floor, int(fence))
+        if rec.fn is None:  # a slot(): its body runs in the waiting task
+            if rec.granted is not None and not rec.granted.done():
+                rec.granted.set_result(None)
+            return
+        job._task = asyncio.get_running_loop().create_task(
+            self._run(rec, rec.fn), name=f"executus-job-{job.id}"
+        )
+
+    async def _run(self, rec: _Local, fn: Callable[[], Awaitable[Any]]) -> None:
+        job = rec.handle
+        CURRENT_JOB.set(job)
+        try:
+            awaitable = fn()
+            if not hasattr(awaitable, "__await__"):
+                raise TypeError(
+                    f"fn must return an awaitable, got {type(awaitable).__name__}: "
+                    f"{awaitable!r:.80}"
+                )
+            value = await awaitable
+        except asyncio.CancelledError as exc:
+            # This client owns the task: the cancellation ends here, recorded in the job.
+            await _shielded(self._finish(rec, None, exc, cancelled=True))
+        except BaseException as exc:
+            await _shielded(self._finish(rec, None, exc, cancelled=False))
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+        else:
+            await _shielded(self._finish(rec, value, None, cancelled=False))
+
+    async def _finish(
+        self, rec: _Local, value: Any, exc: BaseException | None, *, cancelled: bool
+    ) -> BaseException | None:
+        """A run is over: release its slot (fenced), then end or requeue the handle.
+
+        Returns the error the job ends with (None on success or requeue).
+        """
+        job = rec.handle
+        if job._state is not _RUNNING:
+            return job._exc
+        if rec.timer is not None:
+            rec.timer.cancel()
+            rec.timer = None
+        cause = rec.cause
+        if not cancelled:
+            outcome = "fail" if exc is not None else "ok"
+        elif cause == _PREEMPT:
+            outcome = "preq" if rec.fn is not None else "pre"  # a slot() cannot rerun
+        else:
+            outcome = "cancel"
+        fence = rec.fence or "0"
+        requeued = False
+        if cause == _LOST:
+            # The server has reclaimed the slot, or is about to: release it anyway
+            # (fenced, so harmless) without making the job's waiters wait for Redis.
+            self._chore(self._release(job.id, fence, "cancel"))
+        else:
+            reply = await self._release(job.id, fence, outcome)
+            if reply is not None and _s(reply[0]) == "REQ":
+                requeued = True
+                self._estimate(rec, int(reply[1]), float(_s(reply[2])))
+        if job._state is not _RUNNING:
+            return job._exc
+        now = time.monotonic()
+        rec.fence = None
+        if requeued:
+            job._preemptions += 1
+            job._preempt_requested = False
+            job._task = None
+            rec.cause = None
+            job._transition(_QUEUED)
+            return None
+        error: BaseException | None
+        if cancelled:
+            if cause == _PREEMPT:
+                error = JobPreempted(self._name, job.id)
+                state = JobState.PREEMPTED
+            elif cause == _LOST:
+                error = self._lease_lost(job.id)
+                state = JobState.CANCELLED
+            else:
+                reason = "cancelled: the lane was closed" if cause == _CLOSE else "cancelled"
+                error = JobCancelled(self._name, job.id, reason)
+                state = JobState.CANCELLED
+            if exc is not None and cause is None:
+                error.__cause__ = exc
+            self._forget(rec)
+            job._end(state, now, exc=error)
+        elif exc is not None:
+            error = exc
+            self._forget(rec)
+            job._end(JobState.FAILED, now, exc=exc)
+        else:
+            error = None
+            self._forget(rec)
+            job._end(JobState.SUCCEEDED, now, value=value)
+        return error
+
+    def _lease_lost(self, job_id: str) -> LeaseLost:
+        return LeaseLost(
+            f"job {job_id!r} in lane {self._name!r} lost its lease: not renewed within "
+            f"{_LEASE_FRACTION * self._lease:g}s (lease {self._lease:g}s), so its slot "
+            "may have gone to another job"
+        )
+
+    async def _release(self, job_id: str, fence: str, outcome: str) -> list[Any] | None:
+        """Free a slot (fenced, idempotent); retry until the lease would end anyway."""
+        try:
+            reply = await self._eval(
+                "release", [self._client_id, job_id, fence, outcome], budget=self._lease
+            )
+        except LaneUnavailable:
+            return None  # the lease expires on its own; the slot is not leaked
+        self._grants(reply[3:])
+        return reply
+
+    def _forget(self, rec: _Local) -> None:
+        job = rec.handle
+        if self._jobs.get(job.id) is rec:
+            del self._jobs[job.id]
+        if not self._jobs and self._drained:
+            waiters, self._drained = self._drained, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _end_queued(self, rec: _Local, error: BaseException) -> None:
+        job = rec.handle
+        if job._state is not _QUEUED:
+            return
+        if rec.granted is not None and not rec.granted.done():
+            rec.granted.set_result(None)  # the slot() waiter sees the ended handle
+        self._forget(rec)
+        job._end(JobState.CANCELLED, time.monotonic(), exc=error)
+
+    def _cancel_task(self, rec: _Local, cause: str) -> None:
+        job = rec.handle
+        if job._state is not _RUNNING:
+            return
+        if rec.cause is None or cause in (_LOST, _CLOSE):
+            rec.cause = cause
+        task = job._task
+        if task is not None and not task.done():
+            task.cancel()
+
+    # -- wake-ups and heartbeats -----------------------------------------------------
+
+    def _on_message(self, raw: object) -> None:
+        parts = _s(raw).split(" ")
+        kind = parts[0]
+        if kind == "G" and len(parts) == 3:
+            self._granted(parts[1], parts[2])
+            return
+        rec = self._jobs.get(parts[1]) if len(parts) > 1 else None
+        if rec is None:
+            return
+        job = rec.handle
+        if kind == "P" and len(parts) == 4 and job._state is _RUNNING and rec.fence == parts[2]:
+            job._preempt_requested = True
+            rec.cause = _PREEMPT
+            grace = int(parts[3]) / 1000
+            if grace > 0:
+                rec.timer = asyncio.get_running_loop().call_later(
+                    grace, self._cancel_task, rec, _PREEMPT
+                )
+            else:
+                self._cancel_task(rec, _PREEMPT)
+        elif kind == "L" and len(parts) == 3 and job._state is _RUNNING and rec.fence == parts[2]:
+            self._cancel_task(rec, _LOST)
+        elif kind == "C" and job._state is _QUEUED:
+            self._end_queued(rec, JobCancelled(self._name, job.id))
+
+    async def _wake_loop(self) -> None:
+        """Block on this client's wake-up list; a watchdog bounds every wait."""
+        key = self._keys.wake(self._client_id)
+        delay = 0.05
+        while True:
+            blocking = self._blocking
+            assert blocking is not None
+            pop = asyncio.ensure_future(blocking.blpop([key], timeout=self._block))
+            try:
+                done, _ = await asyncio.wait([pop], timeout=self._block + 3.0)
+            except asyncio.CancelledError:
+                await self._abandon_pop(pop, blocking)
+                raise
+            try:
+                if not done:
+                    # The watchdog: no reply well after the server's own timeout (a
+                    # half-open connection). Close the socket, then drop the call.
+                    await self._abandon_pop(pop, blocking)
+                    raise TimeoutError("BLPOP outlived its timeout")
+                item = pop.result()
+            except Exception:
+                if self._stopping:
+                    return
+                # Lost connection, a hung socket, or a damaged key: drop the
+                # connection, resynchronise through a heartbeat, back off.
+                with contextlib.suppress(Exception):
+                    await blocking.connection_pool.disconnect()
+                self._hb_kick.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            if item is not None:
+                self._on_message(item[1])
+
+    @staticmethod
+    async def _abandon_pop(pop: asyncio.Future[Any], blocking: aioredis.Redis) -> None:
+        # Closing the socket first makes the pending read fail at once; a cancelled
+        # blocking read could otherwise wait for a reply that never comes.
+        with contextlib.suppress(Exception):
+            await blocking.connection_pool.disconnect()
+        pop.cancel()
+        await asyncio.wait([pop], timeout=1.0)
+        if pop.done() and not pop.cancelled():
+            pop.exception()  # retrieved: nothing to report
+
+    async def _beat_loop(self) -> None:
+        """Renew leases every lease/3; stop jobs whose lease ran out unrenewed."""
+        interval = self._lease / _HEARTBEATS_PER_LEASE
+        next_beat = time.monotonic() + interval
+        while True:
+            now = time.monotonic()
+            limit = _LEASE_FRACTION * self._lease
+            soonest = next_beat
+            for rec in list(self._jobs.values()):
+                if rec.handle._state is _RUNNING and rec.fence is not None:
+                    if now - rec.renewed >= limit:
+                        self._cancel_task(rec, _LOST)
+                    else:
+                        soonest = min(soonest, rec.renewed + limit)
+            if now - self._last_beat >= self._lease:
+                # Unreachable past a lease: the server will drop our queued jobs.
+                for rec in list(self._jobs.values()):
+                    if rec.handle._state is _QUEUED and rec.seq is not None:
+                        self._end_queued(rec, self._lease_lost(rec.handle.id))
+            if now >= next_beat or self._hb_kick.is_set():
+                self._hb_kick.clear()
+                # Errors are retried at the next beat; the leases' own deadlines
+                # (checked above) stop jobs if renewals keep failing.
+                with contextlib.suppress(Exception):
+                    await self._heartbeat()
+                next_beat = time.monotonic() + interval
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.005, soonest - now)):
+                    await self._hb_kick.wait()
+
+    async def _heartbeat(self) -> None:
+        running = [
+            r for r in self._jobs.values() if r.handle._state is _RUNNING and r.fence is not None
+        ]
+        queued = sorted(
+            (r for r in self._jobs.values() if r.handle._state is _QUEUED and r.seq is not None),
+            key=lambda r: r.seq or 0,
+        )[:_MAX_QUEUED_REFRESH]
+        args = [self._client_id, _ms(self._lease), _ms(self._lease / 2), str(len(running))]
+        for r in running:
+            args += [r.handle.id, r.fence or "0"]
+        args += [r.handle.id for r in queued]
+        sent = time.monotonic()
+        reply = await self._eval("heartbeat", args, budget=self._lease / _HEARTBEATS_PER_LEASE)
+        self._last_beat = sent
+        lost = {_s(x) for x in reply[1]}
+        for r in running:
+            if r.handle.id in lost:
+                self._cancel_task(r, _LOST)
+            elif r.handle._state is _RUNNING:
+                r.renewed = sent
+        self._grants(reply[2])
+        info = reply[3]
+        for i in range(0, len(info) - 2, 3):
+            rec = self._jobs.get(_s(info[i]))
+            if rec is not None and rec.handle._state is _QUEUED:
+                self._estimate(rec, int(info[i + 1]), float(_s(info[i + 2])))
+        for x in reply[4]:
+            rec = self._jobs.get(_s(x))
+            if rec is not None and rec.handle._state is _QUEUED and rec in queued:
+                self._end_queued(rec, self._lease_lost(rec.handle.id))
+        self._grants(reply[5])
+        victims = reply[6]
+        for i in range(0, len(victims) - 2, 3):
+            rec = self._jobs.get(_s(victims[i]))
+            if rec is not None and rec.cause is None:
+                self._on_message(f"P {_s(victims[i])} {_s(victims[i + 1])} {_s(victims[i + 2])}")
+
+    def _chore(self, coro: Awaitable[Any]) -> None:
+        """Run a background step this lane owns (awaited in ``aclose``)."""
+
+        async def wrapped() -> None:
+            with contextlib.suppress(Exception):
+                await coro
+
+        task = asyncio.get_running_loop().create_task(wrapped())
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    # -- handle backend --------------------------------------------------------------
+
+    def _job_position(self, job: JobHandle[Any]) -> int:
+        rec = self._jobs.get(job.id)
+        return rec.position if rec is not None else 0
+
+    def _job_eta(self, job: JobHandle[Any]) -> float:
+        rec = self._jobs.get(job.id)
+        if rec is None:
+            return 0.0
+        return max(0.0, rec.eta - (time.monotonic() - rec.eta_at))
+
+    def _wall(self, mono: float) -> datetime:
+        return datetime.fromtimestamp(time.time() - (time.monotonic() - mono), UTC)
+
+    async def _job_cancel(self, job: JobHandle[Any]) -> bool:
+        rec = self._jobs.get(job.id)
+        if rec is None or rec.handle is not job:
+            return False
+        if job._state is _QUEUED:
+            await self._withdraw(rec, JobCancelled(self._name, job.id))
+            if job._state is _QUEUED:
+                with contextlib.suppress(Exception):
+                    await job  # granted meanwhile: its release is under way
+            return job._state is JobState.CANCELLED
+        if job._state is not _RUNNING:
+            return False
+        self._cancel_task(rec, _CANCEL)
+        if job._task is asyncio.current_task():
+            return True  # a slot() body cancelling itself: it ends when it unwinds
+        with contextlib.suppress(Exception):
+            await job
+        return job._state is JobState.CANCELLED
+
+    async def _withdraw(self, rec: _Local, error: BaseException) -> None:
+        """Take back a job that has not started here (queued, or granted unseen)."""
+        job = rec.handle
+        if job._state is _RUNNING:
+            if rec.fn is None:  # a slot() granted while its waiter was cancelled
+                await self._finish(rec, None, None, cancelled=True)
+            else:
+                self._cancel_task(rec, _CANCEL)
+            return
+        if job._state is not _QUEUED:
+            return
+        try:
+            reply = await self._eval("cancel", [self._client_id, job.id, "0"])
+        except LaneUnavailable:
+            # Ends here; if the server still grants it, the grant is handed back.
+            self._end_queued(rec, error)
+            return
+        if _s(reply[0]) == "OK" or _s(reply[1]) == "":
+            self._end_queued(rec, error)
+        elif job._state is _QUEUED:
+            # Granted in Redis; its wake-up is on the way: release it when it arrives.
+            rec.on_grant_cancel = error
+        elif job._state is _RUNNING:
+            await self._withdraw(rec, error)
+
+    # -- control and introspection ---------------------------------------------------
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a queued job of this lane, submitted by any process.
+
+        Its waiters (in the process that submitted it) get ``JobCancelled``.
+
+        Raises:
+            NotQueued: the job is unknown, running or has ended.
+            LaneUnavailable: Redis is unreachable.
+        """
+        await self._ensure()
+        rec = self._jobs.get(job_id)
+        reply = await self._eval("cancel", [self._client_id, job_id, "0"])
+        if _s(reply[0]) != "OK":
+            state = _s(reply[1]) or None
+            if rec is not None and state is None:
+                state = rec.handle._state.value
+            raise NotQueued(self._name, job_id, state)
+        if rec is not None:
+            self._end_queued(rec, JobCancelled(self._name, job_id))
+
+    async def refresh(self) -> None:
+        """Renew this client's leases and refresh its queued jobs' positions and ETAs now.
+
+        ``handle.position`` and ``handle.eta`` are read without I/O: they are set at
+        submit and refreshed by every heartbeat (each ``lease / 3`` seconds), the ETA
+        counting down in between. Call this for exact figures at a given moment.
+
+        Raises:
+            LaneUnavailable: Redis is unreachable.
+        """
+        await self._ensure()
+        await self._heartbeat()
+
+    async def stats(self) -> LaneStats:
+        """A lane-wide snapshot, taken in one step on the server.
+
+        Raises:
+            LaneUnavailable: Redis is unreachable.
+        """
+        await self._ensure()
+        r = await self._eval("stats", [])
+        oldest_ms = int(r[4])
+        self._max = int(r[1])
+        mean = _s(r[13])
+        return LaneStats(
+            name=self._name,
+            max_concurrent=int(r[1]),
+            running=int(r[2]),
+            queued=int(r[3]),
+            oldest_queued_at=None
+            if oldest_ms < 0
+            else datetime.fromtimestamp(oldest_ms / 1000, UTC),
+            throughput_1m=int(r[6]),
+            submitted=int(r[7]),
+            succeeded=int(r[8]),
+            failed=int(r[9]),
+            cancelled=int(r[10]),
+            preempted=int(r[11]),
+            rejected=int(r[12]),
+            mean_runtime=float(mean) if mean else None,
+        )
+
+    async def set_max_concurrent(self, n: int) -> None:
+        """Change the lane-wide slot limit, for every process at once.
+
+        Raising it starts queued jobs at once (in whichever process submitted them);
+        lowering it never cancels a running job.
+
+        Raises:
+            ValueError: ``n < 1``. TypeError: not an int.
+            LaneUnavailable: Redis is unreachable.
+        """
+        _check_count("max_concurrent", n)
+        await self._ensure()
+        reply = await self._eval("control", [self._client_id, "max", str(n)])
+        self._max = n
+        self._grants(reply[1:])
+
+    async def set_preemption(self, preemption: Preemption | None) -> None:
+        """Change (or, with None, turn off) the lane's preemption, for every process."""
+        _check_preemption(preemption)
+        await self._ensure()
+        if preemption is None:
+            args = ["0", "30000", "0", "0"]
+        else:
+            args = [
+                "1",
+                _ms(preemption.min_runtime),
+                _ms(preemption.grace),
+                "1" if preemption.requeue else "0",
+            ]
+        await self._eval("control", [self._client_id, "pre", *args])
+        self._preemption = preemption
+
+    async def set_eta_window(self, n: int) -> None:
+        """Change how many recent run times the lane's estimate averages."""
+        _check_count("eta_window", n)
+        await self._ensure()
+        await self._eval("control", [self._client_id, "win", str(n)])
+
+    # -- closing ---------------------------------------------------------------------
+
+    def _closed_message(self) -> str:
+        return f"lane {self._name!r} was closed before the job started"
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        """Close this client of the lane: refuse new submits here (``LaneClosed``).
+
+        Other processes' use of the lane is not affected.
+
+        Args:
+            drain: True: this client's queued jobs still run; return when all of its
+                jobs have ended. False: its queued jobs end CANCELLED (their waiters get
+                ``LaneClosed``), its running jobs are cancelled (``JobCancelled``);
+                return when every task has ended.
+
+        Calling it again is harmless.
+        """
+        self._closed = True
+        if not self._started:
+            await self._close_clients()
+            return
+        if not drain:
+            self._hard = True
+            for rec in list(self._jobs.values()):
+                if rec.handle._state is _QUEUED:
+                    await self._withdraw(rec, LaneClosed(self._name, self._closed_message()))
+                    if rec.handle._state is _QUEUED:
+                        self._end_queued(rec, LaneClosed(self._name, self._closed_message()))
+            for rec in list(self._jobs.values()):
+                self._cancel_task(rec, _CLOSE)
+        if self._jobs:
+            fut = asyncio.get_running_loop().create_future()
+            self._drained.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._drained:
+                    self._drained.remove(fut)
+        tasks, self._tasks = self._tasks, []
+        self._stopping = True
+        if self._blocking is not None:
+            # Close the blocked BLPOP's socket first: a cancelled blocking read can
+            # otherwise wait for the server's reply.
+            with contextlib.suppress(Exception):
+                await self._blocking.connection_pool.disconnect()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._block + 3.0)
+        if self._chores:
+            await asyncio.wait(list(self._chores), timeout=self._lease)
+        with contextlib.suppress(LaneUnavailable):
+            await self._eval("control", [self._client_id, "bye"], budget=0.5)
+        if self._senders:
+            await asyncio.wait(list(self._senders), timeout=self._op_timeout)
+        self._started = False
+        await self._close_clients()
+
+    async def __aenter__(self) -> Self:
+        await self._ensure()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose(drain=True)
+
+
+async def _shielded(coro: Awaitable[T]) -> T:
+    """Await ``coro`` to the end even if the caller is cancelled meanwhile.
+
+    A slot must be released and its job ended whatever happens to the task doing it;
+    the caller is already unwinding (or ending its own job task), so a cancellation
+    arriving in this short window is absorbed.
+    """
+    task = asyncio.ensure_future(coro)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _check_preemption(preemption: object) -> None:
+    if preemption is not None and not isinstance(preemption, Preemption):
+        raise TypeError(f"preemption must be a Preemption or None, got {preemption!r}")
