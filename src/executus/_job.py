@@ -93,7 +93,6 @@ class JobHandle(Generic[T]):
 
     Attributes:
         id: the job id (unique among the lane's queued and running jobs).
-        lane: the name of the lane the job was submitted to.
         key: who the job is for (fair share is across keys), or None.
         priority: higher is more important.
         preemptible: whether a higher-priority arrival may evict it.
@@ -118,7 +117,6 @@ class JobHandle(Generic[T]):
         "_waiters",
         "id",
         "key",
-        "lane",
         "preemptible",
         "priority",
     )
@@ -136,7 +134,6 @@ class JobHandle(Generic[T]):
         submitted: float,
     ) -> None:
         self._backend = backend
-        self.lane = backend.name
         self.id = job_id
         self.key = key
         self.priority = priority
@@ -157,6 +154,11 @@ class JobHandle(Generic[T]):
         self._preempt_requested = False
 
     # -- what callers read -------------------------------------------------------------
+
+    @property
+    def lane(self) -> str:
+        """The name of the lane the job was submitted to."""
+        return self._backend.name
 
     @property
     def state(self) -> JobState:
