@@ -730,3 +730,16 @@ async def test_eta_fallbacks_without_run_times(clock: ManualClock) -> None:
     assert later.position == 1
     assert later.eta == pytest.approx(60.0)
     await lane.aclose(drain=False)
+
+
+async def test_run_blocks_until_its_queued_job_has_run() -> None:
+    """run() on a full lane waits while its job is queued, then returns its value."""
+    lane = Lane("x", 1)
+    gate = Gate()
+    await lane.submit(gate)
+    caller = asyncio.create_task(lane.run(value("mine")))
+    await settle()
+    assert not caller.done()
+    assert (await lane.stats()).queued == 1
+    gate.release()
+    assert await caller == "mine"

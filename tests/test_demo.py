@@ -1,0 +1,54 @@
+"""The demo runs, says what happened, and keeps to the lane's limit."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+from executus._demo import run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_reports_fairness_preemption_and_limits() -> None:
+    """A fast run of the demo prints its timeline, the wait table and the summary."""
+    out = io.StringIO()
+    assert run_demo(["--scale", "0.4"], out=out) == 0
+    text = out.getvalue()
+    assert "admin       urgent job (priority 10) preempts batch-" in text
+    assert "How long each user waited for a slot" in text
+    for user in ("alice", "bob", "mallory", "admin", "batch"):
+        assert f"\n  {user}" in text
+    assert "at most 2 ran at once (max_concurrent=2)" in text
+
+
+def test_demo_command_needs_only_the_standard_library() -> None:
+    """`python -m executus demo --help` runs from the source tree with no install."""
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "executus", "demo", "--help"],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: executus demo" in result.stdout
+
+
+def test_bad_scale_is_refused() -> None:
+    """A non-positive --scale is a usage error naming the value."""
+    result = subprocess.run(
+        [sys.executable, "-m", "executus", "demo", "--scale", "0"],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--scale must be > 0, got 0.0" in result.stderr
