@@ -59,3 +59,25 @@ def test_missing_keys_and_empty() -> None:
         ranked.pop(4)
     assert ranked.count_le(5) == 1
     assert not RankedMap()
+
+
+def test_ranks_across_many_bucket_runs() -> None:
+    """Ranks stay right with hundreds of buckets (several second-level runs)."""
+    import random
+
+    rng = random.Random(7)
+    keys = rng.sample(range(1_000_000), 60_000)
+    ranked: RankedMap[None] = RankedMap()
+    for k in keys:
+        ranked.insert(k, None)
+    gone = set(rng.sample(keys, 20_000))
+    for k in gone:
+        ranked.pop(k)
+    for _ in range(500):  # pops from the front remove whole buckets
+        ranked.pop_first()
+    model = sorted(set(keys) - gone)[500:]
+    assert len(ranked) == len(model)
+    for i in range(0, len(model), 997):
+        assert ranked.rank(model[i]) == i
+    ranked.insert(-1, None)
+    assert ranked.rank(model[1000]) == 1001

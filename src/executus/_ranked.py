@@ -3,11 +3,12 @@
 Queues can hold a million jobs, and a lane must answer "what is this job's place in
 the dispatch order" without walking the queue. ``RankedMap`` keeps keys sorted in a
 list of bounded buckets (the layout of the ``sortedcontainers`` package: bisect over the
-bucket maxima, then within one bucket) and a Fenwick tree over bucket sizes for rank.
-Inserts and deletes move at most one bucket's worth of pointers (a C ``memmove``); the
-Fenwick tree is updated in place, and rebuilt lazily only after a bucket split or
-removal. Appending past the maximum (FIFO arrival) and popping the first key (dispatch)
-are the fast paths.
+bucket maxima, then within one bucket). For rank it keeps the bucket sizes and, per run
+of 64 buckets, their sum (a two-level prefix index): an insert or delete updates two
+counters, and a rank query adds at most 64 + B/64 counters with the C ``sum``. Inserts
+and deletes move at most one bucket's worth of pointers (a C ``memmove``); the index is
+rebuilt lazily, only after a bucket split or removal. Appending past the maximum (FIFO
+arrival) and popping the first key (dispatch) are the fast paths.
 
 Keys must be unique and totally ordered; values ride along in parallel buckets.
 """
@@ -23,20 +24,23 @@ __all__ = ["RankedMap"]
 V = TypeVar("V")
 
 _LOAD = 256  # buckets split at 2 * _LOAD keys
+_RUN = 64  # buckets per second-level counter
+_SHIFT = 6  # log2(_RUN)
 
 
 class RankedMap(Generic[V]):
     """Unique sorted keys -> values, with rank (0-based position) queries."""
 
-    __slots__ = ("_fenwick", "_keys", "_len", "_maxes", "_vals")
+    __slots__ = ("_keys", "_len", "_lens", "_maxes", "_runs", "_vals")
 
     def __init__(self) -> None:
         self._keys: list[list[Any]] = []
         self._vals: list[list[V]] = []
         self._maxes: list[Any] = []
         self._len = 0
-        # Fenwick tree over bucket lengths (1-based); None when it must be rebuilt.
-        self._fenwick: list[int] | None = None
+        # Bucket sizes and their sums per run of _RUN buckets; None: rebuild on demand.
+        self._lens: list[int] | None = None
+        self._runs: list[int] = []
 
     def __len__(self) -> int:
         return self._len
@@ -49,14 +53,10 @@ class RankedMap(Generic[V]):
             yield from zip(keys, vals, strict=True)
 
     def _bump(self, bucket: int, delta: int) -> None:
-        tree = self._fenwick
-        if tree is None:
-            return
-        i = bucket + 1
-        n = len(tree)
-        while i < n:
-            tree[i] += delta
-            i += i & -i
+        lens = self._lens
+        if lens is not None:
+            lens[bucket] += delta
+            self._runs[bucket >> _SHIFT] += delta
 
     def insert(self, key: Any, value: V) -> None:
         """Add ``key`` (which must not be present) with ``value``."""
@@ -66,7 +66,7 @@ class RankedMap(Generic[V]):
             self._keys.append([key])
             self._vals.append([value])
             maxes.append(key)
-            self._fenwick = None
+            self._lens = None
             return
         if key > maxes[-1]:
             b = len(maxes) - 1
@@ -85,7 +85,7 @@ class RankedMap(Generic[V]):
             self._keys[b : b + 1] = [keys[:_LOAD], keys[_LOAD:]]
             self._vals[b : b + 1] = [vals[:_LOAD], vals[_LOAD:]]
             maxes[b : b + 1] = [keys[_LOAD - 1], keys[-1]]
-            self._fenwick = None
+            self._lens = None
         else:
             self._bump(b, 1)
 
@@ -99,7 +99,7 @@ class RankedMap(Generic[V]):
             del self._keys[b]
             del self._vals[b]
             del self._maxes[b]
-            self._fenwick = None
+            self._lens = None
         else:
             if i == len(keys):
                 self._maxes[b] = keys[-1]
@@ -140,15 +140,12 @@ class RankedMap(Generic[V]):
         b = bisect_left(maxes, key)
         if b == len(maxes):
             return self._len
-        tree = self._fenwick
-        if tree is None:
-            tree = self._build()
-        total = 0
-        i = b
-        while i > 0:
-            total += tree[i]
-            i -= i & -i
-        return total + bisect_left(self._keys[b], key)
+        lens = self._lens
+        if lens is None:
+            lens = self._build()
+        run = b >> _SHIFT
+        before = sum(self._runs[:run]) + sum(lens[run << _SHIFT : b])
+        return before + bisect_left(self._keys[b], key)
 
     def count_le(self, key: Any) -> int:
         """How many keys are smaller than or equal to ``key``."""
@@ -159,12 +156,6 @@ class RankedMap(Generic[V]):
         return self.rank(key) + (bisect_right(self._keys[b], key) - bisect_left(self._keys[b], key))
 
     def _build(self) -> list[int]:
-        n = len(self._keys)
-        tree = [0] * (n + 1)
-        for j, keys in enumerate(self._keys, 1):
-            tree[j] += len(keys)
-            parent = j + (j & -j)
-            if parent <= n:
-                tree[parent] += tree[j]
-        self._fenwick = tree
-        return tree
+        lens = self._lens = list(map(len, self._keys))
+        self._runs = [sum(lens[i : i + _RUN]) for i in range(0, len(lens), _RUN)]
+        return lens
