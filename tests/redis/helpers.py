@@ -5,19 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 
 class RedisServer:
-    """A redis-server child process on ``port``, without persistence."""
+    """A redis-server child process on ``port``, without persistence.
 
-    def __init__(self, port: int, directory: Path) -> None:
+    ``extra_args`` are appended to the command line (e.g. ACL users). With ``tls`` (a
+    client ``ssl.SSLContext`` trusting the server's certificate) the server is expected
+    to listen with TLS on ``port`` only (``extra_args`` then carry the ``--tls-*``
+    options), and readiness is checked over TLS.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        directory: Path,
+        *,
+        extra_args: Sequence[str] = (),
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.port = port
         self.dir = directory
+        self.extra_args = list(extra_args)
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -25,54 +41,81 @@ class RedisServer:
         """The server's URL."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log(self) -> str:
+        """What the server wrote to stderr and stdout so far."""
+        path = self.dir / "redis-server.log"
+        return path.read_text("utf-8", "replace") if path.exists() else ""
+
+    def _ping(self) -> bool:
+        with contextlib.ExitStack() as stack:
+            s = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), 0.5))
+            if self.tls is not None:
+                s = stack.enter_context(self.tls.wrap_socket(s, server_hostname="localhost"))
+            s.sendall(b"PING\r\n")
+            # NOAUTH: up, but the default user needs a password (an ACL test's server).
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+
     def start(self) -> None:
-        """Start the server and wait until it answers PING (at most 10 s)."""
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        """Start the server and wait until it answers PING (at most 10 s).
+
+        Raises:
+            RuntimeError: the server exited or did not answer; the message has its log.
+        """
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port)]
+        with (self.dir / "redis-server.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    *ports,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.proc = None
+                raise RuntimeError(f"redis-server on port {self.port} exited:\n{self.log}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
+                if self._ping():
+                    return
             except OSError:
                 pass
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
+        raise RuntimeError(f"redis-server on port {self.port} did not start:\n{self.log}")
 
     def stop(self) -> None:
-        """Stop the server (SHUTDOWN NOSAVE, then kill if needed) and wait for it."""
+        """Stop the server (SHUTDOWN NOSAVE, or SIGTERM, then kill if needed) and wait."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", self.port), timeout=1) as s,
-        ):
-            s.sendall(b"SHUTDOWN NOSAVE\r\n")
-            with contextlib.suppress(OSError):
-                s.recv(16)
+        if self.tls is not None or self.extra_args:
+            proc.terminate()  # no plain unauthenticated socket to send SHUTDOWN on
+        else:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as s,
+            ):
+                s.sendall(b"SHUTDOWN NOSAVE\r\n")
+                with contextlib.suppress(OSError):
+                    s.recv(16)
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

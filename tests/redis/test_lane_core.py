@@ -512,3 +512,22 @@ async def test_slot_preempted_raises_job_preempted(make_lane: LaneFactory) -> No
     with pytest.raises(JobPreempted, match=r"^job '.*' in lane 'lane' was preempted$"):
         await task
     assert await urgent[0] == "urgent"  # a slot cannot be requeued: it just ends
+
+
+async def test_job_ids_with_spaces_in_wake_ups(make_lane: LaneFactory) -> None:
+    """Grants and remote cancels reach jobs whose ids contain spaces (wake-up messages
+    are parsed from the right, where only numbers follow the id)."""
+    a, b = make_lane(max_concurrent=1), make_lane()
+    gate = Gate()
+    first = await a.submit(gate.job("first"), job_id="user 1 first")
+    granted = await b.submit(gate.job("granted"), job_id="user 2 gets it next")
+    dropped = await b.submit(gate.job("dropped"), job_id="user 3 gives up")
+    await a.cancel("user 3 gives up")
+    # Within a second: before the first heartbeat (lease / 3) could repair a lost message.
+    await until(dropped.done, limit=1.0)
+    assert dropped.state is JobState.CANCELLED
+    gate.open("first")
+    await first
+    await until(lambda: gate.started == ["first", "granted"], limit=1.0)
+    gate.open("granted")
+    assert await granted == "granted"

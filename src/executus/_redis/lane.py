@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -40,8 +41,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._errors import (
@@ -80,6 +81,8 @@ _LEASE_FRACTION = 0.8  # a client stops its job after this share of the lease un
 _HEARTBEATS_PER_LEASE = 3
 _MAX_QUEUED_REFRESH = 512  # queued jobs whose position one heartbeat refreshes
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+# Wake-up messages: kind -> how many space-free fields follow the job id.
+_MESSAGE_FIELDS = {"G": 1, "P": 2, "L": 1, "C": 0}
 
 
 def _s(value: object) -> str:
@@ -201,6 +204,8 @@ class RedisLane:
             _check_count("max_concurrent", max_concurrent)
         if eta_window is not None:
             _check_count("eta_window", eta_window)
+        if policy is not None and not isinstance(policy, QueuePolicy):
+            raise TypeError(f"policy must be a QueuePolicy (FIFO(), ...), got {policy!r}")
         if policy is not None and type(policy) not in (FIFO, Priority, FairShare):
             raise TypeError(
                 "RedisLane supports the built-in policies FIFO, Priority and FairShare "
@@ -435,13 +440,29 @@ class RedisLane:
                 # cancellation that races with the reply.
                 async with asyncio.timeout(self._op_timeout):
                     reply = await self._evalsha(script, argv)
+            except AuthenticationError as e:
+                # Retrying cannot help: the URL's (or client's) credentials are wrong.
+                raise LaneUnavailable(
+                    f"lane {self._name!r}: Redis refused the credentials ({type(e).__name__}: {e})"
+                ) from e
             except ResponseError as e:
+                if isinstance(e, NoPermissionError) or "can't run this command" in str(e):
+                    raise LaneUnavailable(
+                        f"lane {self._name!r}: the Redis user lacks a permission the lane "
+                        f"needs ({e}); it needs the keys '~{{{self._namespace}:*' "
+                        "and the commands listed in the ACL section of docs/redis.md"
+                    ) from e
                 raise LaneUnavailable(
                     f"lane {self._name!r}: Redis refused the {name} script: {e} "
                     f"(if the lane's keys are damaged, delete the keys under "
                     f"{self._keys.prefix!r} to reset it)"
                 ) from e
             except _TRANSIENT as e:
+                if _untrusted(e):
+                    raise LaneUnavailable(
+                        f"lane {self._name!r}: the TLS certificate of Redis was not "
+                        f"trusted ({e}); pass the CA with ssl_ca_certs=... in the URL"
+                    ) from e
                 if time.monotonic() + delay > deadline:
                     raise LaneUnavailable(
                         f"lane {self._name!r}: Redis is unreachable ({type(e).__name__}: {e})"
@@ -724,6 +745,8 @@ class RedisLane:
             raise TypeError(f"job_id must be a str or None, got {job_id!r}")
         elif not job_id:
             raise ValueError("job_id must be a non-empty str, got ''")
+        # An infinite max_wait admits every job: no gate.
+        gate = "-1" if max_wait is None or math.isinf(max_wait) else _ms(max_wait)
         await self._ensure()
         if self._closed:
             raise LaneClosed(self._name)
@@ -751,7 +774,7 @@ class RedisLane:
             str(priority),
             "1" if preemptible else "0",
             _ms(self._lease),
-            "-1" if max_wait is None else _ms(max_wait),
+            gate,
         ]
         try:
             reply = await self._eval("submit", args)
@@ -980,26 +1003,33 @@ class RedisLane:
     # -- wake-ups and heartbeats -----------------------------------------------------
 
     def _on_message(self, raw: object) -> None:
-        parts = _s(raw).split(" ")
-        kind = parts[0]
-        if kind == "G" and len(parts) == 3:
-            self._granted(parts[1], parts[2])
+        # "G <id> <fence>", "P <id> <fence> <grace ms>", "L <id> <fence>", "C <id>": the
+        # id may contain spaces, the numbers after it cannot, so split from the right.
+        kind, _, rest = _s(raw).partition(" ")
+        trailing = _MESSAGE_FIELDS.get(kind)
+        if trailing is None or not rest:
             return
-        rec = self._jobs.get(parts[1]) if len(parts) > 1 else None
+        parts = rest.rsplit(" ", trailing) if trailing else [rest]
+        if len(parts) != trailing + 1:
+            return
+        if kind == "G":
+            self._granted(parts[0], parts[1])
+            return
+        rec = self._jobs.get(parts[0])
         if rec is None:
             return
         job = rec.handle
-        if kind == "P" and len(parts) == 4 and job._state is _RUNNING and rec.fence == parts[2]:
+        if kind == "P" and job._state is _RUNNING and rec.fence == parts[1]:
             job._preempt_requested = True
             rec.cause = _PREEMPT
-            grace = int(parts[3]) / 1000
+            grace = int(parts[2]) / 1000
             if grace > 0:
                 rec.timer = asyncio.get_running_loop().call_later(
                     grace, self._cancel_task, rec, _PREEMPT
                 )
             else:
                 self._cancel_task(rec, _PREEMPT)
-        elif kind == "L" and len(parts) == 3 and job._state is _RUNNING and rec.fence == parts[2]:
+        elif kind == "L" and job._state is _RUNNING and rec.fence == parts[1]:
             self._cancel_task(rec, _LOST)
         elif kind == "C" and job._state is _QUEUED:
             self._end_queued(rec, JobCancelled(self._name, job.id))
@@ -1377,6 +1407,19 @@ async def _shielded(coro: Awaitable[T]) -> T:
         except asyncio.CancelledError:
             if task.done():
                 raise
+
+
+def _untrusted(error: BaseException) -> bool:
+    """True when a connection failed because the server's certificate was not trusted
+    (a setting to fix, not an outage to wait out)."""
+    seen: BaseException | None = error
+    for _ in range(4):  # the SSL error sits a link or two down the chain
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _check_count(name: str, value: object) -> int:

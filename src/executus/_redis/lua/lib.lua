@@ -292,18 +292,30 @@ local function record_end(now)
   end
 end
 
--- Seconds until the job at position p starts: the same estimate as the in-process lane
--- (executus._eta.estimate_wait): each running job frees its slot after its mean
--- residual life over the recent run times; position p starts at
--- F[(p-1) % m] + ((p-1) // m) * mean.
+-- Seconds until the job at position p starts. With no run time recorded, the same as the
+-- in-process lane (executus._eta.estimate_wait): known grace ends first, then one step
+-- (60 / throughput_1m, or 1 s) per position. With run times, a simpler form of it: each
+-- running job frees its slot after its mean residual life over the recent run times;
+-- position p starts at F[(p-1) % m] + ((p-1) // m) * mean.
 local function eta(p, now)
   if p <= 0 then return 0 end
   local rts = redis.call('LRANGE', RT, 0, C.win - 1)
   local n = #rts
   if n == 0 then
     local tp = throughput(now)
-    if tp > 0 then return p * 60.0 / tp end
-    return p
+    local step = 1
+    if tp > 0 then step = 60.0 / tp end
+    -- slots promised by a preemption grace free up at known times
+    local known = {}
+    if C.pon then
+      for _, id in ipairs(redis.call('ZRANGE', HOLD, 0, 999)) do
+        local va = tonumber(redis.call('HGET', jk(id), 'va') or '')
+        if va then known[#known + 1] = math.max(0, (va + C.pgrace - now) / 1000) end
+      end
+      table.sort(known)
+    end
+    if p <= #known then return known[p] end
+    return (known[#known] or 0) + (p - #known) * step
   end
   local vals, sum = {}, 0
   for i, s in ipairs(rts) do
