@@ -69,10 +69,9 @@ async def role_util(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def role_util_dramatiq(a: argparse.Namespace) -> dict[str, Any]:
+    import redis
     from dramatiq.rate_limits import ConcurrentRateLimiter
     from dramatiq.rate_limits.backends import RedisBackend
-
-    import redis
 
     backend = RedisBackend(client=redis.Redis.from_url(a.url))
     limiter = ConcurrentRateLimiter(backend, f"{a.ns}-mutex", limit=8, ttl=10_000)  # type: ignore[no-untyped-call]

@@ -40,9 +40,9 @@ def test_demo_command_needs_only_the_standard_library() -> None:
 
 
 def test_bad_scale_is_refused() -> None:
-    """A non-positive --scale is a usage error naming the value."""
+    """A non-positive --scale is a usage error of the plain demo, naming the value."""
     result = subprocess.run(
-        [sys.executable, "-m", "executus", "demo", "--scale", "0"],
+        [sys.executable, "-S", "-m", "executus", "demo", "--scale", "0"],
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT / "src")},
         capture_output=True,

@@ -1,7 +1,12 @@
-"""``python -m executus``: the command line (stdlib fallback when the cli extra is absent)."""
+"""``executus`` / ``python -m executus``: the command line.
+
+With the ``cli`` extra (click and rich) this is the full ``executus`` command. Without
+it, only ``demo`` is available, in plain text, from the standard library.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 USAGE = """usage: executus <command> [options]
@@ -9,12 +14,11 @@ USAGE = """usage: executus <command> [options]
 commands:
   demo      simulate a shared GPU lane (fair share, preemption, admission control)
 
-Install executus[cli] for the full command (top, lane, bench)."""
+This is the standard-library fallback. Install executus[cli] for the full command
+(live demo, top, lane, bench): pip install 'executus[cli]'"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``executus`` command."""
-    args = sys.argv[1:] if argv is None else argv
+def _fallback(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
@@ -22,9 +26,28 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         from ._demo import run_demo
 
+        print(
+            "executus: the plain-text demo; install executus[cli] for the live view "
+            "(pip install 'executus[cli]')",
+            file=sys.stderr,
+        )
         return run_demo(rest)
     print(f"executus: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``executus`` command; returns the exit code.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(importlib.util.find_spec(extra) is None for extra in ("click", "rich")):
+        return _fallback(args)
+    from .cli import main as cli_main
+
+    return cli_main(args)
 
 
 if __name__ == "__main__":

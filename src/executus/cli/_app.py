@@ -1,0 +1,427 @@
+"""The ``executus`` command: click commands over the library and a Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from rich.console import Console
+from rich.live import Live
+
+from .. import __version__
+from .._errors import LaneError, NotQueued
+from .._redis.keys import LaneKeys, check_key_part
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["cli", "main"]
+
+_URL_HELP = "Redis URL (default: $EXECUTUS_REDIS_URL, else redis://localhost:6379/0)."
+_DEFAULT_URL = "redis://localhost:6379/0"
+BENCHMARKS = ("lane", "scale", "eta", "fairness", "fanout", "redis")
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _namespace(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return check_key_part("namespace", value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _lane_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return check_key_part("lane name", value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def redis_options(f: Any) -> Any:
+    """``--redis`` and ``--namespace``."""
+    f = click.option(
+        "--namespace",
+        default="executus",
+        show_default=True,
+        callback=_namespace,
+        help="Key namespace of the lanes.",
+    )(f)
+    return click.option(
+        "--redis",
+        "url",
+        envvar="EXECUTUS_REDIS_URL",
+        default=_DEFAULT_URL,
+        metavar="URL",
+        help=_URL_HELP,
+    )(f)
+
+
+def need_redis() -> Any:
+    """The redis module, or a click error saying how to install it."""
+    try:
+        import redis
+    except ImportError:
+        raise click.ClickException(
+            "this needs redis-py: install executus[redis] (pip install 'executus[redis]')"
+        ) from None
+    return redis
+
+
+@contextmanager
+def redis_client(url: str) -> Iterator[redis.Redis]:
+    """A client for ``url``, checked with PING; errors become one-line click errors."""
+    redis = need_redis()
+    try:
+        client = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
+        )
+    except ValueError as e:
+        raise click.ClickException(f"bad Redis URL {safe_url(url)!r}: {e}") from None
+    try:
+        try:
+            client.ping()
+        except redis.RedisError as e:
+            raise click.ClickException(f"cannot reach Redis at {safe_url(url)}: {e}") from None
+        try:
+            yield client
+        except redis.RedisError as e:
+            raise click.ClickException(f"Redis at {safe_url(url)} failed: {e}") from None
+    finally:
+        client.close()
+
+
+@click.group(name="executus", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="executus")
+def cli() -> None:
+    """executus: fair, predictable sharing of scarce back ends.
+
+    Run the demo, watch the lanes of a Redis, change a lane's limit or cancel a
+    queued job, and run the benchmarks.
+    """
+
+
+# -- demo ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=10.0,
+    show_default=True,
+    help="How long users send traffic.",
+)
+@click.option(
+    "--users",
+    type=click.IntRange(min=1, max=50),
+    default=4,
+    show_default=True,
+    help="Interactive users (the first, mallory, floods).",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["fifo", "priority", "fair"]),
+    default="fair",
+    show_default=True,
+    help="Queue policy of the lanes.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of the traffic.")
+@click.option(
+    "--redis",
+    "url",
+    default=None,
+    metavar="URL",
+    help="Share one RedisLane across --processes processes in this Redis.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1, max=32),
+    default=3,
+    show_default=True,
+    help="Processes sharing the lane (with --redis).",
+)
+@click.option(
+    "--namespace",
+    default="executus",
+    show_default=True,
+    callback=_namespace,
+    help="Key namespace of the demo's lane (with --redis).",
+)
+def demo(
+    seconds: float,
+    users: int,
+    policy: str,
+    seed: int,
+    url: str | None,
+    processes: int,
+    namespace: str,
+) -> None:
+    """Simulate users sharing lanes, shown live in a table.
+
+    Users send requests to a GPU lane (2 slots, preemption with requeue) and an API lane
+    (2 slots); one user floods, a batch key sends long preemptible jobs, an admin sends
+    urgent ones, and some requests carry a max_wait and are refused at once. With
+    --redis, N processes share one RedisLane and the limit is checked lane-wide.
+    """
+    from ._demo import DemoSettings, run_local_demo
+
+    settings = DemoSettings(seconds=seconds, users=users, policy=policy, seed=seed)
+    console = Console()
+    if url is None:
+        code = run_local_demo(settings, console)
+    else:
+        redis = need_redis()
+        from ._redis_demo import RedisDemo, run_redis_demo
+
+        try:
+            code = run_redis_demo(settings, RedisDemo(url, namespace, processes), console)
+        except ValueError as e:
+            raise click.ClickException(f"bad Redis URL {safe_url(url)!r}: {e}") from None
+        except redis.RedisError as e:
+            raise click.ClickException(f"cannot reach Redis at {safe_url(url)}: {e}") from None
+    if code:
+        raise SystemExit(code)
+
+
+# -- top -----------------------------------------------------------------------------
+
+
+def _json_loop(client: redis.Redis, url: str, namespace: str, once: bool, interval: float) -> None:
+    from ._top import read_lanes
+
+    while True:
+        doc = {
+            "redis": safe_url(url),
+            "namespace": namespace,
+            "time": time.time(),
+            "lanes": [s.to_json() for s in read_lanes(client, namespace)],
+        }
+        click.echo(json.dumps(doc, indent=2 if once else None))
+        if once:
+            return
+        time.sleep(interval)
+
+
+@cli.command()
+@redis_options
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@click.option("--json", "as_json", is_flag=True, help="JSON (one document per snapshot).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+def top(url: str, namespace: str, once: bool, as_json: bool, interval: float) -> None:
+    """Show every lane in a Redis live: slots, queue by key, waits, throughput.
+
+    Read-only: the view never joins a lane. Ctrl-C stops it. With --once --json, one
+    JSON document for scripts; --json alone prints one line per refresh.
+    """
+    need_redis()
+    from ._top import now_text, read_lanes, render_lanes
+
+    with redis_client(url) as client:
+
+        def title() -> str:
+            return f"executus top - {safe_url(url)} namespace {namespace!r} - {now_text()}"
+
+        if as_json:
+            try:
+                _json_loop(client, url, namespace, once, interval)
+            except KeyboardInterrupt:
+                return
+            return
+        console = Console()
+        if once:
+            console.print(render_lanes(read_lanes(client, namespace), title=title()))
+            return
+        try:
+            with Live(console=console, refresh_per_second=4, screen=False) as live:
+                while True:
+                    live.update(render_lanes(read_lanes(client, namespace), title=title()))
+                    time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
+# -- lane ----------------------------------------------------------------------------
+
+
+@cli.group()
+def lane() -> None:
+    """Change a lane stored in a Redis."""
+
+
+def _existing_lane(client: redis.Redis, namespace: str, name: str, url: str) -> None:
+    from ._top import find_lanes
+
+    if client.hget(LaneKeys(namespace, name).cfg, "v") is not None:
+        return
+    known = find_lanes(client, namespace)
+    hint = f"; lanes there: {', '.join(known)}" if known else "; there are none"
+    raise click.ClickException(
+        f"no lane {name!r} in namespace {namespace!r} at {safe_url(url)}{hint}"
+    )
+
+
+async def _with_lane(url: str, namespace: str, name: str, action: str, arg: str) -> Any:
+    from ..redis import RedisLane
+
+    redis_lane = RedisLane(name, url, namespace=namespace)
+    try:
+        if action == "set-max":
+            before = (await redis_lane.stats()).max_concurrent
+            await redis_lane.set_max_concurrent(int(arg))
+            return before
+        await redis_lane.cancel(arg)
+        return None
+    finally:
+        await redis_lane.aclose(drain=False)
+
+
+@lane.command("set-max")
+@redis_options
+@click.argument("name", callback=_lane_name)
+@click.argument("n", type=int)
+def set_max(url: str, namespace: str, name: str, n: int) -> None:
+    """Set lane NAME's max_concurrent to N, for every process at once.
+
+    Raising it starts queued jobs at once; lowering it never cancels a running job.
+    """
+    if n < 1:
+        raise click.BadParameter(f"max_concurrent must be >= 1, got {n}", param_hint="'N'")
+    with redis_client(url) as client:
+        _existing_lane(client, namespace, name, url)
+    try:
+        before = asyncio.run(_with_lane(url, namespace, name, "set-max", str(n)))
+    except LaneError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"lane {name!r}: max_concurrent {before} -> {n}")
+
+
+@lane.command("cancel")
+@redis_options
+@click.argument("name", callback=_lane_name)
+@click.argument("job_id")
+def cancel(url: str, namespace: str, name: str, job_id: str) -> None:
+    """Cancel the queued job JOB_ID of lane NAME (its waiters get JobCancelled).
+
+    A job that is not queued (unknown, running or ended) is an error.
+    """
+    if not job_id:
+        raise click.BadParameter("job id must be a non-empty str, got ''", param_hint="'JOB_ID'")
+    with redis_client(url) as client:
+        _existing_lane(client, namespace, name, url)
+    try:
+        asyncio.run(_with_lane(url, namespace, name, "cancel", job_id))
+    except NotQueued as e:
+        raise click.ClickException(str(e)) from None
+    except LaneError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"lane {name!r}: cancelled queued job {job_id!r}")
+
+
+# -- bench ---------------------------------------------------------------------------
+
+
+def _find_bench_dir() -> Path | None:
+    here = Path(__file__).resolve()
+    for base in (Path.cwd(), *here.parents):
+        candidate = base / "bench"
+        if (candidate / "bench_lane.py").is_file():
+            return candidate
+    return None
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="Fewer runs and smaller sizes.")
+@click.option(
+    "--only",
+    type=click.Choice(BENCHMARKS),
+    multiple=True,
+    help="Run only this benchmark (repeatable). Default: all.",
+)
+@click.option(
+    "--dir",
+    "bench_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The bench/ directory (default: found from here or the source tree).",
+)
+def bench(quick: bool, only: tuple[str, ...], bench_dir: Path | None) -> None:
+    """Run the benchmark scripts (bench/bench_*.py) and print their tables.
+
+    They measure executus against its peers on this machine; bench_redis starts its own
+    redis-server. Exits non-zero if any script fails.
+    """
+    directory = bench_dir or _find_bench_dir()
+    if directory is None:
+        raise click.ClickException(
+            "no bench/ directory found: run from a source checkout or pass --dir PATH"
+        )
+    failed = []
+    for name in only or BENCHMARKS:
+        script = directory / f"bench_{name}.py"
+        if not script.is_file():
+            failed.append(name)
+            click.echo(f"executus bench: {script} is missing", err=True)
+            continue
+        args = [sys.executable, str(script)]
+        if quick:
+            # Every script takes --quick except those that only have --runs.
+            args += ["--quick"] if "--quick" in script.read_text("utf-8") else ["--runs", "2"]
+        click.echo(f"== {script.name}{' (quick)' if quick else ''} ==")
+        started = time.monotonic()
+        with subprocess.Popen(
+            args,
+            cwd=directory.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # relayed as it comes: the scripts print progress
+                click.echo(line, nl=False)
+        click.echo(f"-- {script.name}: {time.monotonic() - started:.1f}s\n")
+        if proc.returncode != 0:
+            failed.append(name)
+            click.echo(f"executus bench: {script.name} exited with {proc.returncode}", err=True)
+    if failed:
+        raise click.ClickException(f"benchmarks failed: {', '.join(failed)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code instead of exiting."""
+    try:
+        cli.main(args=argv, prog_name="executus", standalone_mode=True)
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
+    return 0

@@ -1,0 +1,173 @@
+"""``executus demo --redis URL --processes N``: the demo across N processes, one lane.
+
+The parent starts N worker processes (``executus.cli._worker``) that share one
+``RedisLane`` and shows the lane live, read-only (as ``executus top`` does). At the end
+it merges the workers' figures and checks the limit held lane-wide. The lane's keys
+and the demo's counter are deleted afterwards: the demo leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .._redis.keys import LaneKeys
+from ._demo import DemoSettings
+from ._top import LaneSnapshot, read_lane, render_lanes
+
+__all__ = ["RedisDemo", "run_redis_demo"]
+
+_MAX_CONCURRENT = 2
+
+
+@dataclass(frozen=True)
+class RedisDemo:
+    """Where the Redis demo runs.
+
+    Attributes:
+        url: the Redis URL.
+        namespace: the key namespace of the demo's lane.
+        processes: how many worker processes share the lane.
+    """
+
+    url: str
+    namespace: str
+    processes: int
+
+
+def _view(snap: LaneSnapshot | None, title: str, peak: int) -> Group:
+    if snap is None:
+        return Group(Text(f"{title}\n(waiting for the lane)"))
+    note = Text(f"most jobs running at once, seen so far: {peak}/{snap.max_concurrent}")
+    return Group(render_lanes([snap], title=title), note)
+
+
+def _cleanup(client: redis.Redis, keys: LaneKeys, counter: str) -> None:
+    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in keys.prefix) + "*"
+    batch = list(client.scan_iter(match=pattern, count=1000))
+    if batch:
+        client.delete(*batch)
+    client.delete(counter)
+
+
+def run_redis_demo(settings: DemoSettings, where: RedisDemo, console: Console) -> int:
+    """Run the multi-process demo; returns the exit code.
+
+    Raises:
+        redis.RedisError: Redis cannot be reached (before anything started).
+    """
+    client = redis.Redis.from_url(where.url, socket_timeout=5, socket_connect_timeout=5)
+    client.ping()
+    lane = f"demo-{uuid.uuid4().hex[:8]}"
+    keys = LaneKeys(where.namespace, lane)
+    counter = f"{where.namespace}-demo:{lane}:live"
+    title = (
+        f"executus demo - lane {lane!r} shared by {where.processes} processes, "
+        f"policy {settings.policy}, {settings.seconds:g}s of traffic"
+    )
+    procs: list[subprocess.Popen[str]] = []
+    results: list[dict[str, Any]] = []
+    failures: list[str] = []
+    peak_seen = 0
+    try:
+        for i in range(where.processes):
+            cfg = {
+                "index": i,
+                "url": where.url,
+                "namespace": where.namespace,
+                "lane": lane,
+                "max_concurrent": _MAX_CONCURRENT,
+                "policy": settings.policy,
+                "seconds": settings.seconds,
+                "users": settings.users,
+                "seed": settings.seed,
+                "counter": counter,
+                "processes": where.processes,
+            }
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "executus.cli._worker", json.dumps(cfg)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        deadline = time.monotonic() + settings.seconds + 60
+        snap = None
+        with Live(_view(None, title, 0), console=console, refresh_per_second=4) as live:
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.25)
+                snap = read_lane(client, where.namespace, lane) or snap
+                if snap is not None:
+                    peak_seen = max(peak_seen, snap.running)
+                live.update(_view(snap, title, peak_seen))
+        console.line()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                failures.append(f"process {p.pid} did not finish in time")
+            out, err = p.communicate(timeout=10)
+            if p.returncode != 0:
+                tail = err.strip().splitlines()[-1:] or ["no output"]
+                failures.append(f"process {p.pid} exited with {p.returncode}: {tail[0]}")
+                continue
+            try:
+                results.append(json.loads(out.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                failures.append(f"process {p.pid} printed no result")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        _cleanup(client, keys, counter)
+        client.close()
+    return _conclude(results, failures, where, peak_seen, console)
+
+
+def _conclude(
+    results: list[dict[str, Any]],
+    failures: list[str],
+    where: RedisDemo,
+    peak_seen: int,
+    console: Console,
+) -> int:
+    merged: dict[str, dict[str, Any]] = {}
+    for res in results:
+        for key, r in res["keys"].items():
+            m = merged.setdefault(key, {"waits": [], "done": 0, "preempted": 0, "refused": 0})
+            m["waits"] += r["waits"]
+            for f in ("done", "preempted", "refused"):
+                m[f] += r[f]
+    table = Table(title="per key, all processes", title_justify="left")
+    for col in ("key", "done", "median wait", "max wait", "preempted", "refused"):
+        table.add_column(col, justify="left" if col == "key" else "right")
+    for key in sorted(merged):
+        m = merged[key]
+        waits = m["waits"]
+        median = f"{statistics.median(waits):.2f}s" if waits else "-"
+        worst = f"{max(waits):.2f}s" if waits else "-"
+        table.add_row(key, str(m["done"]), median, worst, str(m["preempted"]), str(m["refused"]))
+    console.print(table)
+    peak = max((int(r["peak"]) for r in results), default=0)
+    for failure in failures:
+        console.print(f"[red]{failure}[/red]")
+    held = peak <= _MAX_CONCURRENT and peak_seen <= _MAX_CONCURRENT
+    verdict = "the limit held lane-wide" if held else "THE LIMIT WAS EXCEEDED"
+    console.print(
+        f"{len(results)}/{where.processes} processes finished; at most {peak} jobs ran at "
+        f"once across all of them (max_concurrent={_MAX_CONCURRENT}): {verdict}."
+    )
+    return 0 if held and not failures else 1
