@@ -5,10 +5,19 @@ sigma 0.5, so the mean run time is 22.7 ms), Poisson arrivals at 90% load. Two q
 policies: ``FIFO()`` and ``FairShare()`` with three keys (50% / 30% / 20% of the
 arrivals).
 
-The figure: for every job that had to queue, ``|ETA at submit - actual wait|``; the
-table shows the median over those jobs, in units of the mean run time, for
+The figure: ``|ETA at submit - actual wait|``, as a median in units of the mean run
+time, read two ways:
 
-- executus: ``handle.eta`` read right after ``submit``;
+- over *every submission*: a job that starts at once has ETA 0 and waits 0, an error of
+  0 (the literal reading of "median |ETA at submit - actual wait|");
+- over *queued jobs only*: the jobs whose start had to be predicted (the harder figure).
+
+Estimators compared on the same traces:
+
+- executus: ``handle.eta`` read right after ``submit`` (default ``eta_window=16``; the
+  run-time shape from the last 256 run times over the window mean);
+- executus with the window-only shape (``history=0``: the shape from the 16 runs of the
+  window alone, the estimator before the shape history) and with ``eta_window=64``;
 - the seed's ``Submit`` estimate (``60 s / completions per minute`` per position) and
   its ``SubmitWithMaxWait`` estimate (mean of the last 16 run times per round of
   slots), both ported in ``seed_estimator.py``, fed the same completions and using the
@@ -21,8 +30,11 @@ event loop settles before the next event. So the figures do not depend on the
 machine's load and a trace of 30,000 jobs takes a few seconds. A short real-time run
 (the system clock, ``asyncio.sleep`` jobs) checks that the simulation tells the truth.
 
+The cost of one estimate (microseconds, at 4 and 64 running jobs) and of recording one
+run time is timed last.
+
 Run: ``.venv/bin/python bench/bench_eta.py`` (``--quick``: shorter traces, fewer of
-them; ``--no-real``: skip the real-time run).
+them; ``--no-real``: skip the real-time run; ``--no-cost``: skip the timing).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Table
 from executus import FIFO, FairShare, JobState, Lane, QueuePolicy
+from executus._eta import RuntimeWindow, estimate_wait
 from executus.testing import ManualClock
 from seed_estimator import SeedEstimator
 
@@ -84,25 +97,50 @@ class Trace:
 
 @dataclass
 class Result:
-    """Per queued job: the actual wait and each estimator's ETA at submit."""
+    """Per counted submission: the actual wait and each estimator's ETA at submit.
+
+    A job that started at once has wait 0 and every estimate 0 (``queued`` False).
+    """
 
     actual: list[float] = field(default_factory=list)
     executus: list[float] = field(default_factory=list)
     seed_submit: list[float] = field(default_factory=list)
     seed_maxwait: list[float] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
+    queued: list[bool] = field(default_factory=list)
 
-    def error(self, estimates: list[float]) -> float:
+    def add(self, actual: float, eta: float, s_eta: float, s_wait: float, queued: bool) -> None:
+        self.actual.append(actual)
+        self.executus.append(eta)
+        self.seed_submit.append(s_eta)
+        self.seed_maxwait.append(s_wait)
+        self.queued.append(queued)
+
+    def error(self, estimates: list[float], *, queued_only: bool) -> float:
         """Median |estimate - actual| in mean run times."""
-        errs = [abs(e - a) for e, a in zip(estimates, self.actual, strict=True)]
+        errs = [
+            abs(e - a)
+            for e, a, q in zip(estimates, self.actual, self.queued, strict=True)
+            if q or not queued_only
+        ]
         return statistics.median(errs) / MEAN_RUN
 
+    def count(self, *, queued_only: bool) -> int:
+        return sum(self.queued) if queued_only else len(self.queued)
 
-async def simulate(trace: Trace, policy: QueuePolicy, eta_window: int = 16) -> Result:
-    """Replay ``trace`` through a real lane on a manual clock; collect the estimates."""
+
+async def simulate(
+    trace: Trace, policy: QueuePolicy, eta_window: int = 16, history: int | None = None
+) -> Result:
+    """Replay ``trace`` through a real lane on a manual clock; collect the estimates.
+
+    ``history`` (when given) replaces the lane's run-time window by one with that shape
+    history, to compare estimators on the same trace.
+    """
     loop = asyncio.get_running_loop()
     clock = ManualClock(start=0.0)
     lane = Lane("sim", SLOTS, policy=policy, clock=clock, eta_window=eta_window)
+    if history is not None:
+        lane._window = RuntimeWindow(eta_window, history=history)  # the lane's estimator input
     seed = SeedEstimator(SLOTS)
     n = len(trace.arrivals)
     starts: list[float | None] = [None] * n
@@ -130,7 +168,7 @@ async def simulate(trace: Trace, policy: QueuePolicy, eta_window: int = 16) -> R
             await asyncio.sleep(0)
         raise RuntimeError(f"the lane did not settle: {counts} {len(ends)}")
 
-    pending: list[tuple[int, float | None, float, float, int]] = []
+    pending: list[tuple[int, float, float, float, bool]] = []
     nxt = 0
     while nxt < n or ends:
         if ends and (nxt >= n or ends[0][0] <= trace.arrivals[nxt]):
@@ -147,24 +185,22 @@ async def simulate(trace: Trace, policy: QueuePolicy, eta_window: int = 16) -> R
             nxt += 1
             handle = await lane.submit(body_for(i), key=trace.keys[i])
             counts["submitted"] += 1
-            if handle.state is JobState.QUEUED and trace.arrivals[i] >= WARMUP:
-                qlen = counts["submitted"] - counts["started"]
-                pending.append((i, handle.eta, seed.eta(qlen), seed.wait(qlen), handle.position))
+            if trace.arrivals[i] >= WARMUP:
+                if handle.state is JobState.QUEUED:
+                    qlen = counts["submitted"] - counts["started"]
+                    pending.append((i, handle.eta, seed.eta(qlen), seed.wait(qlen), True))
+                else:
+                    pending.append((i, 0.0, 0.0, 0.0, False))
         await settle()
         if counts["started"] - counts["released"] > SLOTS:
             raise RuntimeError(f"more than {SLOTS} jobs run at once: {counts}")
     await lane.aclose()
 
     result = Result()
-    for i, eta, s_eta, s_wait, pos in pending:
+    for i, eta, s_eta, s_wait, queued in pending:
         start = starts[i]
         assert start is not None
-        assert eta is not None
-        result.actual.append(start - trace.arrivals[i])
-        result.executus.append(eta)
-        result.seed_submit.append(s_eta)
-        result.seed_maxwait.append(s_wait)
-        result.positions.append(pos)
+        result.add(start - trace.arrivals[i], eta, s_eta, s_wait, queued)
     return result
 
 
@@ -176,7 +212,7 @@ async def real_time(trace: Trace, policy: QueuePolicy) -> Result:
     n = len(trace.arrivals)
     starts: list[float | None] = [None] * n
     submitted_at: list[float] = [0.0] * n
-    queued: list[tuple[int, float, float, float, int]] = []
+    counted: list[tuple[int, float, float, float, bool]] = []
     counts = {"started": 0, "submitted": 0}
 
     def body_for(i: int) -> Callable[[], Awaitable[None]]:
@@ -189,7 +225,6 @@ async def real_time(trace: Trace, policy: QueuePolicy) -> Result:
 
         return body
 
-    handles = []
     t0 = loop.time()
     for i in range(n):
         delay = t0 + trace.arrivals[i] - loop.time()
@@ -198,25 +233,161 @@ async def real_time(trace: Trace, policy: QueuePolicy) -> Result:
         submitted_at[i] = time.monotonic()
         handle = await lane.submit(body_for(i), key=trace.keys[i])
         counts["submitted"] += 1
-        handles.append(handle)
-        if handle.state is JobState.QUEUED and i >= REAL_WARMUP:
+        if i < REAL_WARMUP:
+            continue
+        if handle.state is JobState.QUEUED:
             qlen = counts["submitted"] - counts["started"]
-            queued.append((i, handle.eta, seed.eta(qlen), seed.wait(qlen), handle.position))
+            counted.append((i, handle.eta, seed.eta(qlen), seed.wait(qlen), True))
+        else:
+            counted.append((i, 0.0, 0.0, 0.0, False))
     await lane.aclose()
     result = Result()
-    for i, eta, s_eta, s_wait, pos in queued:
+    for i, eta, s_eta, s_wait, queued in counted:
         start = starts[i]
         assert start is not None
-        result.actual.append(start - submitted_at[i])
-        result.executus.append(eta)
-        result.seed_submit.append(s_eta)
-        result.seed_maxwait.append(s_wait)
-        result.positions.append(pos)
+        # A job that started at once waited only the submit call: count it as 0.
+        result.add(start - submitted_at[i] if queued else 0.0, eta, s_eta, s_wait, queued)
     return result
 
 
 def policies() -> dict[str, Callable[[], QueuePolicy]]:
     return {"FIFO": FIFO, "FairShare (3 keys)": FairShare}
+
+
+READINGS = (
+    ("every submission (a job that starts at once: ETA 0, wait 0, error 0)", False),
+    ("queued jobs only", True),
+)
+
+
+def _median_error(results: list[Result], estimator: str, queued_only: bool) -> float:
+    """The median over traces of one estimator's median error."""
+    errors = [r.error(getattr(r, estimator), queued_only=queued_only) for r in results]
+    return statistics.median(errors)
+
+
+def accuracy(runs: int, jobs: int, first_seed: int) -> None:
+    """Both error tables: every estimator on the same traces, per policy."""
+    print(
+        f"ETA error at submit: median |ETA - actual wait|, in mean run times "
+        f"({MEAN_RUN * 1000:.1f} ms); {SLOTS} slots, lognormal(median "
+        f"{MEDIAN_RUN * 1000:.0f} ms, sigma {SIGMA}), Poisson arrivals at {LOAD:.0%} load; "
+        f"median of {runs} traces x {jobs:,} jobs (the first {WARMUP:.0f} s not counted), "
+        f"simulated on a ManualClock",
+        flush=True,
+    )
+    measured: dict[str, dict[str, list[Result]]] = {}
+    for name, make in policies().items():
+        traces = [Trace.draw(jobs, first_seed + r) for r in range(runs)]
+        measured[name] = {
+            "executus": [asyncio.run(simulate(t, make())) for t in traces],
+            "window only": [asyncio.run(simulate(t, make(), history=0)) for t in traces],
+            "w64": [asyncio.run(simulate(t, make(), eta_window=64)) for t in traces],
+        }
+    for title, queued_only in READINGS:
+        print(f"\nOver {title}:\n", flush=True)
+        table = Table(
+            "policy",
+            "jobs counted",
+            "mean wait",
+            "executus",
+            "window-only shape",
+            "eta_window=64",
+            "seed Submit",
+            "seed MaxWait",
+            "executus / Submit",
+            "executus / MaxWait",
+        )
+        for name, variants in measured.items():
+            results = variants["executus"]
+
+            ex = _median_error(results, "executus", queued_only)
+            before = _median_error(variants["window only"], "executus", queued_only)
+            ex64 = _median_error(variants["w64"], "executus", queued_only)
+            s1 = _median_error(results, "seed_submit", queued_only)
+            s2 = _median_error(results, "seed_maxwait", queued_only)
+            counted = statistics.median(r.count(queued_only=queued_only) for r in results)
+            waits = [
+                statistics.fmean(
+                    a for a, q in zip(r.actual, r.queued, strict=True) if q or not queued_only
+                )
+                for r in results
+            ]
+            wait = statistics.median(waits) / MEAN_RUN
+            table.add(
+                name, int(counted), f"{wait:.2f}", f"{ex:.3f}", f"{before:.3f}", f"{ex64:.3f}",
+                f"{s1:.3f}", f"{s2:.3f}", f"{ex / s1:.2f}x", f"{ex / s2:.2f}x",
+            )  # fmt: skip
+        table.print()
+
+
+def real(n: int, first_seed: int) -> None:
+    """The short real-time check, both readings."""
+    print(
+        f"\nReal-time check (system clock, asyncio.sleep jobs, {n:,} jobs, one trace, "
+        f"the first {REAL_WARMUP} not counted; timer jitter included. The seed's "
+        f"Submit figure needs a minute of history, longer than this run: not shown)\n",
+        flush=True,
+    )
+    table = Table(
+        "policy",
+        "executus, every submission",
+        "seed MaxWait, every submission",
+        "queued jobs",
+        "executus, queued only",
+        "seed MaxWait, queued only",
+    )
+    for name, make in policies().items():
+        r = asyncio.run(real_time(Trace.draw(n, first_seed), make()))
+        table.add(
+            name,
+            f"{r.error(r.executus, queued_only=False):.3f}",
+            f"{r.error(r.seed_maxwait, queued_only=False):.3f}",
+            r.count(queued_only=True),
+            f"{r.error(r.executus, queued_only=True):.3f}",
+            f"{r.error(r.seed_maxwait, queued_only=True):.3f}",
+        )
+    table.print()
+
+
+def cost(first_seed: int) -> None:
+    """Microseconds per estimate at 4 and 64 running jobs, and per recorded run."""
+    print(
+        "\nCost (microseconds; median of 5 rounds; a full window and history of "
+        "lognormal runs; each estimate after a new run, so cached sorts are rebuilt "
+        "as in a busy lane)\n",
+        flush=True,
+    )
+    table = Table("running jobs", "estimator", "per estimate", "per recorded run")
+    rng = random.Random(first_seed)
+    for slots in (4, 64):
+        for label, history in (("executus", 256), ("window-only shape", 0)):
+            w = RuntimeWindow(16, history=history)
+            for _ in range(1000):
+                w.add(rng.lognormvariate(math.log(MEDIAN_RUN), SIGMA))
+            elapsed = [rng.random() * MEAN_RUN for _ in range(slots)]
+            runs = [rng.lognormvariate(math.log(MEDIAN_RUN), SIGMA) for _ in range(2000)]
+            positions = [1 + rng.randrange(2 * slots) for _ in range(2000)]
+            per_est: list[float] = []
+            per_add: list[float] = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for r in runs:
+                    w.add(r)
+                t1 = time.perf_counter()
+                for r, p in zip(runs, positions, strict=True):
+                    w.add(r)
+                    estimate_wait(p, slots, elapsed, w, 0)
+                t2 = time.perf_counter()
+                per_add.append((t1 - t0) / len(runs))
+                per_est.append((t2 - t1) / len(runs) - per_add[-1])
+            table.add(
+                slots,
+                label,
+                f"{statistics.median(per_est) * 1e6:.1f}",
+                f"{statistics.median(per_add) * 1e6:.2f}",
+            )
+    table.print()
 
 
 def main() -> None:
@@ -225,63 +396,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None, help="traces per policy")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per trace")
     parser.add_argument("--no-real", action="store_true", help="skip the real-time run")
+    parser.add_argument("--no-cost", action="store_true", help="skip the timing")
     parser.add_argument("--seed", type=int, default=1, help="first trace's random seed")
     args = parser.parse_args()
     runs = args.runs or (3 if args.quick else 5)
     jobs = args.jobs or (15_000 if args.quick else 30_000)
 
-    print(
-        f"ETA error at submit: median |ETA - actual wait| over queued jobs, in mean run "
-        f"times ({MEAN_RUN * 1000:.1f} ms); {SLOTS} slots, lognormal(median "
-        f"{MEDIAN_RUN * 1000:.0f} ms, sigma {SIGMA}), Poisson arrivals at {LOAD:.0%} load; "
-        f"median of {runs} traces x {jobs:,} jobs (the first {WARMUP:.0f} s not counted), "
-        f"simulated on a ManualClock\n",
-        flush=True,
-    )
-    table = Table(
-        "policy",
-        "queued jobs",
-        "mean wait",
-        "executus",
-        "executus, eta_window=64",
-        "seed Submit",
-        "seed MaxWait",
-        "executus / seed MaxWait",
-    )
-    for name, make in policies().items():
-        traces = [Trace.draw(jobs, args.seed + r) for r in range(runs)]
-        results = [asyncio.run(simulate(t, make())) for t in traces]
-        wide = [asyncio.run(simulate(t, make(), eta_window=64)) for t in traces]
-        ex = statistics.median(r.error(r.executus) for r in results)
-        ex64 = statistics.median(r.error(r.executus) for r in wide)
-        s1 = statistics.median(r.error(r.seed_submit) for r in results)
-        s2 = statistics.median(r.error(r.seed_maxwait) for r in results)
-        queued = statistics.median(len(r.actual) for r in results)
-        wait = statistics.median(statistics.fmean(r.actual) for r in results) / MEAN_RUN
-        table.add(
-            name, int(queued), f"{wait:.2f}", f"{ex:.3f}", f"{ex64:.3f}", f"{s1:.3f}",
-            f"{s2:.3f}", f"{ex / s2:.2f}x",
-        )  # fmt: skip
-    table.print()
-
+    accuracy(runs, jobs, args.seed)
     if not args.no_real:
-        n = 800 if args.quick else 2_500
-        print(
-            f"\nReal-time check (system clock, asyncio.sleep jobs, {n:,} jobs, one trace, "
-            f"the first {REAL_WARMUP} not counted; timer jitter included. The seed's "
-            f"Submit figure needs a minute of history, longer than this run: not shown)\n",
-            flush=True,
-        )
-        real = Table("policy", "queued jobs", "executus", "seed MaxWait")
-        for name, make in policies().items():
-            r = asyncio.run(real_time(Trace.draw(n, args.seed), make()))
-            real.add(
-                name,
-                len(r.actual),
-                f"{r.error(r.executus):.3f}",
-                f"{r.error(r.seed_maxwait):.3f}",
-            )
-        real.print()
+        real(800 if args.quick else 2_500, args.seed)
+    if not args.no_cost:
+        cost(args.seed)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import pytest
 from executus._eta import RuntimeWindow, ThroughputWindow, estimate_wait
 
 
-def window(*runs: float, size: int = 16) -> RuntimeWindow:
-    w = RuntimeWindow(size)
+def window(*runs: float, size: int = 16, history: int = 256) -> RuntimeWindow:
+    w = RuntimeWindow(size, history=history)
     for r in runs:
         w.add(r)
     return w
@@ -57,7 +57,7 @@ def test_remaining_follows_later_adds() -> None:
 
 def test_resize_keeps_the_most_recent_runs() -> None:
     """Shrinking keeps the newest runs; growing keeps all and admits more."""
-    w = window(1.0, 2.0, 3.0, 4.0, size=4)
+    w = window(1.0, 2.0, 3.0, 4.0, size=4, history=0)
     w.resize(2)
     assert (w.size, len(w)) == (2, 2)
     assert w.mean() == pytest.approx(3.5)
@@ -69,9 +69,9 @@ def test_resize_keeps_the_most_recent_runs() -> None:
 
 
 def test_window_matches_a_plain_recomputation() -> None:
-    """mean and remaining agree with a direct computation over random adds."""
+    """Without a history, mean and remaining match a direct computation over the runs."""
     rng = random.Random(7)
-    w = RuntimeWindow(5)
+    w = RuntimeWindow(5, history=0)
     kept: list[float] = []
     for _ in range(200):
         d = rng.choice([0.5, 1.0, 1.0, 2.0, rng.random() * 3])
@@ -83,6 +83,112 @@ def test_window_matches_a_plain_recomputation() -> None:
         longer = [s - e for s in kept if s > e]
         expected = sum(longer) / len(longer) if longer else 0.5 * mean
         assert w.remaining(e, mean) == pytest.approx(expected)
+
+
+# -- RuntimeWindow: the shape history ---------------------------------------------------
+
+
+def test_history_records_each_run_over_the_mean_before_it() -> None:
+    """Each run adds run / (window mean before it); the first run adds no ratio."""
+    w = window(1.0, 1.0, 2.0, 4.0, size=2, history=8)
+    values, scale, cv2 = w.shape()
+    ratios = [1.0, 2.0, 4.0 / 1.5]  # means before: 1.0, 1.0, (1.0 + 2.0) / 2
+    avg = sum(ratios) / 3
+    assert values == pytest.approx(sorted(ratios))
+    assert w.mean() == pytest.approx(3.0)
+    assert scale == pytest.approx(3.0 / avg)  # the sample's mean is the window's
+    var = sum((r - avg) ** 2 for r in ratios) / 2
+    assert cv2 == pytest.approx(var / avg**2)
+
+
+def test_the_window_runs_serve_until_the_history_holds_more() -> None:
+    """With no more ratios than runs in the window, the sample is the window's runs."""
+    w = window(1.0, 3.0, 2.0, size=4)  # 3 runs, 2 ratios
+    assert w.shape() == (pytest.approx([1.0, 2.0, 3.0]), 1.0, pytest.approx(0.25))
+    w.add(2.0)
+    w.add(2.0)  # the window is full: 4 runs (3, 2, 2, 2), 4 ratios
+    assert w.shape()[:2] == ([2.0, 2.0, 2.0, 3.0], 1.0)
+    w.add(2.0)  # a 5th ratio: the history takes over
+    ratios = [3.0, 1.0, 1.0, 1.0, 2.0 / 2.25]
+    values, scale, _ = w.shape()
+    assert values == pytest.approx(sorted(ratios))
+    assert scale == pytest.approx(2.0 / (sum(ratios) / 5))
+
+
+def test_history_keeps_only_its_last_ratios() -> None:
+    """Past ``history`` ratios, the oldest drop out of the sample."""
+    w = window(1.0, 2.0, 1.0, 4.0, 1.0, 1.0, size=1, history=3)
+    # ratios (size 1: run / previous run): 2.0, 0.5, 4.0, 0.25, 1.0; the last three stay
+    assert w.shape()[0] == pytest.approx([0.25, 1.0, 4.0])
+
+
+def test_empty_window_has_an_empty_shape() -> None:
+    """No runs: no sample, scale and cv2 are 0."""
+    assert RuntimeWindow(4).shape() == ([], 0.0, 0.0)
+
+
+def test_shape_follows_a_change_of_level() -> None:
+    """After the runs grow tenfold, the sample is scaled to the new window mean."""
+    w = window(*([1.0] * 300), size=16)
+    for _ in range(16):
+        w.add(10.0)
+    values, scale, _ = w.shape()
+    assert w.mean() == pytest.approx(10.0)
+    runs = sorted(v * scale for v in values)
+    assert sum(runs) / len(runs) == pytest.approx(10.0)
+    assert 7.0 < runs[len(runs) // 2] < 10.0  # most ratios are 1: the median follows
+
+
+def test_resize_keeps_the_history() -> None:
+    """Resizing the window changes the mean it scales by, not the ratios."""
+    w = window(1.0, 2.0, 1.0, 2.0, 1.0, 2.0, size=2, history=8)
+    before = list(w.shape()[0])
+    w.resize(1)
+    values, scale, _ = w.shape()
+    assert values == before
+    assert scale * sum(values) / len(values) == pytest.approx(2.0)
+
+
+def test_history_matches_a_plain_recomputation() -> None:
+    """shape and remaining agree with a direct computation over random adds."""
+    rng = random.Random(11)
+    w = RuntimeWindow(3, history=8)
+    runs: list[float] = []
+    ratios: list[float] = []
+    for step in range(300):
+        d = rng.choice([0.5, 1.0, 2.0, rng.random() * 3])
+        if runs:
+            recent = runs[-3:]
+            ratios = [*ratios, d * len(recent) / sum(recent)][-8:]
+        runs.append(d)
+        w.add(d)
+        mean = sum(runs[-3:]) / len(runs[-3:])
+        assert w.mean() == pytest.approx(mean)
+        if len(ratios) <= len(runs[-3:]):
+            continue
+        avg = sum(ratios) / len(ratios)
+        sample = sorted(r * mean / avg for r in ratios)
+        values, scale, cv2 = w.shape()
+        assert [v * scale for v in values] == pytest.approx(sample), step
+        var = sum((r - avg) ** 2 for r in ratios) / (len(ratios) - 1)
+        assert cv2 == pytest.approx(var / avg**2)
+        e = rng.random() * 3
+        longer = [s - e for s in sample if s > e]
+        expected = sum(longer) / len(longer) if longer else 0.5 * mean
+        assert w.remaining(e, mean) == pytest.approx(expected)
+
+
+def test_estimates_read_the_spread_from_the_history() -> None:
+    """The history's spread, scaled to the window mean, sets when running jobs end."""
+    # size 1: ratios 0.5, 1.5, 0.5, 1.5 (mean 1); the window mean is the last run, 1.125,
+    # so the sample is 0.5625 (twice) and 1.6875 (twice): half the jobs end at 0.5625.
+    runs = (2.0, 1.0, 1.5, 0.75, 1.125)
+    spread = window(*runs, size=1, history=4)
+    assert estimate_wait(1, 4, [0.0] * 4, spread, 0) == pytest.approx(0.5625)
+    assert estimate_wait(2, 4, [0.0] * 4, spread, 0) == pytest.approx(0.5625)
+    # without a history the window's single run is the whole sample
+    alone = window(*runs, size=1, history=0)
+    assert estimate_wait(1, 4, [0.0] * 4, alone, 0) == pytest.approx(1.125)
 
 
 # -- ThroughputWindow --------------------------------------------------------------------

@@ -9,8 +9,11 @@ The estimate (one function for every caller: ``handle.eta``, ``LaneBusy.eta`` an
 as there are jobs ahead, counting slot-free events ``N(t)``:
 
 1. A running job that has run ``e`` seconds ends after a residual time drawn from the
-   recent run times longer than ``e``, minus ``e`` (the empirical residual life; a job
-   that outlived them all is given half the mean run time). A free slot counts as a
+   sampled run times longer than ``e``, minus ``e`` (the empirical residual life; a job
+   that outlived them all is given half the mean run time). The sample is the last 256
+   run times, each divided by the window's mean when it ended, times the window's
+   current mean (see ``RuntimeWindow.shape``): the mean is the last ``eta_window``
+   runs', the shape is read from many more runs. A free slot counts as a
    residual of 0; a slot held by a preemption grace, as its known remaining time.
 2. After its residual ``r``, a slot goes on freeing up once per run: the expected
    number of further runs ended by ``t`` is the renewal function
@@ -32,7 +35,7 @@ as there are jobs ahead, counting slot-free events ``N(t)``:
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterable
 
@@ -42,17 +45,59 @@ __all__ = ["RuntimeWindow", "ThroughputWindow", "estimate_wait"]
 class RuntimeWindow:
     """The last ``size`` run times, with their mean and mean residual life.
 
-    Recording a run is O(1): the sorted copy the estimates read is rebuilt only when an
-    estimate asks for it after a change (most runs end without anyone asking).
+    The mean is always the window's. The *shape* of the run-time distribution (how
+    spread out runs are, which sets the residual life of a running job) comes from a
+    longer history: the last ``history`` run times, each divided by the window's mean
+    when it was recorded. Scaled by the current mean, those ratios give as many samples
+    of the distribution as ``history`` (256 by default, a fixed amount of memory)
+    rather than ``size``, yet still follow a change of level as soon as the window does.
+    Until the history holds more ratios than the window holds runs (at start, or with a
+    window longer than the history), the window's own runs serve as the sample.
+
+    Recording a run is O(log history) plus a short list move; the sorted copies the
+    estimates read are rebuilt only when an estimate asks for them after a change (most
+    runs end without anyone asking).
+
+    Args:
+        size: how many recent run times the mean averages (``eta_window``).
+        history: how many normalised run times describe the shape (0: the window's
+            runs only).
+
+    Example::
+
+        window = RuntimeWindow(16)
+        window.add(0.020)
+        window.mean()  # 0.02
     """
 
-    __slots__ = ("_recent", "_sorted", "_suffix", "_total")
+    __slots__ = (
+        "_history",
+        "_next",
+        "_ratio_sorted",
+        "_ratio_sq",
+        "_ratio_sum",
+        "_ratios",
+        "_recent",
+        "_shape",
+        "_sorted",
+        "_suffix",
+        "_total",
+    )
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, history: int = 256) -> None:
         self._recent: deque[float] = deque(maxlen=size)
         self._sorted: list[float] | None = []
         self._suffix: list[float] | None = None
         self._total = 0.0
+        # The shape history: a ring of ratios (run time / window mean before it) in
+        # arrival order, the same values kept sorted, and their running sums.
+        self._ratios: list[float] = []
+        self._ratio_sorted: list[float] = []
+        self._ratio_sum = 0.0
+        self._ratio_sq = 0.0
+        self._next = 0 if history > 0 else -1  # ring slot to overwrite; -1: no history
+        self._shape: tuple[list[float], float, float] | None = None
+        self._history = history
 
     @property
     def size(self) -> int:
@@ -62,20 +107,46 @@ class RuntimeWindow:
         return maxlen
 
     def resize(self, size: int) -> None:
-        """Keep the most recent ``size`` run times from now on."""
+        """Keep the most recent ``size`` run times from now on (the history stays)."""
         self._recent = deque(list(self._recent)[-size:], maxlen=size)
         self._total = math.fsum(self._recent)
         self._sorted = None
         self._suffix = None
+        self._shape = None
 
     def add(self, seconds: float) -> None:
         """Record one run time."""
         recent = self._recent
-        if len(recent) == recent.maxlen:
+        n = len(recent)
+        if self._next >= 0 and n and self._total > 0.0:
+            self._add_ratio(seconds * n / self._total)
+        if n == recent.maxlen:
             self._total -= recent[0]
         recent.append(seconds)
         self._total += seconds
         self._sorted = None
+        self._shape = None
+
+    def _add_ratio(self, ratio: float) -> None:
+        ring = self._ratios
+        srt = self._ratio_sorted
+        if len(ring) < self._history:
+            ring.append(ratio)
+            self._ratio_sum += ratio
+            self._ratio_sq += ratio * ratio
+        else:
+            i = self._next
+            old = ring[i]
+            ring[i] = ratio
+            del srt[bisect_left(srt, old)]
+            self._next = i = (i + 1) % len(ring)
+            if i == 0:  # once per lap, drop the rounding the running sums gathered
+                self._ratio_sum = math.fsum(ring)
+                self._ratio_sq = math.fsum(r * r for r in ring)
+            else:
+                self._ratio_sum += ratio - old
+                self._ratio_sq += ratio * ratio - old * old
+        insort(srt, ratio)
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -86,24 +157,60 @@ class RuntimeWindow:
         return self._total / n if n else None
 
     def sorted_runs(self) -> list[float]:
-        """The recorded run times in ascending order (do not modify the list)."""
+        """The window's run times in ascending order (do not modify the list)."""
         srt = self._sorted
         if srt is None:
             srt = self._sorted = sorted(self._recent)
             self._suffix = None
         return srt
 
+    def shape(self) -> tuple[list[float], float, float]:
+        """The run-time sample the estimates use, as ``(values, scale, cv2)``.
+
+        ``values[k] * scale`` are run times in seconds, ascending, with the window's
+        mean as their mean; ``cv2`` is their squared coefficient of variation (the
+        unbiased sample variance over the squared mean). Without data: ``([], 0.0,
+        0.0)``. Do not modify the list.
+        """
+        shape = self._shape
+        if shape is not None:
+            return shape
+        mean = self.mean()
+        ratios = self._ratio_sorted
+        k = len(ratios)
+        if mean is None:
+            shape = ([], 0.0, 0.0)
+        elif k > len(self._recent) and self._ratio_sum > 0.0:
+            avg = self._ratio_sum / k
+            var = max(0.0, (self._ratio_sq - k * avg * avg) / (k - 1))
+            shape = (ratios, mean / avg, var / (avg * avg))
+        else:
+            runs = self.sorted_runs()
+            n = len(runs)
+            var = sum((s - mean) ** 2 for s in runs) / (n - 1) if n > 1 else 0.0
+            shape = (runs, 1.0, var / (mean * mean) if mean > 0.0 else 0.0)
+        self._shape = shape
+        return shape
+
     def remaining(self, elapsed: float, mean: float) -> float:
-        """Expected seconds left for a job that has run ``elapsed`` seconds."""
-        srt = self.sorted_runs()
-        i = bisect_right(srt, elapsed)
-        n = len(srt) - i
+        """Expected seconds left for a job that has run ``elapsed`` seconds.
+
+        The mean residual life over the sample of :meth:`shape`; a job that outlived
+        every sampled run is given ``mean / 2``.
+        """
+        values, scale, _ = self.shape()
+        if not values or scale <= 0.0:
+            return 0.5 * mean
+        i = bisect_right(values, elapsed / scale)
+        n = len(values) - i
         if n <= 0:
             return 0.5 * mean
-        suffix = self._suffix
-        if suffix is None:
-            suffix = self._suffix = _suffix_sums(srt)
-        return suffix[i] / n - elapsed
+        if values is self._sorted:
+            suffix = self._suffix
+            if suffix is None:
+                suffix = self._suffix = _suffix_sums(values)
+            return suffix[i] / n - elapsed
+        return math.fsum(values[i:]) * scale / n - elapsed
 
 
 def _suffix_sums(values: list[float]) -> list[float]:
@@ -185,7 +292,7 @@ def estimate_wait(
     return _solve(target, mean, window, elapsed, held, max(0, -excess))
 
 
-_MAX_POINTS = 256  # residual points per estimate; more slots share them (quantiles)
+_MAX_POINTS = 128  # residual points per estimate; more slots share them (quantiles)
 
 
 def _solve(
@@ -197,10 +304,9 @@ def _solve(
     free: int,
 ) -> float:
     """The time ``t`` at which ``E[N(t)]`` reaches ``target`` (see the module notes)."""
-    srt = window.sorted_runs()
-    n_all = len(srt)
-    var = sum((s - mean) ** 2 for s in srt) / (n_all - 1) if n_all > 1 else 0.0
-    c = 0.5 * (var / (mean * mean) - 1.0)  # M(u) = max(0, u / mean + c)
+    values, scale, cv2 = window.shape()
+    n_all = len(values)
+    c = 0.5 * (cv2 - 1.0)  # M(u) = max(0, u / mean + c)
     delay = max(0.0, -c * mean)  # M starts to grow this long after a slot frees
     jump = 1.0 + max(0.0, c)  # the count added when a residual passes
     rate = 1.0 / mean
@@ -212,17 +318,18 @@ def _solve(
     points.extend((h, 1.0) for h in held)
     per_job = max(2, _MAX_POINTS // max(1, len(elapsed)))
     for e in elapsed:
-        i = bisect_right(srt, e)
+        i = bisect_right(values, e / scale)
         n = n_all - i
         if n <= 0:
             points.append((0.5 * mean, 1.0))
         elif n <= per_job:
             w = 1.0 / n
-            points.extend((srt[k] - e, w) for k in range(i, n_all))
+            points.extend((values[k] * scale - e, w) for k in range(i, n_all))
         else:
             w = 1.0 / per_job
             points.extend(
-                (srt[i + (2 * q + 1) * n // (2 * per_job)] - e, w) for q in range(per_job)
+                (values[i + (2 * q + 1) * n // (2 * per_job)] * scale - e, w)
+                for q in range(per_job)
             )
 
     # Once every point and its delayed slope have passed, E[N] is one straight line:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._job import JobState
+from ._job import JobHandle, JobState
 
 __all__ = ["EventKind", "LaneEvent", "LaneObserver", "LoggingObserver"]
 
@@ -137,6 +137,12 @@ class Emitter:
     def dropped(self, observer: LaneObserver) -> int:
         """Events an async observer lost because it fell ``buffer`` events behind."""
         return sum(s.dropped for s in self._subs if s.callback is observer)
+
+    def emit_job(
+        self, kind: EventKind, lane: str, wall: float, job: JobHandle[Any], **fields: Any
+    ) -> None:
+        """Emit an event about ``job``."""
+        self.emit(LaneEvent(kind, lane, wall, job.id, job.key, job.priority, **fields))
 
     def emit(self, event: LaneEvent) -> None:
         for sub in self._subs:

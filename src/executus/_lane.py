@@ -818,10 +818,9 @@ class Lane:
     def _emit(self, kind: EventKind, job: JobHandle[Any] | None, **fields: Any) -> None:
         wall = self._clock.time()
         if job is None:
-            event = LaneEvent(kind, self._name, wall, **fields)
+            self._events.emit(LaneEvent(kind, self._name, wall, **fields))
         else:
-            event = LaneEvent(kind, self._name, wall, job.id, job.key, job.priority, **fields)
-        self._events.emit(event)
+            self._events.emit_job(kind, self._name, wall, job, **fields)
 
     def _wake_drained(self) -> None:
         waiters, self._drained = self._drained, []

@@ -55,6 +55,7 @@ from .._errors import (
     LeaseLost,
     NotQueued,
 )
+from .._events import Emitter, EventKind, LaneEvent, LaneObserver
 from .._job import CURRENT_JOB, JobHandle, JobState
 from .._policies import FIFO, FairShare, Preemption, Priority, QueuePolicy
 from .._stats import LaneStats
@@ -109,6 +110,14 @@ def _ms(seconds: float) -> str:
 
 def _ek(key: str | None) -> str:
     return "~" if key is None else "=" + key
+
+
+_END_EVENTS = {
+    JobState.SUCCEEDED: EventKind.FINISHED,
+    JobState.FAILED: EventKind.FINISHED,
+    JobState.CANCELLED: EventKind.CANCELLED,
+    JobState.PREEMPTED: EventKind.PREEMPTED,
+}
 
 
 class _Local:
@@ -255,6 +264,7 @@ class RedisLane:
         self._flush_scheduled = False
         self._senders: set[asyncio.Task[None]] = set()
         self._last_beat = 0.0
+        self._events = Emitter()
         # Blocking and retry bounds, derived from the lease (see docs/redis.md).
         self._block = max(0.5, min(5.0, self._lease / 2))
         self._op_timeout = max(1.0, min(5.0, self._lease / 2))
@@ -796,7 +806,19 @@ class RedisLane:
             raise DuplicateJob(self._name, job_id)
         if status == "BUSY":
             del self._jobs[job_id]
-            raise LaneBusy(self._name, int(reply[1]), float(_s(reply[2])), max_wait or 0.0)
+            busy = LaneBusy(self._name, int(reply[1]), float(_s(reply[2])), max_wait or 0.0)
+            if self._events.active:
+                self._emit(EventKind.REJECTED, None, position=busy.position, eta=busy.eta)
+            raise busy
+        if self._events.active:
+            queued = status != "RUN"
+            self._emit(
+                EventKind.SUBMITTED,
+                handle,
+                state=_QUEUED if queued else _RUNNING,
+                position=int(reply[1]) if queued else 0,
+                eta=float(_s(reply[2])) if queued else 0.0,
+            )
         if status == "RUN":
             rec.seq = int(reply[2])
             handle._seq = rec.seq
@@ -856,6 +878,8 @@ class RedisLane:
         rec.renewed = now
         rec.cause = None
         self._fence_floor = max(self._fence_floor, int(fence))
+        if self._events.active:
+            self._emit(EventKind.STARTED, job, state=_RUNNING, wait=now - job._t_submit)
         if rec.fn is None:  # a slot(): its body runs in the waiting task
             if rec.granted is not None and not rec.granted.done():
                 rec.granted.set_result(None)
@@ -920,12 +944,15 @@ class RedisLane:
             return job._exc
         now = time.monotonic()
         rec.fence = None
+        run = now - (job._t_start if job._t_start is not None else now)
         if requeued:
             job._preemptions += 1
             job._preempt_requested = False
             job._task = None
             rec.cause = None
             job._transition(_QUEUED)
+            if self._events.active:
+                self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=run)
             return None
         error: BaseException | None
         if cancelled:
@@ -951,6 +978,15 @@ class RedisLane:
             error = None
             self._forget(rec)
             job._end(JobState.SUCCEEDED, now, value=value)
+        if self._events.active:
+            failed = job._state is JobState.FAILED
+            self._emit(
+                _END_EVENTS[job._state],
+                job,
+                state=job._state,
+                run=run,
+                error=exc if failed else None,
+            )
         return error
 
     def _lease_lost(self, job_id: str) -> LeaseLost:
@@ -989,6 +1025,8 @@ class RedisLane:
             rec.granted.set_result(None)  # the slot() waiter sees the ended handle
         self._forget(rec)
         job._end(JobState.CANCELLED, time.monotonic(), exc=error)
+        if self._events.active:
+            self._emit(EventKind.CANCELLED, job, state=JobState.CANCELLED)
 
     def _cancel_task(self, rec: _Local, cause: str) -> None:
         job = rec.handle
@@ -1297,7 +1335,31 @@ class RedisLane:
         await self._ensure()
         reply = await self._eval("control", [self._client_id, "max", str(n)])
         self._max = n
+        if self._events.active:
+            self._emit(EventKind.RESIZED, None, max_concurrent=n)
         self._grants(reply[1:])
+
+    # -- observers -------------------------------------------------------------------
+
+    def add_observer(self, observer: LaneObserver) -> None:
+        """Call ``observer(event)`` with every ``LaneEvent`` of this client's jobs.
+
+        The same contract as ``Lane.add_observer``: events arrive on the next loop step,
+        async observers run in their own task, errors are logged and ignored. Each
+        process sees the jobs it submitted (and the resizes it made); sum counters
+        across processes for lane-wide figures.
+        """
+        self._events.add(observer)
+
+    def remove_observer(self, observer: LaneObserver) -> None:
+        """Stop sending events to ``observer``."""
+        self._events.remove(observer)
+
+    def _emit(self, kind: EventKind, job: JobHandle[Any] | None, **fields: Any) -> None:
+        if job is None:
+            self._events.emit(LaneEvent(kind, self._name, time.time(), **fields))
+        else:
+            self._events.emit_job(kind, self._name, time.time(), job, **fields)
 
     async def set_preemption(self, preemption: Preemption | None) -> None:
         """Change (or, with None, turn off) the lane's preemption, for every process."""
@@ -1339,6 +1401,8 @@ class RedisLane:
 
         Calling it again is harmless.
         """
+        if not self._closed and self._events.active:
+            self._emit(EventKind.CLOSED, None)
         self._closed = True
         if not self._started:
             await self._close_clients()
