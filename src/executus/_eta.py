@@ -35,7 +35,7 @@ as there are jobs ahead, counting slot-free events ``N(t)``:
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 
@@ -54,9 +54,8 @@ class RuntimeWindow:
     Until the history holds more ratios than the window holds runs (at start, or with a
     window longer than the history), the window's own runs serve as the sample.
 
-    Recording a run is O(log history) plus a short list move; the sorted copies the
-    estimates read are rebuilt only when an estimate asks for them after a change (most
-    runs end without anyone asking).
+    Recording a run is O(1); the sorted copies the estimates read are rebuilt only when
+    an estimate asks for them after a change (most runs end without anyone asking).
 
     Args:
         size: how many recent run times the mean averages (``eta_window``).
@@ -92,7 +91,7 @@ class RuntimeWindow:
         # The shape history: a ring of ratios (run time / window mean before it) in
         # arrival order, the same values kept sorted, and their running sums.
         self._ratios: list[float] = []
-        self._ratio_sorted: list[float] = []
+        self._ratio_sorted: list[float] | None = []
         self._ratio_sum = 0.0
         self._ratio_sq = 0.0
         self._next = 0 if history > 0 else -1  # ring slot to overwrite; -1: no history
@@ -129,7 +128,7 @@ class RuntimeWindow:
 
     def _add_ratio(self, ratio: float) -> None:
         ring = self._ratios
-        srt = self._ratio_sorted
+        self._ratio_sorted = None  # sorted again when an estimate needs it
         if len(ring) < self._history:
             ring.append(ratio)
             self._ratio_sum += ratio
@@ -138,7 +137,6 @@ class RuntimeWindow:
             i = self._next
             old = ring[i]
             ring[i] = ratio
-            del srt[bisect_left(srt, old)]
             self._next = i = (i + 1) % len(ring)
             if i == 0:  # once per lap, drop the rounding the running sums gathered
                 self._ratio_sum = math.fsum(ring)
@@ -146,7 +144,6 @@ class RuntimeWindow:
             else:
                 self._ratio_sum += ratio - old
                 self._ratio_sq += ratio * ratio - old * old
-        insort(srt, ratio)
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -177,6 +174,8 @@ class RuntimeWindow:
             return shape
         mean = self.mean()
         ratios = self._ratio_sorted
+        if ratios is None:
+            ratios = self._ratio_sorted = sorted(self._ratios)
         k = len(ratios)
         if mean is None:
             shape = ([], 0.0, 0.0)
