@@ -126,7 +126,6 @@ class JobHandle(Generic[T]):
         backend: JobBackend,
         job_id: str,
         fn: Callable[[], Awaitable[T]] | None,
-        *,
         key: str | None,
         priority: int,
         preemptible: bool,

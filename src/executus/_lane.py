@@ -364,16 +364,7 @@ class Lane:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         now = self._now()
-        job: JobHandle[Any] = JobHandle(
-            self,
-            job_id,
-            fn,
-            key=key,
-            priority=priority,
-            preemptible=preemptible,
-            seq=seq,
-            submitted=now,
-        )
+        job: JobHandle[Any] = JobHandle(self, job_id, fn, key, priority, preemptible, seq, now)
         if len(self._running) < self._max:
             # Free slot (so, by invariant 2, nothing is queued): start now.
             jobs[job_id] = job
@@ -477,18 +468,20 @@ class Lane:
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
         job._begun = True
         CURRENT_JOB.set(job)
+        awaitable: Any = None
         try:
             awaitable = fn()
-            if not hasattr(awaitable, "__await__"):
-                raise TypeError(
-                    f"fn must return an awaitable, got {type(awaitable).__name__}: "
-                    f"{awaitable!r:.80}"
-                )
             value = await awaitable
         except asyncio.CancelledError as exc:
             # The lane owns this task: the cancellation ends here, recorded in the job.
             self._ended(job, None, exc, cancelled=True)
         except BaseException as exc:
+            if isinstance(exc, TypeError) and not hasattr(awaitable, "__await__"):
+                # Checked here, off the hot path: `await 3` raised this TypeError.
+                exc = TypeError(
+                    f"fn must return an awaitable, got {type(awaitable).__name__}: "
+                    f"{awaitable!r:.80}"
+                )
             self._ended(job, None, exc, cancelled=False)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -564,7 +557,8 @@ class Lane:
             self._emit(
                 kind, job, state=job._state, run=now - started, error=exc if failed else None
             )
-        self._reconcile()
+        if self._nq or self._front or _DEBUG:
+            self._reconcile()
         if not self._jobs and self._drained:
             self._wake_drained()
         return error
