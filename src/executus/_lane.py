@@ -24,7 +24,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -417,14 +417,6 @@ class Lane:
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Start a run's task: ``asyncio.Task`` directly unless the loop has a task
-        factory (the loop's ``create_task`` adds a Python-level call per job)."""
-        loop = self._loop_()
-        if loop.get_task_factory() is None:
-            return asyncio.Task(coro, loop=loop)
-        return loop.create_task(coro)
-
     # -- the decision step -----------------------------------------------------------------
 
     def _reconcile(self) -> None:
@@ -451,7 +443,11 @@ class Lane:
         )
 
     def _start(self, job: JobHandle[Any], now: float) -> None:
-        job._transition(_RUNNING)
+        # QUEUED -> RUNNING is the only way into RUNNING (``_ALLOWED`` in _job.py); the
+        # check is inlined here, on the hot path.
+        if job._state is not _QUEUED:
+            job._transition(_RUNNING)  # raises: an illegal start is a bug
+        job._state = _RUNNING
         job._t_start = now
         self._running[job] = None
         if self._events.active:
@@ -463,7 +459,14 @@ class Lane:
                 grant.set_result(None)
         else:
             job._begun = False
-            job._task = self._spawn(self._run(job, fn))
+            loop = self._loop_()
+            coro = self._run(job, fn)
+            # asyncio.Task directly unless the loop has a task factory: the loop's
+            # create_task adds a Python-level call per job.
+            if loop.get_task_factory() is None:
+                job._task = asyncio.Task(coro, loop=loop)
+            else:
+                job._task = loop.create_task(coro)
 
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
         job._begun = True

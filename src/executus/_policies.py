@@ -120,7 +120,7 @@ class _SortedState(PolicyState):
         self._map.insert(key, job)
 
     def pop(self) -> JobHandle[Any]:
-        return self._map.pop_first()[1]
+        return self._map.pop_first_value()
 
     def remove(self, job: JobHandle[Any]) -> None:
         self._map.pop(job._qkey)
@@ -280,14 +280,17 @@ class _FairShareState(PolicyState):
         return flow
 
     def push(self, job: JobHandle[Any], now: float) -> None:
-        flow = self._flow(job.key)
-        j = flow.head + flow.n
-        self._slots.insert((flow.tag(j), flow.order), flow)
-        flow.n += 1
-        if job._qkey is None:
+        flow = self._flows.get(job.key)
+        if flow is None or not flow.n:
+            flow = self._flow(job.key)
+        n = flow.n
+        self._slots.insert((flow.base + (flow.head + n) / flow.weight, flow.order), flow)
+        flow.n = n + 1
+        qkey = job._qkey
+        if qkey is None:
             p = job.priority
-            job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
-        flow.queue.insert(job._qkey, job)
+            qkey = job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
+        flow.queue.insert(qkey, job)
         self._len += 1
 
     def requeue(self, job: JobHandle[Any], now: float) -> None:
@@ -314,12 +317,13 @@ class _FairShareState(PolicyState):
         (tag, _), flow = self._slots.pop_first()
         self._vtime = tag
         flow.head += 1
-        flow.n -= 1
-        job = flow.queue.pop_first()[1]
+        n = flow.n = flow.n - 1
+        job: JobHandle[Any] = flow.queue.pop_first_value()
         self._len -= 1
-        if flow.n == 0:
+        if not n:
             self._idle[flow.key] = flow
-        self._forget_idle()
+        if self._idle:
+            self._forget_idle()
         return job
 
     def _forget_idle(self) -> None:

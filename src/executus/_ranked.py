@@ -124,6 +124,12 @@ class RankedMap(Generic[V]):
         key = self._keys[0][0]
         return key, self._drop(0, 0)
 
+    def pop_first_value(self) -> V:
+        """Remove the smallest key and return its value. Raises IndexError if empty."""
+        if not self._len:
+            raise IndexError("pop from an empty RankedMap")
+        return self._drop(0, 0)
+
     def first(self) -> tuple[Any, V]:
         """The smallest (key, value). Raises IndexError if empty."""
         if not self._len:
