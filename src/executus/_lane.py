@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
+from ._base import LaneBase, check_count, check_preemption, check_submit_options
 from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
     DuplicateJob,
@@ -40,7 +39,7 @@ from ._errors import (
     NotQueued,
 )
 from ._eta import RuntimeWindow, ThroughputWindow, estimate_wait
-from ._events import Emitter, EventKind, LaneEvent, LaneObserver
+from ._events import Emitter, EventKind, LaneEvent
 from ._job import CURRENT_JOB, JobHandle, JobState
 from ._policies import FIFO, PolicyState, Preemption, QueuePolicy
 from ._stats import LaneStats
@@ -70,15 +69,7 @@ _PREEMPT = "preempt"
 _PREEMPT_REQUEUE = "preempt-requeue"
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-class Lane:
+class Lane(LaneBase):
     """A named, concurrency-limited queue of jobs in front of one scarce resource.
 
     Args:
@@ -112,13 +103,13 @@ class Lane:
             raise TypeError(f"name must be a str, got {name!r}")
         if not name:
             raise ValueError("name must be a non-empty str, got ''")
-        self._max = _check_count("max_concurrent", max_concurrent)
+        self._max = check_count("max_concurrent", max_concurrent)
         if policy is None:
             policy = FIFO()
         elif not isinstance(policy, QueuePolicy):
             raise TypeError(f"policy must be a QueuePolicy (FIFO(), ...), got {policy!r}")
-        self._check_preemption(preemption)
-        _check_count("eta_window", eta_window)
+        check_preemption(preemption)
+        check_count("eta_window", eta_window)
         self._name = name
         self._policy = policy
         self._queue: PolicyState = policy.new_state()
@@ -156,32 +147,7 @@ class Lane:
         self._preempted = 0
         self._rejected = 0
 
-    # -- properties ------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """The lane's name."""
-        return self._name
-
-    @property
-    def max_concurrent(self) -> int:
-        """The current slot limit."""
-        return self._max
-
-    @property
-    def policy(self) -> QueuePolicy:
-        """The queue policy."""
-        return self._policy
-
-    @property
-    def preemption(self) -> Preemption | None:
-        """The preemption setting, or None."""
-        return self._preemption
-
-    @property
-    def closed(self) -> bool:
-        """True once ``aclose`` was called."""
-        return self._closed
+    # -- properties ----------------------------------------------------------------
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
@@ -335,19 +301,7 @@ class Lane:
     ) -> JobHandle[Any]:
         if self._closed:
             raise LaneClosed(self._name)
-        if key is not None and not isinstance(key, str):
-            raise TypeError(f"key must be a str or None, got {key!r}")
-        if type(priority) is not int:
-            if isinstance(priority, bool) or not isinstance(priority, int):
-                raise TypeError(f"priority must be an int, got {priority!r}")
-            priority = int(priority)
-        if preemptible is not False and preemptible is not True:
-            raise TypeError(f"preemptible must be a bool, got {preemptible!r}")
-        if max_wait is not None:
-            if isinstance(max_wait, bool) or not isinstance(max_wait, int | float):
-                raise TypeError(f"max_wait must be a number of seconds or None, got {max_wait!r}")
-            if math.isnan(max_wait) or max_wait < 0:
-                raise ValueError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
+        check_submit_options(job_id, key, priority, preemptible, max_wait)
         jobs = self._jobs
         seq = self._seq
         self._seq = seq + 1
@@ -355,10 +309,6 @@ class Lane:
             job_id = f"{self._name}-{seq}"
             while job_id in jobs:  # a caller chose an id of this shape
                 job_id += "'"
-        elif type(job_id) is not str:
-            raise TypeError(f"job_id must be a str or None, got {job_id!r}")
-        elif not job_id:
-            raise ValueError("job_id must be a non-empty str, got ''")
         elif job_id in jobs:
             raise DuplicateJob(self._name, job_id)
         if self._loop is None:
@@ -735,24 +685,19 @@ class Lane:
         Raises:
             TypeError, ValueError: ``n`` is not an int >= 1.
         """
-        self._max = _check_count("max_concurrent", n)
+        self._max = check_count("max_concurrent", n)
         if self._events.active:
             self._emit(EventKind.RESIZED, None, max_concurrent=n)
         self._reconcile()
 
     async def set_preemption(self, preemption: Preemption | None) -> None:
         """Change the preemption setting for later arrivals (None disables it)."""
-        self._check_preemption(preemption)
+        check_preemption(preemption)
         self._preemption = preemption
 
     async def set_eta_window(self, n: int) -> None:
         """Average the last ``n`` run times (>= 1) in wait estimates from now on."""
-        self._window.resize(_check_count("eta_window", n))
-
-    @staticmethod
-    def _check_preemption(preemption: object) -> None:
-        if preemption is not None and not isinstance(preemption, Preemption):
-            raise TypeError(f"preemption must be a Preemption or None, got {preemption!r}")
+        self._window.resize(check_count("eta_window", n))
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -798,20 +743,6 @@ class Lane:
 
     # -- observers -------------------------------------------------------------------------
 
-    def add_observer(self, observer: LaneObserver) -> None:
-        """Call ``observer(event)`` with every ``LaneEvent`` of this lane from now on.
-
-        Events arrive on the next loop step, in order. A plain function runs on the
-        loop; an ``async def`` one in its own task, so a slow observer never delays a
-        start (it loses its oldest events past 10,000 behind). Errors are logged to
-        ``executus.events`` and ignored. Adding the same observer twice is a no-op.
-        """
-        self._events.add(observer)
-
-    def remove_observer(self, observer: LaneObserver) -> None:
-        """Stop sending events to ``observer`` (unknown observers are ignored)."""
-        self._events.remove(observer)
-
     def _emit(self, kind: EventKind, job: JobHandle[Any] | None, **fields: Any) -> None:
         wall = self._clock.time()
         if job is None:
@@ -824,14 +755,3 @@ class Lane:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose(drain=True)

@@ -45,6 +45,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._base import LaneBase, check_count, check_preemption, check_submit_options
 from .._errors import (
     DuplicateJob,
     JobCancelled,
@@ -55,7 +56,7 @@ from .._errors import (
     LeaseLost,
     NotQueued,
 )
-from .._events import Emitter, EventKind, LaneEvent, LaneObserver
+from .._events import Emitter, EventKind, LaneEvent
 from .._job import CURRENT_JOB, JobHandle, JobState
 from .._policies import FIFO, FairShare, Preemption, Priority, QueuePolicy
 from .._stats import LaneStats
@@ -155,7 +156,7 @@ class _Local:
         self.timer: asyncio.TimerHandle | None = None
 
 
-class RedisLane:
+class RedisLane(LaneBase):
     """A lane shared by every process that uses the same Redis (or Valkey).
 
     Same interface and semantics as ``Lane``, lane-wide: slots, queue order (``FIFO``,
@@ -210,9 +211,9 @@ class RedisLane:
         self._name = check_key_part("name", name)
         check_key_part("namespace", namespace)
         if max_concurrent is not None:
-            _check_count("max_concurrent", max_concurrent)
+            check_count("max_concurrent", max_concurrent)
         if eta_window is not None:
-            _check_count("eta_window", eta_window)
+            check_count("eta_window", eta_window)
         if policy is not None and not isinstance(policy, QueuePolicy):
             raise TypeError(f"policy must be a QueuePolicy (FIFO(), ...), got {policy!r}")
         if policy is not None and type(policy) not in (FIFO, Priority, FairShare):
@@ -220,7 +221,7 @@ class RedisLane:
                 "RedisLane supports the built-in policies FIFO, Priority and FairShare "
                 f"only (the order is computed in Redis), got {policy!r}"
             )
-        _check_preemption(preemption)
+        check_preemption(preemption)
         if isinstance(lease, bool) or not isinstance(lease, int | float):
             raise TypeError(f"lease must be a number of seconds, got {lease!r}")
         if not math.isfinite(lease) or lease < 0.1:
@@ -273,34 +274,9 @@ class RedisLane:
     # -- properties ------------------------------------------------------------------
 
     @property
-    def name(self) -> str:
-        """The lane's name."""
-        return self._name
-
-    @property
-    def max_concurrent(self) -> int:
-        """The lane-wide slot limit as this client last saw it (``stats()`` is live)."""
-        return self._max
-
-    @property
-    def policy(self) -> QueuePolicy:
-        """The lane's queue policy as this client last saw it."""
-        return self._policy
-
-    @property
-    def preemption(self) -> Preemption | None:
-        """The lane's preemption setting as this client last saw it."""
-        return self._preemption
-
-    @property
     def lease(self) -> float:
         """Seconds a slot is held without renewal."""
         return self._lease
-
-    @property
-    def closed(self) -> bool:
-        """True once ``aclose`` was called."""
-        return self._closed
 
     @property
     def client_id(self) -> str:
@@ -736,25 +712,11 @@ class RedisLane:
     ) -> _Local:
         if self._closed:
             raise LaneClosed(self._name)
-        if key is not None and not isinstance(key, str):
-            raise TypeError(f"key must be a str or None, got {key!r}")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, got {priority!r}")
+        check_submit_options(job_id, key, priority, preemptible, max_wait)
         if abs(priority) >= 2**40:
             raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
-        if not isinstance(preemptible, bool):
-            raise TypeError(f"preemptible must be a bool, got {preemptible!r}")
-        if max_wait is not None:
-            if isinstance(max_wait, bool) or not isinstance(max_wait, int | float):
-                raise TypeError(f"max_wait must be a number of seconds or None, got {max_wait!r}")
-            if not max_wait >= 0:
-                raise ValueError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
         if job_id is None:
             job_id = f"{self._name}-{uuid.uuid4().hex}"
-        elif not isinstance(job_id, str):
-            raise TypeError(f"job_id must be a str or None, got {job_id!r}")
-        elif not job_id:
-            raise ValueError("job_id must be a non-empty str, got ''")
         # An infinite max_wait admits every job: no gate.
         gate = "-1" if max_wait is None or math.isinf(max_wait) else _ms(max_wait)
         await self._ensure()
@@ -1331,7 +1293,7 @@ class RedisLane:
             ValueError: ``n < 1``. TypeError: not an int.
             LaneUnavailable: Redis is unreachable.
         """
-        _check_count("max_concurrent", n)
+        check_count("max_concurrent", n)
         await self._ensure()
         reply = await self._eval("control", [self._client_id, "max", str(n)])
         self._max = n
@@ -1341,20 +1303,6 @@ class RedisLane:
 
     # -- observers -------------------------------------------------------------------
 
-    def add_observer(self, observer: LaneObserver) -> None:
-        """Call ``observer(event)`` with every ``LaneEvent`` of this client's jobs.
-
-        The same contract as ``Lane.add_observer``: events arrive on the next loop step,
-        async observers run in their own task, errors are logged and ignored. Each
-        process sees the jobs it submitted (and the resizes it made); sum counters
-        across processes for lane-wide figures.
-        """
-        self._events.add(observer)
-
-    def remove_observer(self, observer: LaneObserver) -> None:
-        """Stop sending events to ``observer``."""
-        self._events.remove(observer)
-
     def _emit(self, kind: EventKind, job: JobHandle[Any] | None, **fields: Any) -> None:
         if job is None:
             self._events.emit(LaneEvent(kind, self._name, time.time(), **fields))
@@ -1363,7 +1311,7 @@ class RedisLane:
 
     async def set_preemption(self, preemption: Preemption | None) -> None:
         """Change (or, with None, turn off) the lane's preemption, for every process."""
-        _check_preemption(preemption)
+        check_preemption(preemption)
         await self._ensure()
         if preemption is None:
             args = ["0", "30000", "0", "0"]
@@ -1379,7 +1327,7 @@ class RedisLane:
 
     async def set_eta_window(self, n: int) -> None:
         """Change how many recent run times the lane's estimate averages."""
-        _check_count("eta_window", n)
+        check_count("eta_window", n)
         await self._ensure()
         await self._eval("control", [self._client_id, "win", str(n)])
 
@@ -1484,16 +1432,3 @@ def _untrusted(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def _check_preemption(preemption: object) -> None:
-    if preemption is not None and not isinstance(preemption, Preemption):
-        raise TypeError(f"preemption must be a Preemption or None, got {preemption!r}")

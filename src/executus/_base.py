@@ -1,0 +1,123 @@
+"""What every lane backend shares: its settings, observers, ``async with``, and the
+checks on ``submit``'s options (so ``Lane`` and ``RedisLane`` refuse bad input with the
+same words)."""
+
+from __future__ import annotations
+
+import math
+from types import TracebackType
+from typing import Self
+
+from ._events import Emitter, LaneObserver
+from ._policies import Preemption, QueuePolicy
+
+__all__ = ["LaneBase", "check_count", "check_preemption", "check_submit_options"]
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` as an int >= 1, or TypeError / ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_preemption(preemption: object) -> None:
+    """Refuse anything but a ``Preemption`` or None."""
+    if preemption is not None and not isinstance(preemption, Preemption):
+        raise TypeError(f"preemption must be a Preemption or None, got {preemption!r}")
+
+
+def check_submit_options(
+    job_id: object, key: object, priority: object, preemptible: object, max_wait: object
+) -> None:
+    """Refuse bad ``submit`` options with the rule and the value (nothing else is done)."""
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key must be a str or None, got {key!r}")
+    if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise TypeError(f"priority must be an int, got {priority!r}")
+    if preemptible is not False and preemptible is not True:
+        raise TypeError(f"preemptible must be a bool, got {preemptible!r}")
+    if max_wait is not None:
+        if isinstance(max_wait, bool) or not isinstance(max_wait, int | float):
+            raise TypeError(f"max_wait must be a number of seconds or None, got {max_wait!r}")
+        if math.isnan(max_wait) or max_wait < 0:
+            raise ValueError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
+    if job_id is not None:
+        if type(job_id) is not str:
+            raise TypeError(f"job_id must be a str or None, got {job_id!r}")
+        if not job_id:
+            raise ValueError("job_id must be a non-empty str, got ''")
+
+
+class LaneBase:
+    """The part of the lane interface that does not depend on the backend.
+
+    Subclasses set ``_name``, ``_max``, ``_policy``, ``_preemption``, ``_closed`` and
+    ``_events`` and implement the rest of the interface (``submit``, ``run``, ``slot``,
+    ``cancel``, ``stats``, the setters and ``aclose``).
+    """
+
+    _name: str
+    _max: int
+    _policy: QueuePolicy
+    _preemption: Preemption | None
+    _closed: bool
+    _events: Emitter
+
+    @property
+    def name(self) -> str:
+        """The lane's name."""
+        return self._name
+
+    @property
+    def max_concurrent(self) -> int:
+        """The slot limit (for a distributed lane: as this client last saw it)."""
+        return self._max
+
+    @property
+    def policy(self) -> QueuePolicy:
+        """The queue policy."""
+        return self._policy
+
+    @property
+    def preemption(self) -> Preemption | None:
+        """The preemption setting, or None."""
+        return self._preemption
+
+    @property
+    def closed(self) -> bool:
+        """True once ``aclose`` was called."""
+        return self._closed
+
+    def add_observer(self, observer: LaneObserver) -> None:
+        """Call ``observer(event)`` with every ``LaneEvent`` of this lane from now on.
+
+        Events arrive on the next loop step, in order, never inside the lane's decision.
+        A plain function runs on the loop; an ``async def`` one in its own task, so a
+        slow observer never delays a start (it loses its oldest events past 10,000
+        behind). Errors are logged to ``executus.events`` and ignored. Adding the same
+        observer twice is a no-op. A distributed lane reports the jobs of this client
+        (process): sum counters across processes for lane-wide figures.
+        """
+        self._events.add(observer)
+
+    def remove_observer(self, observer: LaneObserver) -> None:
+        """Stop sending events to ``observer`` (unknown observers are ignored)."""
+        self._events.remove(observer)
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        """Close the lane (see the backend's documentation)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose(drain=True)
