@@ -240,3 +240,21 @@ async def _positions_match(policy: str, ops: list[tuple[str, str, int]]) -> None
             running = expected
         assert sorted(h.position for h in queued) == list(range(1, len(queued) + 1))
     await lane.aclose(drain=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 2**40 - 1)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_fair_share_slot_keys_sort_as_tag_then_key(pairs: list[tuple[float, int]]) -> None:
+    """The single-int slot key compares exactly as (virtual-time tag, key order)."""
+    from executus._policies import _slot_key
+
+    for a in pairs:
+        for b in pairs:
+            assert (a < b) == (_slot_key(*a) < _slot_key(*b))
+            assert (a == b) == (_slot_key(*a) == _slot_key(*b))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -244,6 +245,25 @@ class _Flow:
         return self.base + (self.head + self.n) / self.weight
 
 
+_PACK_DOUBLE = struct.Struct("<d").pack
+_UNPACK_U64 = struct.Struct("<Q").unpack
+_SIGN = 1 << 63
+_ALL = (1 << 64) - 1
+_ORDER_BITS = 40  # keys seen by one lane: fewer than 2**40
+
+
+def _slot_key(tag: float, order: int) -> int:
+    """One int that sorts exactly as ``(tag, order)``.
+
+    The IEEE 754 bits of a double, with the sign bit flipped for positives and all bits
+    flipped for negatives, sort as the doubles do; ``order`` fills the low bits. Int keys
+    compare and store cheaper than tuples of a float and an int.
+    """
+    bits: int = _UNPACK_U64(_PACK_DOUBLE(tag + 0.0))[0]  # + 0.0: -0.0 sorts as 0.0
+    bits = bits ^ _ALL if bits & _SIGN else bits | _SIGN
+    return (bits << _ORDER_BITS) | order
+
+
 class _FairShareState(PolicyState):
     """Start-time fair queueing (Goyal, Vin and Cheng, 1996) with unit job cost.
 
@@ -284,7 +304,7 @@ class _FairShareState(PolicyState):
         if flow is None or not flow.n:
             flow = self._flow(job.key)
         n = flow.n
-        self._slots.insert((flow.base + (flow.head + n) / flow.weight, flow.order), flow)
+        self._slots.insert(_slot_key(flow.base + (flow.head + n) / flow.weight, flow.order), flow)
         flow.n = n + 1
         qkey = job._qkey
         if qkey is None:
@@ -298,7 +318,7 @@ class _FairShareState(PolicyState):
         flow = self._flows.get(job.key)
         if flow is not None and flow.n > 0:
             flow.head -= 1
-            self._slots.insert((flow.tag(flow.head), flow.order), flow)
+            self._slots.insert(_slot_key(flow.tag(flow.head), flow.order), flow)
             flow.n += 1
             flow.queue.insert(job._qkey, job)
             self._len += 1
@@ -314,8 +334,8 @@ class _FairShareState(PolicyState):
         self.pop()
 
     def pop(self) -> JobHandle[Any]:
-        (tag, _), flow = self._slots.pop_first()
-        self._vtime = tag
+        flow = self._slots.pop_first_value()
+        self._vtime = flow.tag(flow.head)  # the popped slot is its flow's head slot
         flow.head += 1
         n = flow.n = flow.n - 1
         job: JobHandle[Any] = flow.queue.pop_first_value()
@@ -343,7 +363,7 @@ class _FairShareState(PolicyState):
         flow = self._flows[job.key]
         flow.queue.pop(job._qkey)
         flow.n -= 1
-        self._slots.pop((flow.tag(flow.head + flow.n), flow.order))
+        self._slots.pop(_slot_key(flow.tag(flow.head + flow.n), flow.order))
         self._len -= 1
         if flow.n == 0:
             self._idle[flow.key] = flow
@@ -351,7 +371,7 @@ class _FairShareState(PolicyState):
     def position(self, job: JobHandle[Any]) -> int:
         flow = self._flows[job.key]
         j = flow.head + flow.queue.rank(job._qkey)
-        return self._slots.rank((flow.tag(j), flow.order)) + 1
+        return self._slots.rank(_slot_key(flow.tag(j), flow.order)) + 1
 
     def __len__(self) -> int:
         return self._len
