@@ -52,12 +52,6 @@ class RankedMap(Generic[V]):
         for keys, vals in zip(self._keys, self._vals, strict=True):
             yield from zip(keys, vals, strict=True)
 
-    def _bump(self, bucket: int, delta: int) -> None:
-        lens = self._lens
-        if lens is not None:
-            lens[bucket] += delta
-            self._runs[bucket >> _SHIFT] += delta
-
     def insert(self, key: Any, value: V) -> None:
         """Add ``key`` (which must not be present) with ``value``."""
         maxes = self._maxes
@@ -87,7 +81,10 @@ class RankedMap(Generic[V]):
             maxes[b : b + 1] = [keys[_LOAD - 1], keys[-1]]
             self._lens = None
         else:
-            self._bump(b, 1)
+            lens = self._lens  # the bucket size and its run's sum: every job's path
+            if lens is not None:
+                lens[b] += 1
+                self._runs[b >> _SHIFT] += 1
 
     def _drop(self, b: int, i: int) -> V:
         keys = self._keys[b]
@@ -103,7 +100,10 @@ class RankedMap(Generic[V]):
         else:
             if i == len(keys):
                 self._maxes[b] = keys[-1]
-            self._bump(b, -1)
+            lens = self._lens  # the bucket size and its run's sum
+            if lens is not None:
+                lens[b] -= 1
+                self._runs[b >> _SHIFT] -= 1
         return value
 
     def pop(self, key: Any) -> V:
@@ -128,6 +128,15 @@ class RankedMap(Generic[V]):
         """Remove the smallest key and return its value. Raises IndexError if empty."""
         if not self._len:
             raise IndexError("pop from an empty RankedMap")
+        keys = self._keys[0]
+        if len(keys) > 1:  # the common case, inlined: the first bucket stays
+            del keys[0]
+            self._len -= 1
+            lens = self._lens
+            if lens is not None:
+                lens[0] -= 1
+                self._runs[0] -= 1
+            return self._vals[0].pop(0)
         return self._drop(0, 0)
 
     def first(self) -> tuple[Any, V]:
