@@ -743,3 +743,23 @@ async def test_run_blocks_until_its_queued_job_has_run() -> None:
     assert (await lane.stats()).queued == 1
     gate.release()
     assert await caller == "mine"
+
+
+async def test_slot_request_cancelled_by_id_raises_job_cancelled() -> None:
+    """A waiting slot() cancelled by lane.cancel or a forced close raises, not CancelledError."""
+    lane = Lane("x", 1)
+    await lane.submit(Gate())
+
+    async def user(job_id: str) -> None:
+        async with lane.slot(job_id=job_id):
+            raise AssertionError("must not run")
+
+    first = asyncio.create_task(user("s1"))
+    second = asyncio.create_task(user("s2"))
+    await settle()
+    await lane.cancel("s1")
+    with pytest.raises(JobCancelled, match=r"^job 's1' in lane 'x' was cancelled$"):
+        await first
+    await lane.aclose(drain=False)
+    with pytest.raises(LaneClosed):
+        await second

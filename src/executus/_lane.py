@@ -54,8 +54,7 @@ _DEBUG = sys.flags.dev_mode
 _QUEUED = JobState.QUEUED
 _RUNNING = JobState.RUNNING
 
-# Why a running job was cancelled by the lane (recorded before ``task.cancel()``, so the
-# job's end tells a lane-made cancellation from an outside one).
+# The event that reports each terminal state.
 _END_EVENTS = {
     JobState.SUCCEEDED: EventKind.FINISHED,
     JobState.FAILED: EventKind.FINISHED,
@@ -63,6 +62,8 @@ _END_EVENTS = {
     JobState.PREEMPTED: EventKind.PREEMPTED,
 }
 
+# Why a running job was cancelled by the lane (recorded before ``task.cancel()``, so the
+# job's end tells a lane-made cancellation from an outside one).
 _CANCEL = "cancel"
 _CLOSE = "close"
 _PREEMPT = "preempt"
@@ -271,6 +272,9 @@ class Lane(LaneBase):
                     # Granted, but cancelled before this task resumed: give it back.
                     self._ended(job, None, None, cancelled=True)
                 raise
+            if job._state is not _RUNNING:
+                # Ended while waiting (cancelled by id or handle, or the lane closed).
+                raise job.exception() or JobCancelled(self._name, job.id)
         token = CURRENT_JOB.set(job)
         try:
             yield job
@@ -571,7 +575,7 @@ class Lane(LaneBase):
         """End a job already taken out of the queue as CANCELLED with ``error``."""
         grant = self._grants.pop(job, None)
         if grant is not None and not grant.done():
-            grant.cancel()
+            grant.set_result(None)  # the waiting slot() sees the ended job and raises
         self._cancelled += 1
         del self._jobs[job.id]
         job._end(JobState.CANCELLED, self._now(), exc=error)
