@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import UTC
 
 import pytest
@@ -763,3 +764,17 @@ async def test_slot_request_cancelled_by_id_raises_job_cancelled() -> None:
     await lane.aclose(drain=False)
     with pytest.raises(LaneClosed):
         await second
+
+
+async def test_type_error_raised_by_fn_itself_is_kept() -> None:
+    """A TypeError raised by fn (not by awaiting its result) reaches the caller unchanged."""
+    lane = Lane("x", 1)
+    mine = TypeError("bad argument in my code")
+
+    def fn() -> Awaitable[None]:
+        raise mine
+
+    handle: JobHandle[None] = await lane.submit(fn)
+    with pytest.raises(TypeError) as info:
+        await handle
+    assert info.value is mine

@@ -65,6 +65,7 @@ _END_EVENTS = {
 # Why a running job was cancelled by the lane (recorded before ``task.cancel()``, so the
 # job's end tells a lane-made cancellation from an outside one).
 _CANCEL = "cancel"
+_UNCALLED = object()  # _run: fn has not returned (yet)
 _CLOSE = "close"
 _PREEMPT = "preempt"
 _PREEMPT_REQUEUE = "preempt-requeue"
@@ -425,7 +426,7 @@ class Lane(LaneBase):
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
         job._begun = True
         CURRENT_JOB.set(job)
-        awaitable: Any = None
+        awaitable: Any = _UNCALLED
         try:
             awaitable = fn()
             value = await awaitable
@@ -433,7 +434,11 @@ class Lane(LaneBase):
             # The lane owns this task: the cancellation ends here, recorded in the job.
             self._ended(job, None, exc, cancelled=True)
         except BaseException as exc:
-            if isinstance(exc, TypeError) and not hasattr(awaitable, "__await__"):
+            if (
+                isinstance(exc, TypeError)
+                and awaitable is not _UNCALLED
+                and not hasattr(awaitable, "__await__")
+            ):
                 # Checked here, off the hot path: `await 3` raised this TypeError.
                 exc = TypeError(
                     f"fn must return an awaitable, got {type(awaitable).__name__}: "
