@@ -612,10 +612,10 @@ class Lane(LaneBase):
             return True  # a slot() body cancelling itself: it ends when it unwinds
         with contextlib.suppress(Exception):  # the outcome is read from the state
             await job
-        if task is not None and job._fn is None and not task.done():
-            pass  # a slot() body in another task: it ended as a job, the task goes on
-        elif task is not None and not task.done():
-            await asyncio.wait([task])  # let the run's task finish its last step
+        if task is not None and job._fn is not None and not task.done():
+            # Let the run's task finish its last step (a slot() body's task is the
+            # caller's own and goes on after the job has ended).
+            await asyncio.wait([task])
         return job._state is JobState.CANCELLED
 
     async def cancel(self, job_id: str) -> None:
