@@ -7,7 +7,8 @@ touches a single slot and the lane works on Redis Cluster (and Valkey) unchanged
 Keys (after the prefix)::
 
     cfg          hash   format version, epoch, max, policy, weights' default, preemption,
-                        ETA window, counters, fence and sequence counters, virtual time
+                        ETA window, counters, fence and sequence counters, virtual time,
+                        creation time (server ms)
     hold         zset   running job id -> lease deadline (server ms)
     q            zset   FIFO / priority queue: "<16-digit seq><job id>" by score
     qt           zset   queued job id -> submit time (server ms)
@@ -17,7 +18,9 @@ Keys (after the prefix)::
     fq:<key>     zset   fair share: one key's queued jobs (priority, then arrival)
     w            hash   fair share: key -> weight
     j:<id>       hash   one queued or running job's metadata (never its payload)
-    rt           list   recent run times (seconds)
+    rt           list   recent run times (seconds), newest first
+    rh           list   the last 256 run times, each over the window's mean before it
+    rs           hash   field "s": rh sorted, with its mean and cv^2 (msgpack; rebuilt on demand)
     tp           hash   unix second -> runs ended in it (the last minute's throughput)
     procs        zset   client id -> liveness deadline (server ms)
     pj:<client>  set    a client's queued and running job ids

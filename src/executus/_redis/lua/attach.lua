@@ -28,7 +28,7 @@ if redis.call('EXISTS', CFG) == 0 then
   if known ~= '' then rec = now + lease end
   redis.call('HSET', CFG, 'v', '1', 'epoch', fresh, 'max', '1', 'pol', 'fifo',
     'aging', '0', 'dw', '1', 'pon', '0', 'pmin', '30000', 'pgrace', '0', 'preq', '0',
-    'win', '16', 'rec', I(rec), 'fence', ARGV[k + 5], 'seq', '0', 'vt', '0')
+    'win', '16', 'rec', I(rec), 't0', I(now), 'fence', ARGV[k + 5], 'seq', '0', 'vt', '0')
   if ARGV[6] ~= '' then set_policy() end
 else
   load_cfg()

@@ -14,6 +14,8 @@ local PQ = P .. 'pq'       -- list: preemption arrivals waiting for a victim's s
 local FK = P .. 'fk'       -- zset: backlogged fair-share flows -> head tag
 local FI = P .. 'fi'       -- zset: idle fair-share flows -> finish tag
 local RT = P .. 'rt'       -- list: recent run times (seconds), newest first
+local RH = P .. 'rh'       -- list: run time / window mean before it, newest first
+local RS = P .. 'rs'       -- hash: field 's', RH sorted with its mean and cv^2 (msgpack)
 local TP = P .. 'tp'       -- hash: unix second -> runs ended in it
 local PROCS = P .. 'procs' -- zset: client id -> liveness deadline (ms)
 local WEIGHTS = P .. 'w'   -- hash: fair-share key -> weight
@@ -40,12 +42,12 @@ end
 -- Load and validate the lane's configuration into C; false when the lane is unknown.
 local function load_cfg()
   local r = redis.call('HMGET', CFG, 'epoch', 'v', 'max', 'pol', 'aging', 'dw', 'pon',
-    'pmin', 'pgrace', 'preq', 'win', 'rec')
+    'pmin', 'pgrace', 'preq', 'win', 'rec', 't0')
   if not r[1] then return false end
   C = {epoch = r[1], max = tonumber(r[3]), pol = r[4], aging = tonumber(r[5]),
     dw = tonumber(r[6]), pon = r[7] == '1', pmin = tonumber(r[8]),
     pgrace = tonumber(r[9]), preq = r[10] == '1', win = tonumber(r[11]),
-    rec = tonumber(r[12])}
+    rec = tonumber(r[12]), t0 = tonumber(r[13])}
   if r[2] ~= '1' then corrupt('format version ' .. tostring(r[2])) end
   if not C.max or C.max < 1 then corrupt('max ' .. tostring(r[3])) end
   if C.pol ~= 'fifo' and C.pol ~= 'prio' and C.pol ~= 'fair' then
@@ -292,70 +294,248 @@ local function record_end(now)
   end
 end
 
--- Seconds until the job at position p starts. With no run time recorded, the same as the
--- in-process lane (executus._eta.estimate_wait): known grace ends first, then one step
--- (60 / throughput_1m, or 1 s) per position. With run times, a simpler form of it: each
--- running job frees its slot after its mean residual life over the recent run times;
--- position p starts at F[(p-1) % m] + ((p-1) // m) * mean.
-local function eta(p, now)
-  if p <= 0 then return 0 end
+-- The wait estimate: the same algorithm as the in-process lane's (executus._eta, whose
+-- notes explain it). The job at position p starts at the median time the lane has freed
+-- p slots: E[N(t)] = p - 1/2, where each slot frees after a residual drawn from the run
+-- time sample (running jobs), its known grace (victims) or at once (free slots), then
+-- once per run (renewal function M(u) = max(0, u / mean + (cv^2 - 1) / 2)). The sample
+-- is the last HISTORY run times, each divided by the window's mean when it ended, times
+-- the window's current mean (RH); until RH holds more ratios than the window holds runs,
+-- the window's runs. Without run times: p * 60 / throughput_1m (extrapolated while the
+-- lane is younger than a minute), or 1 s per position, after the known grace ends.
+-- The lane's figures are read once per script (ES); every estimate of it reuses them.
+
+local HISTORY = 256
+local MAX_POINTS = 128  -- residual points per estimate; more running jobs share them
+
+-- A stored number, or nil when missing or not a finite number >= 0.
+local function num(s)
+  local v = tonumber(s)
+  if not v or v ~= v or v < 0 or v == math.huge then return nil end
+  return v
+end
+
+-- Python's round(): half to even.
+local function round_even(x)
+  local r = math.floor(x + 0.5)
+  if r - x == 0.5 and r % 2 == 1 then r = r - 1 end
+  return r
+end
+
+-- How many of the ascending values are <= x (Python's bisect_right).
+local function bisect_right(values, x)
+  local lo, hi = 0, #values
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if values[mid + 1] <= x then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+
+-- The shape history sorted, with its mean and squared cv, as the estimates read it.
+-- Kept in RS (msgpack) and rebuilt only when an estimate asks for it after a release
+-- changed RH (most runs end without anyone asking); nil with fewer than ``least`` ratios.
+local function eta_ratios(least)
+  local blob = redis.call('HGET', RS, 's')
+  if blob then
+    local ok, vals, avg, cv2 = pcall(cmsgpack.unpack, blob)
+    if ok and type(vals) == 'table' and type(avg) == 'number' and type(cv2) == 'number' then
+      if #vals >= least and avg > 0 then return vals, avg, cv2 end
+      return nil
+    end
+  end
+  if redis.call('LLEN', RH) < least then return nil end
+  local ratios, rsum = {}, 0
+  for i, s in ipairs(redis.call('LRANGE', RH, 0, HISTORY - 1)) do
+    local v = num(s) or 0
+    ratios[i] = v
+    rsum = rsum + v
+  end
+  local k = #ratios
+  local avg, cv2 = rsum / k, 0
+  if rsum > 0 then
+    local sq = 0
+    for _, v in ipairs(ratios) do sq = sq + (v - avg) * (v - avg) end
+    cv2 = sq / (k - 1) / (avg * avg)
+  end
+  table.sort(ratios)
+  redis.call('HSET', RS, 's', cmsgpack.pack(ratios, avg, cv2))
+  if avg > 0 then return ratios, avg, cv2 end
+  return nil
+end
+
+-- The run-time sample: ascending values, their scale and squared cv; nil without runs.
+local function eta_shape()
   local rts = redis.call('LRANGE', RT, 0, C.win - 1)
   local n = #rts
-  if n == 0 then
-    local tp = throughput(now)
-    local step = 1
-    if tp > 0 then step = 60.0 / tp end
-    -- slots promised by a preemption grace free up at known times
-    local known = {}
-    if C.pon then
-      for _, id in ipairs(redis.call('ZRANGE', HOLD, 0, 999)) do
-        local va = tonumber(redis.call('HGET', jk(id), 'va') or '')
-        if va then known[#known + 1] = math.max(0, (va + C.pgrace - now) / 1000) end
-      end
-      table.sort(known)
-    end
-    if p <= #known then return known[p] end
-    return (known[#known] or 0) + (p - #known) * step
-  end
-  local vals, sum = {}, 0
+  if n == 0 then return nil end
+  local runs, total = {}, 0
   for i, s in ipairs(rts) do
-    local v = tonumber(s) or 0
-    vals[i] = v
-    sum = sum + v
+    local v = num(s) or 0
+    runs[i] = v
+    total = total + v
   end
-  local mean = sum / n
-  local free = {}
-  local held = redis.call('ZRANGE', HOLD, 0, 999)
-  for _, id in ipairs(held) do
+  local mean = total / n
+  local ratios, avg, rcv2 = eta_ratios(n + 1)
+  if ratios then return {mean = mean, values = ratios, scale = mean / avg, cv2 = rcv2} end
+  local cv2 = 0
+  table.sort(runs)
+  if n > 1 and mean > 0 then
+    local sq = 0
+    for _, v in ipairs(runs) do sq = sq + (v - mean) * (v - mean) end
+    cv2 = sq / (n - 1) / (mean * mean)
+  end
+  return {mean = mean, values = runs, scale = 1, cv2 = cv2}
+end
+
+local ES = nil
+
+local function eta_state(now)
+  if ES then return ES end
+  local elapsed, held = {}, {}
+  for _, id in ipairs(redis.call('ZRANGE', HOLD, 0, 999)) do
     local r = redis.call('HMGET', jk(id), 'st', 'va')
     local va = tonumber(r[2])
     if va then
-      free[#free + 1] = math.max(0, (va + C.pgrace - now) / 1000)
+      held[#held + 1] = math.max(0, (va + C.pgrace - now) / 1000)
     else
-      local e = (now - (tonumber(r[1]) or now)) / 1000
-      local s2, c2 = 0, 0
-      for _, v in ipairs(vals) do
-        if v > e then
-          s2 = s2 + v
-          c2 = c2 + 1
-        end
-      end
-      if c2 == 0 then free[#free + 1] = 0.5 * mean else free[#free + 1] = s2 / c2 - e end
+      elapsed[#elapsed + 1] = (now - (tonumber(r[1]) or now)) / 1000
     end
   end
-  table.sort(free)
-  local m = C.max
-  local slots = {}
-  local excess = #free - m
-  if excess > 0 then
-    for i = excess + 1, #free do slots[#slots + 1] = free[i] end
-  else
-    for _ = 1, -excess do slots[#slots + 1] = 0 end
-    for i = 1, #free do slots[#slots + 1] = free[i] end
+  table.sort(held)
+  local busy = #elapsed + #held
+  ES = {elapsed = elapsed, held = held, excess = math.max(0, busy - C.max)}
+  local S = eta_shape()
+  if not S then
+    -- runs per minute, extrapolated while the lane is younger than the minute
+    local age = 60
+    if C.t0 then age = (now - C.t0) / 1000 end
+    local span = math.min(60, math.max(1, age))
+    local per_minute = round_even(throughput(now) * 60 / span)
+    ES.step = 1
+    if per_minute > 0 then ES.step = 60 / per_minute end
+    return ES
   end
-  local rounds = math.floor((p - 1) / m)
-  local idx = (p - 1) % m
-  return math.max(0, slots[idx + 1]) + rounds * mean
+  local mean = S.mean
+  ES.mean = mean
+  if mean <= 0 then return ES end
+  local values, scale = S.values, S.scale
+  local n_all = #values
+  local c = 0.5 * (S.cv2 - 1)
+  ES.delay = math.max(0, -c * mean)
+  ES.jump = 1 + math.max(0, c)
+  -- Residual points: distinct times (ts) and the weight at each (wt); each slot's
+  -- weights sum to 1. Plain numbers sort much faster in Lua than pairs.
+  local ts, wt = {}, {}
+  local sum_wr, last = 0, 0
+  local function add(r, w)
+    local had = wt[r]
+    if had then wt[r] = had + w else
+      ts[#ts + 1] = r
+      wt[r] = w
+    end
+    sum_wr = sum_wr + r * w
+    if r > last then last = r end
+  end
+  local free = math.max(0, C.max - busy)
+  if free > 0 then add(0, free) end
+  for _, h in ipairs(held) do add(h, 1) end
+  local per_job = math.max(2, math.floor(MAX_POINTS / math.max(1, #elapsed)))
+  for _, e in ipairs(elapsed) do
+    local i = 0
+    if scale > 0 then i = bisect_right(values, e / scale) end
+    local n = n_all - i
+    if n <= 0 or scale <= 0 then
+      add(0.5 * mean, 1)
+    elseif n <= per_job then
+      for k = i + 1, n_all do add(values[k] * scale - e, 1 / n) end
+    else
+      for q = 0, per_job - 1 do
+        add(values[i + math.floor((2 * q + 1) * n / (2 * per_job)) + 1] * scale - e,
+          1 / per_job)
+      end
+    end
+  end
+  local total = free + busy
+  ES.ts, ES.wt, ES.total, ES.sum_wr = ts, wt, total, sum_wr
+  -- past every point and its delayed slope, E[N] is one straight line
+  ES.line_at = total * ES.jump + (total * (last + ES.delay) - sum_wr - total * ES.delay) / mean
+  return ES
+end
+
+-- The time t at which E[N(t)] reaches target (a sweep over the sorted points).
+local function eta_solve(S, target)
+  local mean, total, delay, jump = S.mean, S.total, S.delay, S.jump
+  if target >= S.line_at then
+    return (target - total * jump) * mean / total + (S.sum_wr + total * delay) / total
+  end
+  local ts, wt = S.ts, S.wt
+  if not S.sorted then
+    table.sort(ts)
+    S.sorted = true
+  end
+  local n_pts = #ts
+  local rate = 1 / mean
+  local level, slope, t = 0, 0, 0
+  local i, k = 1, 1
+  while i <= n_pts or k <= n_pts do
+    local when, w, is_jump
+    if i <= n_pts and ts[i] <= ts[k] + delay then
+      when, w, is_jump = ts[i], wt[ts[i]], true
+    else
+      when, w, is_jump = ts[k] + delay, wt[ts[k]], false
+    end
+    if slope > 0 and level + slope * (when - t) >= target then
+      return t + (target - level) / slope
+    end
+    level = level + slope * (when - t)
+    t = when
+    if is_jump then
+      i = i + 1
+      level = level + w * jump
+      if level >= target then return math.max(0, t) end
+    else
+      k = k + 1
+      slope = slope + w * rate
+    end
+  end
+  if slope > 0 then return t + (target - level) / slope end
+  return t
+end
+
+-- Seconds until the job at position p (1 = next) starts.
+local function eta(p, now)
+  if p <= 0 then return 0 end
+  local S = eta_state(now)
+  local held = S.held
+  if not S.mean then
+    if p <= #held then return held[p] end
+    return (held[#held] or 0) + (p - #held) * S.step
+  end
+  if S.mean <= 0 then  -- every run took no measurable time
+    if p + S.excess > #S.elapsed then return held[#held] or 0 end
+    return 0
+  end
+  return eta_solve(S, p - 0.5 + S.excess)
+end
+
+-- Record a run time (seconds) in the window, and its ratio to the window's mean before
+-- it in the shape history.
+local function record_run(seconds)
+  local text = string.format('%.6f', seconds)
+  seconds = tonumber(text)
+  local rts = redis.call('LRANGE', RT, 0, C.win - 1)
+  local total = 0
+  for _, s in ipairs(rts) do total = total + (num(s) or 0) end
+  if #rts > 0 and total > 0 then
+    if redis.call('LPUSH', RH, F(seconds * #rts / total)) > HISTORY then
+      redis.call('LTRIM', RH, 0, HISTORY - 1)
+    end
+    redis.call('DEL', RS)  -- the sorted copy is rebuilt when an estimate needs it
+  end
+  if redis.call('LPUSH', RT, text) > C.win then
+    redis.call('LTRIM', RT, 0, C.win - 1)
+  end
 end
 
 -- Expired leases stop counting at once (ZCOUNT-free: they are removed here); the

@@ -13,8 +13,7 @@ local J = jget(id)
 if J and J.state == 'r' and J.f == fence and redis.call('ZREM', HOLD, id) == 1 then
   record_end(now)
   if outcome == 'ok' or outcome == 'fail' then
-    local n = redis.call('LPUSH', RT, string.format('%.6f', (now - (J.st or now)) / 1000))
-    if n > C.win then redis.call('LTRIM', RT, 0, C.win - 1) end
+    record_run((now - (J.st or now)) / 1000)
   end
   if outcome == 'ok' then
     redis.call('HINCRBY', CFG, 'n_ok', 1)
