@@ -45,8 +45,7 @@ def test_many_buckets_rank_and_pop() -> None:
         ranked.pop_first()
     keys = [k for k, _ in ranked]
     assert ranked.rank(keys[100]) == 100
-    assert ranked.first() == (keys[0], keys[0])
-    assert ranked.last_key() == keys[-1]
+    assert ranked.pop_first() == (keys[0], keys[0])
 
 
 def test_missing_keys_and_empty() -> None:
@@ -57,7 +56,7 @@ def test_missing_keys_and_empty() -> None:
     ranked.insert(5, 5)
     with pytest.raises(KeyError):
         ranked.pop(4)
-    assert ranked.count_le(5) == 1
+    assert ranked.rank(6) == 1
     assert not RankedMap()
 
 

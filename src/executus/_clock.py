@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Clock", "SystemClock", "TimerHandle"]
@@ -56,9 +55,3 @@ class SystemClock:
 
     def __repr__(self) -> str:
         return "SystemClock()"
-
-
-def wall_datetime(clock: Clock, mono: float) -> datetime:
-    """The aware UTC ``datetime`` at which ``clock.monotonic()`` read ``mono``."""
-    wall = clock.time() - (clock.monotonic() - mono)
-    return datetime.fromtimestamp(wall, UTC)

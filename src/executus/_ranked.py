@@ -15,7 +15,7 @@ Keys must be unique and totally ordered; values ride along in parallel buckets.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
@@ -139,16 +139,6 @@ class RankedMap(Generic[V]):
             return self._vals[0].pop(0)
         return self._drop(0, 0)
 
-    def first(self) -> tuple[Any, V]:
-        """The smallest (key, value). Raises IndexError if empty."""
-        if not self._len:
-            raise IndexError("first of an empty RankedMap")
-        return self._keys[0][0], self._vals[0][0]
-
-    def last_key(self) -> Any:
-        """The largest key. Raises IndexError if empty."""
-        return self._maxes[-1]
-
     def rank(self, key: Any) -> int:
         """How many keys are smaller than ``key`` (present or not)."""
         maxes = self._maxes
@@ -161,14 +151,6 @@ class RankedMap(Generic[V]):
         run = b >> _SHIFT
         before = sum(self._runs[:run]) + sum(lens[run << _SHIFT : b])
         return before + bisect_left(self._keys[b], key)
-
-    def count_le(self, key: Any) -> int:
-        """How many keys are smaller than or equal to ``key``."""
-        maxes = self._maxes
-        b = bisect_left(maxes, key)
-        if b == len(maxes):
-            return self._len
-        return self.rank(key) + (bisect_right(self._keys[b], key) - bisect_left(self._keys[b], key))
 
     def _build(self) -> list[int]:
         lens = self._lens = list(map(len, self._keys))
