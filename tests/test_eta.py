@@ -122,6 +122,27 @@ def test_history_keeps_only_its_last_ratios() -> None:
     assert w.shape()[0] == pytest.approx([0.25, 1.0, 4.0])
 
 
+def test_a_long_history_is_sorted_again_once_a_sixteenth_is_new() -> None:
+    """With 64 ratios, the sorted sample is refreshed after 4 new ones, not each one."""
+    w = window(*([1.0] * 65), size=1, history=64)  # 64 ratios of 1.0
+    assert w.shape()[0] == [1.0] * 64
+    for i in range(3):
+        w.add(2.0 + i)  # ratios 2.0, 1.5, 4/3: too few to refresh the sorted copy
+        assert w.shape()[0] == [1.0] * 64
+    w.add(2.0)  # the 4th new ratio (1/16 of 64): the sample catches up
+    values = w.shape()[0]
+    assert values == pytest.approx(sorted([1.0] * 60 + [2.0, 1.5, 4.0 / 3.0, 0.5]))
+    assert w.shape()[1] == pytest.approx(2.0 / (sum(values) / 64))
+
+
+def test_a_short_history_is_always_current() -> None:
+    """Under 32 ratios (1/16 of them is under two), every new ratio is in the sample."""
+    w = window(*([1.0] * 20), size=1, history=64)  # 19 ratios
+    assert w.shape()[0] == [1.0] * 19
+    w.add(3.0)
+    assert w.shape()[0] == [1.0] * 19 + [3.0]
+
+
 def test_empty_window_has_an_empty_shape() -> None:
     """No runs: no sample, scale and cv2 are 0."""
     assert RuntimeWindow(4).shape() == ([], 0.0, 0.0)

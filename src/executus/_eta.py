@@ -41,6 +41,9 @@ from collections.abc import Iterable
 
 __all__ = ["RuntimeWindow", "ThroughputWindow", "estimate_wait"]
 
+# The sorted shape history is refreshed once 1/STALE_PART of it is newer than the copy.
+STALE_PART = 16
+
 
 class RuntimeWindow:
     """The last ``size`` run times, with their mean and mean residual life.
@@ -54,8 +57,11 @@ class RuntimeWindow:
     Until the history holds more ratios than the window holds runs (at start, or with a
     window longer than the history), the window's own runs serve as the sample.
 
-    Recording a run is O(1); the sorted copies the estimates read are rebuilt only when
-    an estimate asks for them after a change (most runs end without anyone asking).
+    Recording a run is O(1). The estimates read sorted copies, rebuilt only when an
+    estimate asks for them: the window's after any change, the history's once at least
+    1/16 of it (16 of 256 ratios) is newer than its sorted copy, so a busy lane with
+    many waiters sorts the history once per 16 runs, not once per run. ``RedisLane``
+    applies the same rule, so both backends give the same figures.
 
     Args:
         size: how many recent run times the mean averages (``eta_window``).
@@ -73,8 +79,8 @@ class RuntimeWindow:
         "_history",
         "_next",
         "_ratio_sorted",
-        "_ratio_sq",
-        "_ratio_sum",
+        "_ratio_stale",
+        "_ratio_stats",
         "_ratios",
         "_recent",
         "_shape",
@@ -89,11 +95,12 @@ class RuntimeWindow:
         self._suffix: list[float] | None = None
         self._total = 0.0
         # The shape history: a ring of ratios (run time / window mean before it) in
-        # arrival order, the same values kept sorted, and their running sums.
+        # arrival order; a sorted copy with its mean and squared cv, and how many ratios
+        # arrived since the copy was made.
         self._ratios: list[float] = []
-        self._ratio_sorted: list[float] | None = []
-        self._ratio_sum = 0.0
-        self._ratio_sq = 0.0
+        self._ratio_sorted: list[float] = []
+        self._ratio_stats = (0.0, 0.0)
+        self._ratio_stale = 0
         self._next = 0 if history > 0 else -1  # ring slot to overwrite; -1: no history
         self._shape: tuple[list[float], float, float] | None = None
         self._history = history
@@ -128,22 +135,31 @@ class RuntimeWindow:
 
     def _add_ratio(self, ratio: float) -> None:
         ring = self._ratios
-        self._ratio_sorted = None  # sorted again when an estimate needs it
+        self._ratio_stale += 1
         if len(ring) < self._history:
             ring.append(ratio)
-            self._ratio_sum += ratio
-            self._ratio_sq += ratio * ratio
         else:
             i = self._next
-            old = ring[i]
             ring[i] = ratio
-            self._next = i = (i + 1) % len(ring)
-            if i == 0:  # once per lap, drop the rounding the running sums gathered
-                self._ratio_sum = math.fsum(ring)
-                self._ratio_sq = math.fsum(r * r for r in ring)
-            else:
-                self._ratio_sum += ratio - old
-                self._ratio_sq += ratio * ratio - old * old
+            self._next = (i + 1) % len(ring)
+
+    def _sorted_ratios(self) -> list[float] | None:
+        """The sorted history, or None when it does not hold more ratios than the
+        window holds runs (then the window's runs are the sample). The sorted copy is
+        made again once 1/16 of the history is newer than it."""
+        srt = self._ratio_sorted
+        if self._ratio_stale >= max(1, len(srt) // STALE_PART):
+            if len(self._ratios) <= len(self._recent):
+                return None
+            srt = self._ratio_sorted = sorted(self._ratios)
+            k = len(srt)
+            avg = math.fsum(srt) / k if k else 0.0
+            cv2 = 0.0
+            if k > 1 and avg > 0.0:
+                cv2 = math.fsum((v - avg) * (v - avg) for v in srt) / (k - 1) / (avg * avg)
+            self._ratio_stats = (avg, cv2)
+            self._ratio_stale = 0
+        return srt if len(srt) > len(self._recent) else None
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -173,16 +189,11 @@ class RuntimeWindow:
         if shape is not None:
             return shape
         mean = self.mean()
-        ratios = self._ratio_sorted
-        if ratios is None:
-            ratios = self._ratio_sorted = sorted(self._ratios)
-        k = len(ratios)
         if mean is None:
             shape = ([], 0.0, 0.0)
-        elif k > len(self._recent) and self._ratio_sum > 0.0:
-            avg = self._ratio_sum / k
-            var = max(0.0, (self._ratio_sq - k * avg * avg) / (k - 1))
-            shape = (ratios, mean / avg, var / (avg * avg))
+        elif (ratios := self._sorted_ratios()) is not None and self._ratio_stats[0] > 0.0:
+            avg, cv2 = self._ratio_stats
+            shape = (ratios, mean / avg, cv2)
         else:
             runs = self.sorted_runs()
             n = len(runs)

@@ -137,6 +137,57 @@ async def test_eta_matches_the_in_process_estimator(
         await lane.aclose(drain=False)
 
 
+async def test_eta_reads_the_sorted_history_when_the_in_process_estimator_does(
+    redis_server: RedisServer, namespace: str, admin: aioredis.Redis
+) -> None:
+    """After one new ratio of 40 (under 1/16), both backends keep the old sorted history."""
+    keys = LaneKeys(namespace, "stale")
+    lane = RedisLane("stale", redis_server.url, SLOTS, namespace=namespace, eta_window=64)
+    try:
+        for i in range(41):  # one at a time: nothing waits, so no estimate is made
+            await lane.run(sleeper(0.001 * (1 + i % 4)))
+        await lane.set_eta_window(4)
+        runs = [float(s) for s in reversed(await admin.lrange(keys.prefix + "rt", 0, -1))]
+        assert len(runs) == 41
+        gates = [Gate() for _ in range(SLOTS)]
+        held = [await lane.submit(g) for g in gates]
+        await wait_running(gates)
+        await busy_eta(lane, admin)  # sorts the history (40 ratios)
+        await asyncio.sleep(0.05)
+        gates[0].release()
+        await held[0]  # a long run: its ratio is far above the others
+        late = Gate()
+        held[0] = await lane.submit(late)
+        await wait_running([late])
+        newest = await admin.lindex(keys.prefix + "rt", 0)
+        assert newest is not None
+        runs.append(float(newest))
+        window = RuntimeWindow(64)
+        for s in runs[:41]:
+            window.add(s)
+        window.resize(4)
+        window.shape()  # the sorted copy the first estimate made
+        window.add(runs[41])
+        fresh = RuntimeWindow(64)
+        for s in runs[:41]:
+            fresh.add(s)
+        fresh.resize(4)
+        fresh.add(runs[41])
+
+        starts = [await hget_int(admin, keys.job(h.id), "st") for h in held]
+        throughput = int((await lane.stats()).throughput_1m)
+        pos, eta, before, after = await busy_eta(lane, admin)
+        lo, hi = python_range(pos, SLOTS, starts, window, throughput, before, after)
+        assert lo - 1e-6 <= eta <= hi + 1e-6, (eta, lo, hi)
+        lo, hi = python_range(pos, SLOTS, starts, fresh, throughput, before, after)
+        assert not lo - 1e-6 <= eta <= hi + 1e-6, "the new ratio should change the estimate"
+        for g in (*gates[1:], late):
+            g.release()
+        await asyncio.gather(*held)
+    finally:
+        await lane.aclose(drain=False)
+
+
 async def test_eta_without_run_times_extrapolates_a_young_lane_throughput(
     redis_server: RedisServer, namespace: str, admin: aioredis.Redis
 ) -> None:

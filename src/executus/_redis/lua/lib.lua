@@ -306,6 +306,7 @@ end
 -- The lane's figures are read once per script (ES); every estimate of it reuses them.
 
 local HISTORY = 256
+local STALE_PART = 16  -- see eta_ratios
 local MAX_POINTS = 128  -- residual points per estimate; more running jobs share them
 
 -- A stored number, or nil when missing or not a finite number >= 0.
@@ -333,17 +334,20 @@ local function bisect_right(values, x)
 end
 
 -- The shape history sorted, with its mean and squared cv, as the estimates read it.
--- Kept in RS (msgpack) and rebuilt only when an estimate asks for it after a release
--- changed RH (most runs end without anyone asking); nil with fewer than ``least`` ratios.
+-- Kept in RS (field 's', msgpack; field 'd' counts the ratios recorded since) and
+-- rebuilt only when an estimate asks for it once 1/16 of the history is newer than the
+-- copy (the in-process estimator's rule); nil with fewer than ``least`` ratios.
 local function eta_ratios(least)
-  local blob = redis.call('HGET', RS, 's')
-  if blob then
-    local ok, vals, avg, cv2 = pcall(cmsgpack.unpack, blob)
-    if ok and type(vals) == 'table' and type(avg) == 'number' and type(cv2) == 'number' then
+  local r = redis.call('HMGET', RS, 's', 'd')
+  if r[1] then
+    local ok, vals, avg, cv2 = pcall(cmsgpack.unpack, r[1])
+    if ok and type(vals) == 'table' and type(avg) == 'number' and type(cv2) == 'number'
+      and (tonumber(r[2]) or 0) < math.max(1, math.floor(#vals / STALE_PART)) then
       if #vals >= least and avg > 0 then return vals, avg, cv2 end
       return nil
     end
   end
+  -- (no sorted copy, or a stale one)
   if redis.call('LLEN', RH) < least then return nil end
   local ratios, rsum = {}, 0
   for i, s in ipairs(redis.call('LRANGE', RH, 0, HISTORY - 1)) do
@@ -359,7 +363,7 @@ local function eta_ratios(least)
     cv2 = sq / (k - 1) / (avg * avg)
   end
   table.sort(ratios)
-  redis.call('HSET', RS, 's', cmsgpack.pack(ratios, avg, cv2))
+  redis.call('HSET', RS, 's', cmsgpack.pack(ratios, avg, cv2), 'd', '0')
   if avg > 0 then return ratios, avg, cv2 end
   return nil
 end
@@ -531,7 +535,7 @@ local function record_run(seconds)
     if redis.call('LPUSH', RH, F(seconds * #rts / total)) > HISTORY then
       redis.call('LTRIM', RH, 0, HISTORY - 1)
     end
-    redis.call('DEL', RS)  -- the sorted copy is rebuilt when an estimate needs it
+    redis.call('HINCRBY', RS, 'd', 1)  -- see eta_ratios
   end
   if redis.call('LPUSH', RT, text) > C.win then
     redis.call('LTRIM', RT, 0, C.win - 1)
