@@ -1,4 +1,5 @@
-"""Fixtures for the Redis tests: a private redis-server per session, a TCP proxy.
+"""Fixtures for the Redis tests: a private redis-server per session, a TCP proxy, a
+local Redis Cluster.
 
 Nothing here touches a Redis the machine may already run: every server is started on a
 free port in a temporary directory, without persistence, and stopped afterwards.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import RedisServer, TcpProxy
+from .helpers import LocalCluster, RedisServer, TcpProxy
 
 
 def need_redis_server() -> None:
@@ -70,3 +71,18 @@ async def proxy(redis_server: RedisServer) -> AsyncIterator[TcpProxy]:
         yield p
     finally:
         await p.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One Redis Cluster for the whole session: 3 masters (made with ``redis-cli
+    --cluster create``) and a replica of the first, on free ports; stopped afterwards."""
+    need_redis_server()
+    if shutil.which("redis-cli") is None:  # pragma: no cover - depends on the machine
+        pytest.skip("redis-cli is not installed")
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"), free_port, replicas=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,4 +1,5 @@
-"""Test helpers: a redis-server process, a cuttable TCP proxy, an overlap checker."""
+"""Test helpers: a redis-server process, a local Redis Cluster, a cuttable TCP proxy, an
+overlap checker."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import redis
+from redis.crc import key_slot
 
 
 class RedisServer:
@@ -126,6 +131,224 @@ class RedisServer:
         """Stop the server and start an empty one on the same port."""
         self.stop()
         self.start()
+
+
+def wait_until(what: str, cond: Callable[..., bool], *args: Any, limit: float = 10.0) -> None:
+    """Poll ``cond(*args)`` (blocking) until it holds; fail saying ``what`` after
+    ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not cond(*args):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {limit:g}s waiting until {what}")
+        time.sleep(0.02)
+
+
+class LocalCluster:
+    """A Redis Cluster of redis-server child processes, without persistence.
+
+    ``masters`` nodes are joined with ``redis-cli --cluster create`` (slots split evenly),
+    then ``replicas`` more nodes become replicas of the first master (for failovers).
+    Every node listens on a free port with its cluster bus on another free port, in its
+    own directory under ``directory``.
+
+    The admin methods are synchronous on purpose: while one runs inside an async test,
+    the lanes of that test send nothing, so a slot never moves under a half-sent call.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        free_port: Callable[[], int],
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+    ) -> None:
+        self.servers: list[RedisServer] = []
+        self.bus_ports: list[int] = []
+        taken: set[int] = set()
+
+        def port() -> int:
+            while (p := free_port()) in taken:
+                pass
+            taken.add(p)
+            return p
+
+        for i in range(masters + replicas):
+            node_dir = directory / f"node{i}"
+            node_dir.mkdir()
+            node_port, bus = port(), port()
+            args = [
+                *("--cluster-enabled", "yes"),
+                *("--cluster-config-file", "nodes.conf"),
+                *("--cluster-port", str(bus)),
+                *("--cluster-node-timeout", "5000"),
+                *("--repl-diskless-sync-delay", "0"),
+            ]
+            self.servers.append(RedisServer(node_port, node_dir, extra_args=args))
+            self.bus_ports.append(bus)
+        self.n_masters = masters
+
+    @property
+    def ports(self) -> list[int]:
+        """Every node's port."""
+        return [s.port for s in self.servers]
+
+    def url(self, port: int | None = None) -> str:
+        """The URL of one node (the first by default), for ``RedisCluster.from_url``."""
+        return f"redis://127.0.0.1:{port or self.ports[0]}"
+
+    def admin(self, port: int) -> redis.Redis:
+        """A synchronous client of one node (the caller closes it)."""
+        return redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+
+    def call(self, port: int, *args: str | int) -> Any:
+        """Send one command to one node and return its reply."""
+        with self.admin(port) as r:
+            return r.execute_command(*args)
+
+    def node_id(self, port: int) -> str:
+        """A node's cluster id."""
+        return str(self.call(port, "CLUSTER", "MYID"))
+
+    def start(self) -> None:
+        """Start every node, create the cluster, attach the replicas; wait until all
+        nodes report ``cluster_state:ok`` and every replica is in sync.
+
+        Raises:
+            RuntimeError: a node did not start, or ``redis-cli --cluster create`` failed,
+                or the cluster did not settle; the message says which.
+        """
+        for server in self.servers:
+            server.start()
+        masters = [f"127.0.0.1:{p}" for p in self.ports[: self.n_masters]]
+        done = subprocess.run(
+            ["redis-cli", "--cluster", "create", *masters, "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+        first = self.ports[0]
+        first_id = self.node_id(first)
+        for port in self.ports[self.n_masters :]:
+            self.call(port, "CLUSTER", "MEET", "127.0.0.1", first, self.bus_ports[0])
+            wait_until(
+                f"node {port} knows the cluster",
+                self._says,
+                port,
+                first_id,
+                "CLUSTER",
+                "NODES",
+            )
+            self.call(port, "CLUSTER", "REPLICATE", first_id)
+        for port in self.ports:
+            wait_until(
+                f"node {port} reports cluster_state:ok",
+                self._says,
+                port,
+                "cluster_state:ok",
+                "CLUSTER",
+                "INFO",
+            )
+        for port in self.ports[self.n_masters :]:
+            self.wait_replica(port)
+
+    def _says(self, port: int, text: str, *command: str) -> bool:
+        return text in str(self.call(port, *command))
+
+    def _sees(self, port: int, slots: list[int], owner: int) -> bool:
+        return all(self.owner(slot, asked=port) == owner for slot in slots)
+
+    def stop(self) -> None:
+        """Stop every node (each one even if another fails to stop)."""
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+
+    def wait_replica(self, port: int) -> None:
+        """Wait until the replica on ``port`` is in sync and its master lists it."""
+
+        def synced() -> bool:
+            info = self.call(port, "INFO", "replication")
+            if info.get("master_link_status") != "up":
+                return False
+            master = int(info["master_port"])
+            replicas = self.call(master, "CLUSTER", "REPLICAS", self.node_id(master))
+            return self.node_id(port) in str(replicas)
+
+        wait_until(f"replica {port} is in sync", synced)
+
+    def owner(self, slot: int, *, asked: int | None = None) -> int:
+        """The port of the master serving ``slot``, as node ``asked`` (default: the
+        first) sees it."""
+        for start, end, master, *_ in self.call(asked or self.ports[0], "CLUSTER", "SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def masters(self) -> list[int]:
+        """The ports of the masters serving slots, in port order."""
+        ranges = self.call(self.ports[0], "CLUSTER", "SLOTS")
+        return sorted({int(master[1]) for _, _, master, *_ in ranges})
+
+    def replica(self) -> tuple[int, int]:
+        """A replica's port and its master's port."""
+        for port in self.ports:
+            info = self.call(port, "INFO", "replication")
+            if info.get("role") == "slave":
+                return port, int(info["master_port"])
+        raise RuntimeError("the cluster has no replica")
+
+    def name_on(self, port: int, namespace: str, prefix: str = "lane") -> str:
+        """A lane name whose keys (``{namespace:name}:...``) the master on ``port`` serves."""
+        ranges = [
+            (int(start), int(end))
+            for start, end, master, *_ in self.call(self.ports[0], "CLUSTER", "SLOTS")
+            if int(master[1]) == port
+        ]
+        for i in range(10_000):
+            name = f"{prefix}{i}"
+            slot = key_slot(f"{{{namespace}:{name}}}:cfg".encode())
+            if any(start <= slot <= end for start, end in ranges):
+                return name
+        raise RuntimeError(f"no lane name under {namespace!r} lands on node {port}")
+
+    def keys_in_slot(self, port: int, slot: int) -> list[str]:
+        """The keys node ``port`` holds in ``slot``."""
+        return list(self.call(port, "CLUSTER", "GETKEYSINSLOT", slot, 1000))
+
+    def move_slot(self, slot: int, target: int, *, keep_keys: bool = True) -> None:
+        """Move ``slot`` to the master on ``target``, as ``redis-cli --cluster reshard``
+        does: mark it importing and migrating, ``MIGRATE`` its keys (or, with
+        ``keep_keys=False``, delete them: a new owner without the data), then assign it
+        on every master; wait until every node agrees."""
+        source = self.owner(slot)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        self.call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        self.call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := self.keys_in_slot(source, slot):
+            if keep_keys:
+                self.call(source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+            else:
+                self.call(source, "DEL", *keys)
+        for port in [target, source, *(p for p in self.masters() if p not in (source, target))]:
+            self.call(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for port in self.ports:
+            what = f"node {port} sees slot {slot} on {target}"
+            wait_until(what, self._sees, port, [slot], target)
+
+    def failover(self, replica: int) -> None:
+        """Promote the replica on ``replica`` with a manual ``CLUSTER FAILOVER`` (its
+        master hands over once the replica has every write); wait until every node
+        sees it serve its master's slots."""
+        self.wait_replica(replica)
+        old = int(self.call(replica, "INFO", "replication")["master_port"])
+        slots = [int(s) for s, _, m, *_ in self.call(old, "CLUSTER", "SLOTS") if int(m[1]) == old]
+        self.call(replica, "CLUSTER", "FAILOVER")
+        for port in self.ports:
+            wait_until(f"node {port} sees {replica} promoted", self._sees, port, slots, replica)
 
 
 class TcpProxy:

@@ -40,8 +40,23 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+import redis
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, ResponseError
+import redis.cluster
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    ClusterDownError,
+    MovedError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -64,7 +79,7 @@ from . import scripts
 from .keys import LaneKeys, check_key_part
 
 if TYPE_CHECKING:
-    from redis.asyncio.connection import ConnectionPool
+    from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 __all__ = ["RedisLane"]
 
@@ -83,6 +98,13 @@ _LEASE_FRACTION = 0.8  # a client stops its job after this share of the lease un
 _HEARTBEATS_PER_LEASE = 3
 _MAX_QUEUED_REFRESH = 512  # queued jobs whose position one heartbeat refreshes
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+# Redis Cluster replies meaning the lane's slot is served elsewhere, is moving, or has no
+# serving node for now (a failover or a slot migration under way).
+_REDIRECTS = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
+# How a script fails when a key it touches is in a slot the node stopped serving.
+_NOT_LOCAL = "non local key"
+# redis-py's synchronous clients: refused with a hint to use the asyncio ones.
+_SYNC_CLIENTS = (redis.Redis, redis.cluster.RedisCluster)
 # Wake-up messages: kind -> how many space-free fields follow the job id.
 _MESSAGE_FIELDS = {"G": 1, "P": 2, "L": 1, "C": 0}
 
@@ -181,7 +203,9 @@ class RedisLane(LaneBase):
     Args:
         name: the lane's name (non-empty, no braces).
         redis: a URL (``redis://``, ``rediss://`` for TLS, with user and password for
-            ACL) or a ``redis.asyncio.Redis`` client (not closed by the lane).
+            ACL), a ``redis.asyncio.Redis`` client, or a
+            ``redis.asyncio.cluster.RedisCluster`` client for a Redis Cluster. A client
+            passed is not closed by the lane.
         max_concurrent: the lane-wide slot limit; None adopts the stored value (1 for a
             new lane). Given, it is stored for every process.
         policy: ``FIFO()``, ``Priority(...)`` or ``FairShare(...)``; None adopts the
@@ -194,12 +218,22 @@ class RedisLane(LaneBase):
         namespace: the key prefix (``{namespace:name}:...``).
         eta_window: how many recent run times the estimate averages; None adopts the
             stored value (16 for a new lane).
+        cluster: True when the URL names a node of a Redis Cluster: the lane then
+            builds a ``RedisCluster`` from it (``RedisCluster.from_url``) and talks to
+            whichever node serves the lane's hash slot, following failovers and slot
+            migrations. Implied by a ``RedisCluster`` client.
+
+    Raises:
+        TypeError: ``redis`` is neither a URL nor an asyncio client of redis-py, or
+            ``cluster=True`` comes with a ``redis.asyncio.Redis`` client; an option
+            has the wrong type.
+        ValueError: an option is out of range.
     """
 
     def __init__(
         self,
         name: str,
-        redis: str | aioredis.Redis,
+        redis: str | aioredis.Redis | RedisCluster,
         max_concurrent: int | None = None,
         *,
         policy: QueuePolicy | None = None,
@@ -207,6 +241,7 @@ class RedisLane(LaneBase):
         lease: float = 10.0,
         namespace: str = "executus",
         eta_window: int | None = None,
+        cluster: bool = False,
     ) -> None:
         self._name = check_key_part("name", name)
         check_key_part("namespace", namespace)
@@ -226,14 +261,28 @@ class RedisLane(LaneBase):
             raise TypeError(f"lease must be a number of seconds, got {lease!r}")
         if not math.isfinite(lease) or lease < 0.1:
             raise ValueError(f"lease must be >= 0.1 seconds, got {lease!r}")
+        if not isinstance(cluster, bool):
+            raise TypeError(f"cluster must be a bool, got {cluster!r}")
+        # The client that runs the scripts: the one passed, one made from a plain URL,
+        # or (on a cluster) one made for the node serving the lane's slot.
+        self._client: aioredis.Redis | None = None
+        self._url: str | None = None
+        self._given_cluster: RedisCluster | None = None
         if isinstance(redis, str):
-            self._url: str | None = redis
-            self._client: aioredis.Redis | None = None
+            self._url = redis
+        elif isinstance(redis, RedisCluster):
+            self._given_cluster = redis
+            cluster = True
         elif isinstance(redis, aioredis.Redis):
-            self._url = None
+            if cluster:
+                raise TypeError(
+                    "cluster=True needs a URL or a redis.asyncio.cluster.RedisCluster "
+                    f"client, got a redis.asyncio.Redis client: {redis!r}"
+                )
             self._client = redis
         else:
-            raise TypeError(f"redis must be a URL or a redis.asyncio.Redis client, got {redis!r}")
+            raise TypeError(_client_type_message(redis))
+        self._cluster_mode = cluster
         self._namespace = namespace
         self._keys = LaneKeys(namespace, name)
         self._want_max = max_concurrent
@@ -257,6 +306,18 @@ class RedisLane(LaneBase):
         self._recover_lock = asyncio.Lock()
         self._blocking: aioredis.Redis | None = None
         self._own_client = False
+        # Redis Cluster: the cluster client (passed, or made from the URL) is used only
+        # to find the node serving the lane's slot; scripts and the blocking pop go to
+        # that node over plain clients (so batching works as on one server). A failed
+        # call marks the route stale (if no other call re-routed since it was sent) and
+        # the next attempt finds the node again, first where a MOVED reply pointed.
+        self._cluster: RedisCluster | None = None
+        self._own_cluster = False
+        self._node: tuple[str, int] | None = None
+        self._route_gen = 0
+        self._route_stale = False
+        self._route_hint: tuple[str, int] | None = None
+        self._route_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[Any]] = set()
         self._drained: list[asyncio.Future[None]] = []
@@ -302,23 +363,28 @@ class RedisLane(LaneBase):
                 return
             if self._closed:
                 raise LaneClosed(self._name)
-            if self._client is None:
-                assert self._url is not None
-                self._client = aioredis.Redis.from_url(
-                    self._url,
-                    socket_timeout=self._op_timeout,
-                    socket_connect_timeout=self._op_timeout,
-                )
-                self._own_client = True
-            pool: ConnectionPool = self._client.connection_pool
-            kwargs = dict(pool.connection_kwargs)
-            kwargs["socket_timeout"] = self._block + 5.0
-            kwargs.setdefault("socket_connect_timeout", self._op_timeout)
-            self._blocking = aioredis.Redis(
-                connection_pool=type(pool)(
-                    connection_class=pool.connection_class, max_connections=4, **kwargs
-                )
-            )
+            if self._cluster_mode:
+                # The node clients are made by the first call (``_route``).
+                if self._given_cluster is not None:
+                    self._cluster = self._given_cluster
+                elif self._cluster is None:
+                    assert self._url is not None
+                    self._cluster = RedisCluster.from_url(
+                        self._url,
+                        socket_timeout=self._op_timeout,
+                        socket_connect_timeout=self._op_timeout,
+                    )
+                    self._own_cluster = True
+            else:
+                if self._client is None:
+                    assert self._url is not None
+                    self._client = aioredis.Redis.from_url(
+                        self._url,
+                        socket_timeout=self._op_timeout,
+                        socket_connect_timeout=self._op_timeout,
+                    )
+                    self._own_client = True
+                self._blocking = self._blocking_client(self._client)
             try:
                 await self._attach(first=True)
             except BaseException:
@@ -332,16 +398,97 @@ class RedisLane(LaneBase):
                 loop.create_task(self._beat_loop(), name=f"executus-redis-beat-{self._name}"),
             ]
 
+    def _blocking_client(self, client: aioredis.Redis) -> aioredis.Redis:
+        """A client like ``client`` (same server, credentials, TLS) for the blocking
+        pop, whose socket timeout outlasts the pop's own."""
+        pool: ConnectionPool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        kwargs["socket_timeout"] = self._block + 5.0
+        kwargs.setdefault("socket_connect_timeout", self._op_timeout)
+        return aioredis.Redis(
+            connection_pool=type(pool)(
+                connection_class=pool.connection_class, max_connections=4, **kwargs
+            )
+        )
+
     async def _close_clients(self) -> None:
         if self._blocking is not None:
-            with contextlib.suppress(Exception):
-                await self._blocking.aclose()
-                await self._blocking.connection_pool.disconnect()
+            await _close_client(self._blocking)
             self._blocking = None
         if self._own_client and self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
+            await _close_client(self._client)
             self._client = None
+        self._node = None
+        if self._own_cluster and self._cluster is not None:
+            with contextlib.suppress(Exception):
+                await self._cluster.aclose()
+            self._cluster = None
+
+    # -- Redis Cluster ---------------------------------------------------------------
+
+    def _slot(self) -> int:
+        return key_slot(self._keys.cfg.encode("utf-8"))
+
+    def _route_failed(self, gen: int, error: BaseException) -> None:
+        """A call sent on route ``gen`` failed with ``error``: find the node again
+        before the next attempt, unless another call has re-routed since."""
+        if self._cluster_mode and gen == self._route_gen:
+            self._route_stale = True
+            if isinstance(error, MovedError):
+                self._route_hint = (error.host, int(error.port))
+
+    async def _route(self) -> None:
+        """Point the lane's clients at the node serving its slot (Redis Cluster only).
+
+        Runs before a call when there is no route yet or the last one failed: the node
+        is where a MOVED reply pointed, else where the cluster's refreshed slot map
+        says. A new node gets new clients (the cluster client's connection settings:
+        credentials, TLS, timeouts); calls in flight on the old ones fail and are
+        retried. If the new node lacks the lane's state, the next script reports it
+        and the lane's recovery (``attach``) rebuilds it.
+
+        Raises:
+            RedisConnectionError: the lane's clients were closed.
+            RedisClusterException: no node of the cluster could be reached or none
+                serves the slot (retried by ``_call`` like a lost connection).
+        """
+        async with self._route_lock:
+            if self._client is not None and not self._route_stale:
+                return  # another call routed while this one waited
+            if self._closed and not self._started:
+                raise RedisConnectionError("the lane's client is closed")
+            cluster = self._cluster
+            assert cluster is not None
+            hint, self._route_hint = self._route_hint, None
+            if self._node is None:
+                await cluster.initialize()
+            elif hint is None:
+                await cluster.nodes_manager.initialize()
+            if hint is not None:
+                host, port = cluster.nodes_manager.remap_host_port(*hint)
+                node = cluster.get_node(host=host, port=port)
+            else:
+                node = cluster.get_node_from_key(self._keys.cfg)
+                if node is None:  # pragma: no cover - only replica lookups return None
+                    raise RedisClusterException(f"no node serves hash slot {self._slot()}")
+                host, port = node.host, int(node.port)
+            if self._client is None or self._node != (host, port):
+                # Same settings as the cluster client's connections to that node (or,
+                # for a node it does not know yet, to any node), aimed at this one.
+                template = node or cluster.get_default_node() or cluster.get_nodes()[0]
+                kwargs = dict(template.connection_kwargs)
+                kwargs.update(host=host, port=port)
+                kwargs.pop("redis_connect_func", None)  # READONLY mode: replicas only
+                client = _node_client(template.connection_class, kwargs)
+                old = (self._client, self._blocking)
+                self._client, self._blocking = client, self._blocking_client(client)
+                self._own_client = True
+                self._node = (host, port)
+                for c in old:
+                    if c is not None:
+                        await _close_client(c)
+            self._route_stale = False
+            self._route_gen += 1
 
     async def _evalsha(self, script: scripts.Script, argv: Sequence[str]) -> Any:
         """Run a script in the next batch: every script call made in one turn of the
@@ -413,6 +560,9 @@ class RedisLane(LaneBase):
         """Run one script; retry connection failures within ``budget`` seconds.
 
         Every script is safe to retry: submit is idempotent by nonce, release by fence.
+        On a Redis Cluster, a redirection (the slot moved, is moving, or lost its node
+        for a moment) and a lost connection also find the slot's node again
+        (``_route``) before the next attempt.
 
         Raises:
             LaneUnavailable: Redis stayed unreachable, or refused the script.
@@ -421,34 +571,69 @@ class RedisLane(LaneBase):
         deadline = time.monotonic() + (self._retry_budget if budget is None else budget)
         delay = 0.02
         while True:
+            gen = self._route_gen
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
                 # cancellation that races with the reply.
                 async with asyncio.timeout(self._op_timeout):
+                    if self._cluster_mode and (self._client is None or self._route_stale):
+                        await self._route()
+                        gen = self._route_gen
                     reply = await self._evalsha(script, argv)
             except AuthenticationError as e:
                 # Retrying cannot help: the URL's (or client's) credentials are wrong.
-                raise LaneUnavailable(
-                    f"lane {self._name!r}: Redis refused the credentials ({type(e).__name__}: {e})"
-                ) from e
+                raise self._refused_credentials(e) from e
             except ResponseError as e:
-                if isinstance(e, NoPermissionError) or "can't run this command" in str(e):
+                if self._cluster_mode and (isinstance(e, _REDIRECTS) or _NOT_LOCAL in str(e)):
+                    # The slot moved, is moving or lost its node for a moment: find its
+                    # node again and retry there.
+                    self._route_failed(gen, e)
+                    if time.monotonic() + delay > deadline:
+                        raise LaneUnavailable(
+                            f"lane {self._name!r}: Redis Cluster did not serve the lane's "
+                            f"hash slot {self._slot()} within the retry budget "
+                            f"({type(e).__name__}: {e})"
+                        ) from e
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.25)
+                    continue
+                if isinstance(e, AskError):  # MOVED or ASK to a single-server client
                     raise LaneUnavailable(
-                        f"lane {self._name!r}: the Redis user lacks a permission the lane "
-                        f"needs ({e}); it needs the keys '~{{{self._namespace}:*' "
-                        "and the commands listed in the ACL section of docs/redis.md"
+                        f"lane {self._name!r}: Redis is a cluster node that does not serve "
+                        f"the lane's hash slot {self._slot()} ({type(e).__name__}: {e}); "
+                        "pass cluster=True with the URL, or a "
+                        "redis.asyncio.cluster.RedisCluster client"
                     ) from e
+                if isinstance(e, NoPermissionError) or "can't run this command" in str(e):
+                    raise self._lacks_permission(e) from e
                 raise LaneUnavailable(
                     f"lane {self._name!r}: Redis refused the {name} script: {e} "
                     f"(if the lane's keys are damaged, delete the keys under "
                     f"{self._keys.prefix!r} to reset it)"
                 ) from e
-            except _TRANSIENT as e:
+            except (*_TRANSIENT, RedisClusterException) as e:
                 if _untrusted(e):
                     raise LaneUnavailable(
                         f"lane {self._name!r}: the TLS certificate of Redis was not "
                         f"trusted ({e}); pass the CA with ssl_ca_certs=... in the URL"
                     ) from e
+                if isinstance(e, RedisClusterException):
+                    # Finding the slot's node failed; the cluster client wraps the
+                    # reason (bad credentials, a user without CLUSTER SLOTS, a server
+                    # not in cluster mode).
+                    cause = _cause(e, AuthenticationError)
+                    if cause is not None:
+                        raise self._refused_credentials(cause) from e
+                    denied = _cause(e, NoPermissionError)
+                    if denied is not None:
+                        raise self._lacks_permission(denied) from e
+                    if "not enabled" in str(e).lower():
+                        raise LaneUnavailable(
+                            f"lane {self._name!r}: cluster=True (or a RedisCluster client), "
+                            f"but that Redis is not in cluster mode ({e}); pass its URL "
+                            "without cluster=True"
+                        ) from e
+                self._route_failed(gen, e)
                 if time.monotonic() + delay > deadline:
                     raise LaneUnavailable(
                         f"lane {self._name!r}: Redis is unreachable ({type(e).__name__}: {e})"
@@ -461,6 +646,18 @@ class RedisLane(LaneBase):
                     f"lane {self._name!r}: unexpected reply to the {name} script: {reply!r:.100}"
                 )
             return reply
+
+    def _lacks_permission(self, error: BaseException) -> LaneUnavailable:
+        return LaneUnavailable(
+            f"lane {self._name!r}: the Redis user lacks a permission the lane needs "
+            f"({error}); it needs the keys '~{{{self._namespace}:*' and the commands "
+            "listed in the ACL section of docs/redis.md"
+        )
+
+    def _refused_credentials(self, error: BaseException) -> LaneUnavailable:
+        return LaneUnavailable(
+            f"lane {self._name!r}: Redis refused the credentials ({type(error).__name__}: {error})"
+        )
 
     async def _eval(
         self, name: str, args: Sequence[str], *, budget: float | None = None
@@ -1058,7 +1255,9 @@ class RedisLane(LaneBase):
                 if self._stopping:
                     return
                 # Lost connection, a hung socket, or a damaged key: drop the
-                # connection, resynchronise through a heartbeat, back off.
+                # connection, resynchronise through a heartbeat, back off. On a
+                # cluster, a slot that moved ends the pop with MOVED: the heartbeat's
+                # call follows it and replaces ``self._blocking`` (``_route``).
                 with contextlib.suppress(Exception):
                     await blocking.connection_pool.disconnect()
                 self._hb_kick.set()
@@ -1421,14 +1620,49 @@ async def _shielded(coro: Awaitable[T]) -> T:
                 raise
 
 
+def _client_type_message(value: object) -> str:
+    """Why ``value`` is refused as a lane's ``redis`` argument, for a ``TypeError``."""
+    message = (
+        "redis must be a URL or a redis.asyncio.Redis client (or a "
+        f"redis.asyncio.cluster.RedisCluster client for a Redis Cluster), got {value!r}"
+    )
+    if isinstance(value, _SYNC_CLIENTS):
+        message += " (a synchronous client: pass its redis.asyncio counterpart)"
+    return message
+
+
+def _node_client(
+    connection_class: type[AbstractConnection], kwargs: dict[str, Any]
+) -> aioredis.Redis:
+    """A plain client of one cluster node, with the cluster client's connection settings."""
+    pool: ConnectionPool = aioredis.ConnectionPool(connection_class=connection_class, **kwargs)
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def _close_client(client: aioredis.Redis) -> None:
+    """Close a client of the lane's own and its connections (in-flight calls fail)."""
+    with contextlib.suppress(Exception):
+        await client.aclose()
+        await client.connection_pool.disconnect()
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _cause(error: BaseException, kind: type[_E]) -> _E | None:
+    """The first exception of type ``kind`` in ``error``'s chain of causes, if any."""
+    seen: BaseException | None = error
+    for _ in range(4):
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _untrusted(error: BaseException) -> bool:
     """True when a connection failed because the server's certificate was not trusted
     (a setting to fix, not an outage to wait out)."""
-    seen: BaseException | None = error
-    for _ in range(4):  # the SSL error sits a link or two down the chain
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    # The SSL error sits a link or two down the chain.
+    return _cause(error, ssl.SSLCertVerificationError) is not None
