@@ -285,6 +285,7 @@ class RedisLane(LaneBase):
         self._cluster_mode = cluster
         self._namespace = namespace
         self._keys = LaneKeys(namespace, name)
+        self._cfg_arg = _bulk(self._keys.cfg)  # every script's one key, packed once
         self._want_max = max_concurrent
         self._want_policy = policy
         self._want_preemption = preemption
@@ -494,7 +495,8 @@ class RedisLane(LaneBase):
         """Run a script in the next batch: every script call made in one turn of the
         event loop goes out in one pipelined write and one round trip (auto-pipelining,
         as ioredis does), which is what lets many submitters share one connection's
-        system calls."""
+        system calls. The batch is packed here and its replies read straight off one
+        pooled connection, under one timeout (``_send``)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batch.append((script, argv, fut))
         if not self._flush_scheduled:
@@ -516,19 +518,7 @@ class RedisLane(LaneBase):
             if client is None:
                 raise RedisConnectionError("the lane's client is closed")
             async with asyncio.timeout(self._op_timeout):
-                if len(batch) == 1:
-                    script, argv, _ = batch[0]
-                    try:
-                        results: list[Any] = [
-                            await client.evalsha(script.sha, 1, self._keys.cfg, *argv)
-                        ]
-                    except ResponseError as e:
-                        results = [e]
-                else:
-                    pipe = client.pipeline(transaction=False)
-                    for script, argv, _ in batch:
-                        pipe.evalsha(script.sha, 1, self._keys.cfg, *argv)
-                    results = await pipe.execute(raise_on_error=False)
+                results = await _round_trip(client, _pack_batch(self._cfg_arg, batch), len(batch))
                 for i, (script, argv, _) in enumerate(batch):
                     if isinstance(results[i], NoScriptError):
                         # The server does not know it (restarted, flushed, a new node).
@@ -573,13 +563,14 @@ class RedisLane(LaneBase):
         while True:
             gen = self._route_gen
             try:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
-                # cancellation that races with the reply.
-                async with asyncio.timeout(self._op_timeout):
-                    if self._cluster_mode and (self._client is None or self._route_stale):
+                if self._cluster_mode and (self._client is None or self._route_stale):
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                    # cancellation that races with the reply.
+                    async with asyncio.timeout(self._op_timeout):
                         await self._route()
-                        gen = self._route_gen
-                    reply = await self._evalsha(script, argv)
+                    gen = self._route_gen
+                # The batch it joins is bounded by one timeout (``_send``).
+                reply = await self._evalsha(script, argv)
             except AuthenticationError as e:
                 # Retrying cannot help: the URL's (or client's) credentials are wrong.
                 raise self._refused_credentials(e) from e
@@ -1234,23 +1225,19 @@ class RedisLane(LaneBase):
     async def _wake_loop(self) -> None:
         """Block on this client's wake-up list; a watchdog bounds every wait."""
         key = self._keys.wake(self._client_id)
+        packed = b"*3\r\n$5\r\nBLPOP\r\n" + _bulk(key) + _bulk(f"{self._block:.3f}")
         delay = 0.05
         while True:
             blocking = self._blocking
             assert blocking is not None
-            pop = asyncio.ensure_future(blocking.blpop([key], timeout=self._block))
             try:
-                done, _ = await asyncio.wait([pop], timeout=self._block + 3.0)
-            except asyncio.CancelledError:
-                await self._abandon_pop(pop, blocking)
-                raise
-            try:
-                if not done:
-                    # The watchdog: no reply well after the server's own timeout (a
-                    # half-open connection). Close the socket, then drop the call.
-                    await self._abandon_pop(pop, blocking)
-                    raise TimeoutError("BLPOP outlived its timeout")
-                item = pop.result()
+                # The watchdog: no reply well after the server's own timeout (a
+                # half-open connection) ends the wait and closes the socket.
+                async with asyncio.timeout(self._block + 3.0):
+                    replies = await _round_trip(blocking, packed, 1)
+                item = replies[0]
+                if isinstance(item, Exception):
+                    raise item
             except Exception:
                 if self._stopping:
                     return
@@ -1267,17 +1254,6 @@ class RedisLane(LaneBase):
             delay = 0.05
             if item is not None:
                 self._on_message(item[1])
-
-    @staticmethod
-    async def _abandon_pop(pop: asyncio.Future[Any], blocking: aioredis.Redis) -> None:
-        # Closing the socket first makes the pending read fail at once; a cancelled
-        # blocking read could otherwise wait for a reply that never comes.
-        with contextlib.suppress(Exception):
-            await blocking.connection_pool.disconnect()
-        pop.cancel()
-        await asyncio.wait([pop], timeout=1.0)
-        if pop.done() and not pop.cancelled():
-            pop.exception()  # retrieved: nothing to report
 
     async def _beat_loop(self) -> None:
         """Renew leases every lease/3; stop jobs whose lease ran out unrenewed."""
@@ -1666,3 +1642,67 @@ def _untrusted(error: BaseException) -> bool:
     (a setting to fix, not an outage to wait out)."""
     # The SSL error sits a link or two down the chain.
     return _cause(error, ssl.SSLCertVerificationError) is not None
+
+
+def _bulk(arg: str | bytes) -> bytes:
+    data = arg if isinstance(arg, bytes) else arg.encode("utf-8")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _pack_batch(
+    cfg: bytes, batch: Sequence[tuple[scripts.Script, Sequence[str], asyncio.Future[Any]]]
+) -> bytes:
+    """``EVALSHA sha 1 cfg argv...`` for every call of a batch, in RESP, one buffer."""
+    parts: list[bytes] = []
+    for script, argv, _ in batch:
+        parts.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + len(argv)))
+        parts.append(_bulk(script.sha))
+        parts.append(b"$1\r\n1\r\n")
+        parts.append(cfg)
+        parts.extend(map(_bulk, argv))
+    return b"".join(parts)
+
+
+async def _round_trip(client: aioredis.Redis, packed: bytes, replies: int) -> list[Any]:
+    """Send ``packed`` (``replies`` commands) on one pooled connection of ``client`` and
+    read every reply; a reply that is an error is returned, not raised.
+
+    The caller bounds the whole exchange with one timeout, so no read sets its own. If
+    the exchange stops part way (an error, a timeout, a cancellation), the connection is
+    closed before it returns to the pool: it may still carry unread replies.
+    """
+    pool = client.connection_pool
+    conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await _write(conn, packed)
+        results: list[Any] = []
+        for _ in range(replies):
+            try:
+                results.append(await conn.read_response(timeout=math.inf))
+            except ResponseError as e:
+                results.append(e)
+        return results
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
+
+
+async def _write(conn: AbstractConnection, packed: bytes) -> None:
+    """Write to a connected connection's stream at once; else through redis-py.
+
+    redis-py's ``send_packed_command`` bounds each write with ``wait_for``, which on
+    Python 3.11 runs the write in a new task, a loop turn later. The callers here bound
+    the whole exchange already, so a connected stream is written directly.
+    """
+    writer: asyncio.StreamWriter | None = getattr(conn, "_writer", None)
+    if writer is None or not conn.is_connected:
+        await conn.send_packed_command(packed, check_health=False)
+        return
+    try:
+        writer.write(packed)
+        await writer.drain()
+    except OSError as e:
+        raise RedisConnectionError(f"Error while writing to Redis: {e}") from e
