@@ -436,6 +436,64 @@ def test_redis_url_without_redis_backend_is_a_clear_error(
     assert e.value.key == "REDIS_URL"
 
 
+def test_redis_cluster_is_read_from_env_and_toml(tmp_path: Path) -> None:
+    """REDIS_CLUSTER is a boolean beside REDIS_URL, from the environment or a TOML file."""
+    pytest.importorskip("executus.redis", reason="executus.redis is not available")
+    url = "redis://127.0.0.1:1"
+    assert Lanes(env(REDIS_URL=url)).redis_cluster is False
+    assert Lanes(env(REDIS_URL=url, REDIS_CLUSTER="yes")).redis_cluster is True
+    assert Lanes(env(REDIS_URL=url, REDIS_CLUSTER="0")).redis_cluster is False
+    assert Lanes(None).redis_cluster is False
+    path = tmp_path / "bot.toml"
+    path.write_text(f'redis_url = "{url}"\nredis_cluster = true\n')
+    assert Lanes(TomlSource(path)).redis_cluster is True
+
+
+@pytest.mark.parametrize(
+    ("variables", "message", "value"),
+    [
+        (
+            {"REDIS_URL": "redis://127.0.0.1:1", "REDIS_CLUSTER": "maybe"},
+            "config key 'REDIS_CLUSTER' ($EXECUTUS_REDIS_CLUSTER): expected a boolean "
+            "(true/false, yes/no, on/off, 1/0), got 'maybe'",
+            "maybe",
+        ),
+        (
+            {"REDIS_CLUSTER": "true"},
+            "config key 'REDIS_CLUSTER' ($EXECUTUS_REDIS_CLUSTER) applies only to Redis "
+            "lanes, and REDIS_URL is not set (got 'true')",
+            "true",
+        ),
+        (
+            {"REDIS_CLUSTER": "off"},
+            "config key 'REDIS_CLUSTER' ($EXECUTUS_REDIS_CLUSTER) applies only to Redis "
+            "lanes, and REDIS_URL is not set (got 'off')",
+            "off",
+        ),
+    ],
+)
+def test_redis_cluster_refuses_bad_values_and_a_missing_url(
+    variables: dict[str, str], message: str, value: str
+) -> None:
+    """A malformed REDIS_CLUSTER, or one without REDIS_URL, fails at load naming key and value."""
+    with pytest.raises(ConfigError) as e:
+        Lanes(env(**variables))
+    assert str(e.value) == message
+    assert (e.value.key, e.value.value) == ("REDIS_CLUSTER", value)
+
+
+def test_redis_cluster_error_names_the_toml_file(tmp_path: Path) -> None:
+    """A bad redis_cluster in TOML is reported with its path in the file."""
+    path = tmp_path / "bot.toml"
+    path.write_text('redis_url = "redis://127.0.0.1:1"\nredis_cluster = "sometimes"\n')
+    with pytest.raises(ConfigError) as e:
+        Lanes(TomlSource(path))
+    assert str(e.value) == (
+        f"config key 'REDIS_CLUSTER' (redis_cluster in {path}): expected a boolean "
+        "(true/false, yes/no, on/off, 1/0), got 'sometimes'"
+    )
+
+
 # -- reload ---------------------------------------------------------------------------------------
 
 
@@ -585,5 +643,45 @@ async def test_redis_url_builds_redis_lanes(redis_url: str) -> None:
         values["EXECUTUS_LANE_GPU_MAX_CONCURRENT"] = "3"
         assert (await lanes.reload()).applied == (("gpu", "max_concurrent"),)
         assert (await lane.stats()).max_concurrent == 3
+    finally:
+        await lanes.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_cluster_reaches_the_lane(redis_url: str) -> None:
+    """REDIS_CLUSTER=true builds cluster lanes: on a server not in cluster mode they say so."""
+    from executus import LaneUnavailable
+
+    values = {"EXECUTUS_REDIS_URL": redis_url, "EXECUTUS_REDIS_NAMESPACE": "cfgcluster"}
+    async with Lanes(EnvSource(environ={**values, "EXECUTUS_REDIS_CLUSTER": "true"})) as lanes:
+        with pytest.raises(LaneUnavailable) as e:
+            await lanes.get("gpu").run(lambda: asyncio.sleep(0, "ok"))
+        assert str(e.value).startswith(
+            "lane 'gpu': cluster=True (or a RedisCluster client), but that Redis is not in "
+            "cluster mode ("
+        )
+    async with Lanes(EnvSource(environ={**values, "EXECUTUS_REDIS_CLUSTER": "false"})) as lanes:
+        assert await lanes.get("gpu").run(lambda: asyncio.sleep(0, "ok")) == "ok"
+
+
+@pytest.mark.redis
+async def test_reload_reports_a_changed_redis_cluster_as_pending(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Turning REDIS_CLUSTER on leaves a live lane as it is and reports it pending restart."""
+    values = {"EXECUTUS_REDIS_URL": redis_url, "EXECUTUS_REDIS_NAMESPACE": "cfgreload"}
+    lanes = Lanes(EnvSource(environ=values))
+    lane = lanes.get("gpu")
+    try:
+        values["EXECUTUS_REDIS_CLUSTER"] = "1"
+        with caplog.at_level(logging.WARNING, logger="executus.config"):
+            result = await lanes.reload()
+        assert result == ReloadResult(pending_restart=(("gpu", "redis_cluster"),))
+        assert caplog.messages == [
+            "lane 'gpu': redis_cluster changed in config (False -> True); a live lane keeps "
+            "its redis_cluster, the new one applies to lanes built afterwards"
+        ]
+        assert lanes.redis_cluster is True
+        assert await lane.run(lambda: asyncio.sleep(0, "ok")) == "ok"
     finally:
         await lanes.aclose()

@@ -846,6 +846,7 @@ class _Snapshot:
 
     redis_url: str | None
     redis_namespace: str | None
+    redis_cluster: bool
     lanes: Mapping[str, LaneSettings]
 
 
@@ -857,8 +858,8 @@ class ReloadResult:
         applied: ``(lane, setting)`` pairs changed on live lanes, e.g.
             ``("ollama", "max_concurrent")``.
         pending_restart: ``(lane, setting)`` pairs that changed in config but cannot
-            change on a live lane (the policy, the lease, the backend); they apply to
-            lanes created afterwards.
+            change on a live lane (the policy, the lease, the backend: ``redis_url``,
+            ``redis_cluster``); they apply to lanes created afterwards.
     """
 
     applied: tuple[tuple[str, str], ...] = ()
@@ -895,6 +896,7 @@ class _Effective:
     lease: float | None
     redis_url: str | None
     redis_namespace: str | None = None
+    redis_cluster: bool = False
 
 
 _REDIS_MODULE = "executus.redis"
@@ -911,8 +913,9 @@ class Lanes:
     ``_PREEMPT_GRACE``, ``_PREEMPT_REQUEUE``, ``LANE_OLLAMA_ETA_WINDOW`` and (Redis
     only) ``LANE_OLLAMA_LEASE``. Names match case-insensitively, with ``-`` and ``_``
     alike. With ``REDIS_URL`` set (``$EXECUTUS_REDIS_URL``, or ``redis_url`` in TOML),
-    lanes are ``executus.redis.RedisLane`` (namespace from ``REDIS_NAMESPACE``);
-    otherwise in-process ``Lane``.
+    lanes are ``executus.redis.RedisLane`` (namespace from ``REDIS_NAMESPACE``; with
+    ``REDIS_CLUSTER`` true, ``REDIS_URL`` names a node of a Redis Cluster and the lanes
+    are built with ``cluster=True``); otherwise in-process ``Lane``.
 
     Everything is validated when the registry is built (and again on ``reload``):
     malformed values and unknown ``LANE_*`` keys are ``ConfigError`` at load, not at
@@ -927,8 +930,9 @@ class Lanes:
         clock: passed to every in-process ``Lane`` (tests use ``ManualClock``).
 
     Raises:
-        ConfigError: a setting is malformed or unknown, or ``REDIS_URL`` is set and
-            ``executus.redis`` cannot be imported.
+        ConfigError: a setting is malformed or unknown, ``REDIS_CLUSTER`` is set without
+            ``REDIS_URL``, or ``REDIS_URL`` is set and ``executus.redis`` cannot be
+            imported.
 
     Example::
 
@@ -954,16 +958,25 @@ class Lanes:
     def _load(self) -> _Snapshot:
         source = self.source
         if source is None:
-            return _Snapshot(None, None, {})
+            return _Snapshot(None, None, False, {})
         redis_url = get_str(source, "REDIS_URL")
         namespace = get_str(source, "REDIS_NAMESPACE")
+        cluster = get_bool(source, "REDIS_CLUSTER")
+        if cluster is not None and redis_url is None:
+            raw = get_str(source, "REDIS_CLUSTER", "")
+            raise ConfigError(
+                f"config key 'REDIS_CLUSTER' ({_where(source, 'REDIS_CLUSTER')}) applies only "
+                f"to Redis lanes, and REDIS_URL is not set (got {raw!r})",
+                key="REDIS_CLUSTER",
+                value=raw,
+            )
         if redis_url is not None:
             self._redis_lane_class()  # fail at load when executus.redis is missing
         lanes = {
             token: _read_lane(source, token, redis=redis_url is not None)
             for token in sorted(_configured_tokens(source))
         }
-        return _Snapshot(redis_url, namespace, lanes)
+        return _Snapshot(redis_url, namespace, bool(cluster), lanes)
 
     @staticmethod
     def _redis_lane_class() -> Any:
@@ -998,6 +1011,11 @@ class Lanes:
         """The configured Redis URL, or None for in-process lanes."""
         return self._snapshot.redis_url
 
+    @property
+    def redis_cluster(self) -> bool:
+        """True when ``REDIS_URL`` names a node of a Redis Cluster (``REDIS_CLUSTER``)."""
+        return self._snapshot.redis_cluster
+
     # -- building --------------------------------------------------------------------------------
 
     def _effective(self, token: str, defaults: _Defaults, snap: _Snapshot) -> _Effective:
@@ -1018,6 +1036,7 @@ class Lanes:
             lease=s.lease,
             redis_url=snap.redis_url,
             redis_namespace=snap.redis_namespace,
+            redis_cluster=snap.redis_cluster,
         )
 
     def get(
@@ -1043,7 +1062,8 @@ class Lanes:
             eta_window: default ETA window (built-in: 16).
 
         Returns:
-            A ``Lane``, or a ``RedisLane`` when ``REDIS_URL`` is set.
+            A ``Lane``, or a ``RedisLane`` when ``REDIS_URL`` is set (``cluster=True``
+            when ``REDIS_CLUSTER`` is true).
 
         Raises:
             ValueError: ``name`` is empty.
@@ -1091,6 +1111,8 @@ class Lanes:
             kwargs["lease"] = eff.lease
         if eff.redis_namespace is not None:
             kwargs["namespace"] = eff.redis_namespace
+        if eff.redis_cluster:
+            kwargs["cluster"] = True
         params = inspect.signature(cls).parameters
         if "eta_window" in params:
             kwargs["eta_window"] = eff.eta_window
@@ -1113,9 +1135,9 @@ class Lanes:
         ``max_concurrent``, preemption and the ETA window change on a live lane at once
         (``set_max_concurrent`` and friends: no job is dropped; lowering the limit never
         cancels a running job). A changed **policy** (or weights, aging, lease, Redis
-        URL) cannot change under queued jobs: it is logged and reported in
-        ``pending_restart`` and applies to lanes built afterwards, as a database
-        reports settings that need a restart (PostgreSQL's ``pending_restart``).
+        URL, ``REDIS_CLUSTER``) cannot change under queued jobs: it is logged and
+        reported in ``pending_restart`` and applies to lanes built afterwards, as a
+        database reports settings that need a restart (PostgreSQL's ``pending_restart``).
 
         Reloading is all or nothing with respect to errors: when the new config is
         invalid, ``ConfigError`` is raised and no lane or lane setting changes. Sources
@@ -1156,6 +1178,7 @@ class Lanes:
                     ("policy", old.policy or FIFO(), new.policy or FIFO()),
                     ("lease", old.lease, new.lease),
                     ("redis_url", old.redis_url, new.redis_url),
+                    ("redis_cluster", old.redis_cluster, new.redis_cluster),
                 ):
                     if a != b:
                         pending.append((name, what))
@@ -1179,6 +1202,7 @@ class Lanes:
                     lease=old.lease,
                     redis_url=old.redis_url,
                     redis_namespace=old.redis_namespace,
+                    redis_cluster=old.redis_cluster,
                 )
             return ReloadResult(tuple(applied), tuple(pending))
 

@@ -50,6 +50,7 @@ def test_local_demo_runs_and_keeps_the_limits() -> None:
             "Invalid value for '--users': 'x' is not a valid integer range.",
         ),
         (["demo", "--namespace", "a{b"], "namespace must not contain '{' or '}', got 'a{b'"),
+        (["demo", "--cluster"], "Error: --cluster needs --redis URL (the URL of a node of the"),
         (["top", "--interval", "0"], "Invalid value for '--interval': 0.0 is not in the range"),
         (["bench", "--only", "nope"], "Invalid value for '--only': 'nope' is not one of"),
         (["frobnicate"], "No such command 'frobnicate'."),
@@ -62,6 +63,29 @@ def test_usage_errors_exit_2_on_stderr(args: list[str], message: str) -> None:
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["demo"], ["top"], ["lane", "set-max"], ["lane", "cancel"]])
+def test_every_redis_command_takes_cluster(args: list[str]) -> None:
+    """Every command with a Redis URL option has --cluster; those reading env name the variable."""
+    out = CliRunner().invoke(cli, [*args, "--help"]).stdout
+    assert "--cluster" in out
+    assert ("$EXECUTUS_REDIS_CLUSTER" in out) == (args != ["demo"])
+
+
+def test_bad_cluster_variable_is_a_usage_error_naming_it() -> None:
+    """$EXECUTUS_REDIS_CLUSTER that is not a boolean: exit 2, the variable and value named."""
+    for args in (["top", "--once"], ["lane", "set-max", "gpu", "2"]):
+        result = CliRunner().invoke(
+            cli,
+            [*args, "--redis", "redis://127.0.0.1:1/0"],
+            env={"EXECUTUS_REDIS_CLUSTER": "maybe"},
+        )
+        assert result.exit_code == 2
+        assert result.stderr.endswith(
+            "Error: Invalid value for '--cluster': $EXECUTUS_REDIS_CLUSTER must be a boolean "
+            "(true/false, yes/no, on/off, 1/0), got 'maybe'\n"
+        )
 
 
 def test_bench_runs_a_script_and_prints_its_table() -> None:

@@ -157,7 +157,12 @@ async def test_unknown_lane_and_bad_values_are_clear_errors(busy: Busy) -> None:
 def test_unreachable_redis_is_one_line_on_stderr() -> None:
     """No Redis at the URL: exit 1, one line naming it (password masked), no traceback."""
     url = f"redis://user:secret@127.0.0.1:{free_port()}/0"
-    for args in (["top", "--once"], ["lane", "set-max", "gpu", "2"]):
+    for args in (
+        ["top", "--once"],
+        ["lane", "set-max", "gpu", "2"],
+        ["top", "--once", "--cluster"],
+        ["lane", "cancel", "gpu", "q1", "--cluster"],
+    ):
         result = CliRunner().invoke(cli, [*args, "--redis", url])
         assert result.exit_code == 1
         masked = url.replace("secret", "***")
@@ -165,6 +170,30 @@ def test_unreachable_redis_is_one_line_on_stderr() -> None:
         assert result.stderr.count("\n") == 1
         assert "secret" not in result.output
         assert "Traceback" not in result.output
+
+
+async def test_cluster_flag_on_a_single_server_is_refused(busy: Busy) -> None:
+    """--cluster or $EXECUTUS_REDIS_CLUSTER with a server not in cluster mode: exit 1, says so."""
+    expected = (
+        f"Error: Redis at {busy.url} is not in cluster mode: drop --cluster "
+        "(or unset $EXECUTUS_REDIS_CLUSTER)\n"
+    )
+    base = ["--redis", busy.url, "--namespace", busy.namespace]
+    for args in (
+        ["top", "--once", "--cluster", *base],
+        ["lane", "set-max", "gpu", "4", "--cluster", *base],
+        ["demo", "--seconds", "1", "--cluster", *base],
+    ):
+        result = await invoke(args)
+        assert (result.exit_code, result.stderr) == (1, expected)
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        ["top", "--once", *base],
+        env={"EXECUTUS_REDIS_CLUSTER": "1"},
+    )
+    assert (result.exit_code, result.stderr) == (1, expected)
+    assert (await busy.lane.stats()).max_concurrent == 2
 
 
 def test_redis_demo_across_processes_holds_the_limit(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.live import Live
 
@@ -23,11 +24,16 @@ from .._redis.keys import LaneKeys, check_key_part
 
 if TYPE_CHECKING:
     import redis
+    import redis.cluster
 
 __all__ = ["cli", "main"]
 
 _URL_HELP = "Redis URL (default: $EXECUTUS_REDIS_URL, else redis://localhost:6379/0)."
 _DEFAULT_URL = "redis://localhost:6379/0"
+_CLUSTER_ENV = "EXECUTUS_REDIS_CLUSTER"
+_CLUSTER_HELP = (
+    f"The URL names a node of a Redis Cluster; reach every node (default: ${_CLUSTER_ENV})."
+)
 BENCHMARKS = ("lane", "scale", "eta", "fairness", "fanout", "redis")
 
 
@@ -60,14 +66,44 @@ def _lane_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         raise click.BadParameter(str(e)) from None
 
 
+class _EnvBool(click.types.BoolParamType):
+    """A flag's boolean; a bad value of its environment variable names the variable."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            if (
+                ctx is not None
+                and param is not None
+                and param.name is not None
+                and isinstance(param.envvar, str)
+                and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT
+            ):
+                self.fail(
+                    f"${param.envvar} must be a boolean (true/false, yes/no, on/off, 1/0), "
+                    f"got {value!r}",
+                    param,
+                    ctx,
+                )
+            raise
+
+
 def redis_options(f: Any) -> Any:
-    """``--redis`` and ``--namespace``."""
+    """``--redis``, ``--cluster`` and ``--namespace``."""
     f = click.option(
         "--namespace",
         default="executus",
         show_default=True,
         callback=_namespace,
         help="Key namespace of the lanes.",
+    )(f)
+    f = click.option(
+        "--cluster",
+        is_flag=True,
+        type=_EnvBool(),
+        envvar=_CLUSTER_ENV,
+        help=_CLUSTER_HELP,
     )(f)
     return click.option(
         "--redis",
@@ -90,24 +126,65 @@ def need_redis() -> Any:
     return redis
 
 
-@contextmanager
-def redis_client(url: str) -> Iterator[redis.Redis]:
-    """A client for ``url``, checked with PING; errors become one-line click errors."""
-    redis = need_redis()
+def _is_cluster_node(client: redis.Redis | redis.cluster.RedisCluster) -> bool:
+    """Whether the server runs in cluster mode (False if INFO is not allowed)."""
+    import redis
+
     try:
-        client = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
-        )
+        info = client.info("cluster")
+    except redis.ResponseError:  # an ACL user without INFO: assume a single server
+        return False
+    return str(info.get("cluster_enabled", "0")) == "1"
+
+
+@contextmanager
+def redis_client(
+    url: str, *, cluster: bool = False
+) -> Iterator[redis.Redis | redis.cluster.RedisCluster]:
+    """A client for ``url``, checked with PING; errors become one-line click errors.
+
+    With ``cluster``, a ``RedisCluster`` client found from the node ``url`` names (it
+    reaches every node). Without, a cluster node is refused: a plain client would see
+    only the lanes that node serves.
+    """
+    need_redis()
+    import redis.cluster
+
+    failed = (redis.RedisError, redis.RedisClusterException)
+    options: dict[str, Any] = {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "decode_responses": True,
+    }
+    client: redis.Redis | redis.cluster.RedisCluster
+    try:
+        if cluster:
+            client = redis.cluster.RedisCluster.from_url(url, **options)
+        else:
+            client = redis.Redis.from_url(url, **options)
     except ValueError as e:
         raise click.ClickException(f"bad Redis URL {safe_url(url)!r}: {e}") from None
+    except redis.RedisClusterException as e:
+        if "not enabled" in str(e).lower():
+            raise click.ClickException(
+                f"Redis at {safe_url(url)} is not in cluster mode: drop --cluster "
+                f"(or unset ${_CLUSTER_ENV})"
+            ) from None
+        raise click.ClickException(f"cannot reach Redis at {safe_url(url)}: {e}") from None
     try:
         try:
             client.ping()
-        except redis.RedisError as e:
+            wrong_mode = not cluster and _is_cluster_node(client)
+        except failed as e:
             raise click.ClickException(f"cannot reach Redis at {safe_url(url)}: {e}") from None
+        if wrong_mode:
+            raise click.ClickException(
+                f"Redis at {safe_url(url)} is a node of a Redis Cluster: pass --cluster "
+                f"(or set ${_CLUSTER_ENV}=1) to reach the lanes on every node"
+            )
         try:
             yield client
-        except redis.RedisError as e:
+        except failed as e:
             raise click.ClickException(f"Redis at {safe_url(url)} failed: {e}") from None
     finally:
         client.close()
@@ -157,6 +234,11 @@ def cli() -> None:
     help="Share one RedisLane across --processes processes in this Redis.",
 )
 @click.option(
+    "--cluster",
+    is_flag=True,
+    help="The --redis URL names a node of a Redis Cluster; reach every node.",
+)
+@click.option(
     "--processes",
     type=click.IntRange(min=1, max=32),
     default=3,
@@ -176,6 +258,7 @@ def demo(
     policy: str,
     seed: int,
     url: str | None,
+    cluster: bool,
     processes: int,
     namespace: str,
 ) -> None:
@@ -184,24 +267,24 @@ def demo(
     Users send requests to a GPU lane (2 slots, preemption with requeue) and an API lane
     (2 slots); one user floods, a batch key sends long preemptible jobs, an admin sends
     urgent ones, and some requests carry a max_wait and are refused at once. With
-    --redis, N processes share one RedisLane and the limit is checked lane-wide.
+    --redis, N processes share one RedisLane (with --cluster, on a Redis Cluster) and
+    the limit is checked lane-wide.
     """
     from ._demo import DemoSettings, run_local_demo
 
+    if cluster and url is None:
+        raise click.UsageError("--cluster needs --redis URL (the URL of a node of the cluster)")
     settings = DemoSettings(seconds=seconds, users=users, policy=policy, seed=seed)
     console = Console()
     if url is None:
         code = run_local_demo(settings, console)
     else:
-        redis = need_redis()
+        need_redis()
         from ._redis_demo import RedisDemo, run_redis_demo
 
-        try:
-            code = run_redis_demo(settings, RedisDemo(url, namespace, processes), console)
-        except ValueError as e:
-            raise click.ClickException(f"bad Redis URL {safe_url(url)!r}: {e}") from None
-        except redis.RedisError as e:
-            raise click.ClickException(f"cannot reach Redis at {safe_url(url)}: {e}") from None
+        with redis_client(url, cluster=cluster) as client:
+            where = RedisDemo(url, namespace, processes, cluster)
+            code = run_redis_demo(settings, where, console, client)
     if code:
         raise SystemExit(code)
 
@@ -209,7 +292,13 @@ def demo(
 # -- top -----------------------------------------------------------------------------
 
 
-def _json_loop(client: redis.Redis, url: str, namespace: str, once: bool, interval: float) -> None:
+def _json_loop(
+    client: redis.Redis | redis.cluster.RedisCluster,
+    url: str,
+    namespace: str,
+    once: bool,
+    interval: float,
+) -> None:
     from ._top import read_lanes
 
     while True:
@@ -236,7 +325,9 @@ def _json_loop(client: redis.Redis, url: str, namespace: str, once: bool, interv
     show_default=True,
     help="Seconds between refreshes.",
 )
-def top(url: str, namespace: str, once: bool, as_json: bool, interval: float) -> None:
+def top(
+    url: str, cluster: bool, namespace: str, once: bool, as_json: bool, interval: float
+) -> None:
     """Show every lane in a Redis live: slots, queue by key, waits, throughput.
 
     Read-only: the view never joins a lane. Ctrl-C stops it. With --once --json, one
@@ -245,7 +336,7 @@ def top(url: str, namespace: str, once: bool, as_json: bool, interval: float) ->
     need_redis()
     from ._top import now_text, read_lanes, render_lanes
 
-    with redis_client(url) as client:
+    with redis_client(url, cluster=cluster) as client:
 
         def title() -> str:
             return f"executus top - {safe_url(url)} namespace {namespace!r} - {now_text()}"
@@ -277,7 +368,9 @@ def lane() -> None:
     """Change a lane stored in a Redis."""
 
 
-def _existing_lane(client: redis.Redis, namespace: str, name: str, url: str) -> None:
+def _existing_lane(
+    client: redis.Redis | redis.cluster.RedisCluster, namespace: str, name: str, url: str
+) -> None:
     from ._top import find_lanes
 
     if client.hget(LaneKeys(namespace, name).cfg, "v") is not None:
@@ -289,10 +382,12 @@ def _existing_lane(client: redis.Redis, namespace: str, name: str, url: str) -> 
     )
 
 
-async def _with_lane(url: str, namespace: str, name: str, action: str, arg: str) -> Any:
+async def _with_lane(
+    url: str, cluster: bool, namespace: str, name: str, action: str, arg: str
+) -> Any:
     from ..redis import RedisLane
 
-    redis_lane = RedisLane(name, url, namespace=namespace)
+    redis_lane = RedisLane(name, url, namespace=namespace, cluster=cluster)
     try:
         if action == "set-max":
             before = (await redis_lane.stats()).max_concurrent
@@ -308,17 +403,17 @@ async def _with_lane(url: str, namespace: str, name: str, action: str, arg: str)
 @redis_options
 @click.argument("name", callback=_lane_name)
 @click.argument("n", type=int)
-def set_max(url: str, namespace: str, name: str, n: int) -> None:
+def set_max(url: str, cluster: bool, namespace: str, name: str, n: int) -> None:
     """Set lane NAME's max_concurrent to N, for every process at once.
 
     Raising it starts queued jobs at once; lowering it never cancels a running job.
     """
     if n < 1:
         raise click.BadParameter(f"max_concurrent must be >= 1, got {n}", param_hint="'N'")
-    with redis_client(url) as client:
+    with redis_client(url, cluster=cluster) as client:
         _existing_lane(client, namespace, name, url)
     try:
-        before = asyncio.run(_with_lane(url, namespace, name, "set-max", str(n)))
+        before = asyncio.run(_with_lane(url, cluster, namespace, name, "set-max", str(n)))
     except LaneError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"lane {name!r}: max_concurrent {before} -> {n}")
@@ -328,17 +423,17 @@ def set_max(url: str, namespace: str, name: str, n: int) -> None:
 @redis_options
 @click.argument("name", callback=_lane_name)
 @click.argument("job_id")
-def cancel(url: str, namespace: str, name: str, job_id: str) -> None:
+def cancel(url: str, cluster: bool, namespace: str, name: str, job_id: str) -> None:
     """Cancel the queued job JOB_ID of lane NAME (its waiters get JobCancelled).
 
     A job that is not queued (unknown, running or ended) is an error.
     """
     if not job_id:
         raise click.BadParameter("job id must be a non-empty str, got ''", param_hint="'JOB_ID'")
-    with redis_client(url) as client:
+    with redis_client(url, cluster=cluster) as client:
         _existing_lane(client, namespace, name, url)
     try:
-        asyncio.run(_with_lane(url, namespace, name, "cancel", job_id))
+        asyncio.run(_with_lane(url, cluster, namespace, name, "cancel", job_id))
     except NotQueued as e:
         raise click.ClickException(str(e)) from None
     except LaneError as e:

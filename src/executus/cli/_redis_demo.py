@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -25,7 +24,7 @@ from rich.text import Text
 
 from .._redis.keys import LaneKeys
 from ._demo import DemoSettings
-from ._top import LaneSnapshot, read_lane, render_lanes
+from ._top import Client, LaneSnapshot, read_lane, render_lanes
 
 __all__ = ["RedisDemo", "run_redis_demo"]
 
@@ -40,11 +39,13 @@ class RedisDemo:
         url: the Redis URL.
         namespace: the key namespace of the demo's lane.
         processes: how many worker processes share the lane.
+        cluster: the URL names a node of a Redis Cluster.
     """
 
     url: str
     namespace: str
     processes: int
+    cluster: bool = False
 
 
 def _view(snap: LaneSnapshot | None, title: str, peak: int) -> Group:
@@ -54,7 +55,7 @@ def _view(snap: LaneSnapshot | None, title: str, peak: int) -> Group:
     return Group(render_lanes([snap], title=title), note)
 
 
-def _cleanup(client: redis.Redis, keys: LaneKeys, counter: str) -> None:
+def _cleanup(client: Client, keys: LaneKeys, counter: str) -> None:
     pattern = "".join("\\" + c if c in "*?[]\\" else c for c in keys.prefix) + "*"
     batch = list(client.scan_iter(match=pattern, count=1000))
     if batch:
@@ -62,14 +63,17 @@ def _cleanup(client: redis.Redis, keys: LaneKeys, counter: str) -> None:
     client.delete(counter)
 
 
-def run_redis_demo(settings: DemoSettings, where: RedisDemo, console: Console) -> int:
+def run_redis_demo(
+    settings: DemoSettings, where: RedisDemo, console: Console, client: Client
+) -> int:
     """Run the multi-process demo; returns the exit code.
 
+    ``client`` (of ``where.url``: a ``RedisCluster`` on a cluster) watches the lane and
+    cleans up afterwards; the caller closes it.
+
     Raises:
-        redis.RedisError: Redis cannot be reached (before anything started).
+        redis.RedisError: Redis failed.
     """
-    client = redis.Redis.from_url(where.url, socket_timeout=5, socket_connect_timeout=5)
-    client.ping()
     lane = f"demo-{uuid.uuid4().hex[:8]}"
     keys = LaneKeys(where.namespace, lane)
     counter = f"{where.namespace}-demo:{lane}:live"
@@ -86,6 +90,7 @@ def run_redis_demo(settings: DemoSettings, where: RedisDemo, console: Console) -
             cfg = {
                 "index": i,
                 "url": where.url,
+                "cluster": where.cluster,
                 "namespace": where.namespace,
                 "lane": lane,
                 "max_concurrent": _MAX_CONCURRENT,
@@ -133,7 +138,6 @@ def run_redis_demo(settings: DemoSettings, where: RedisDemo, console: Console) -
                 p.kill()
                 p.wait(timeout=10)
         _cleanup(client, keys, counter)
-        client.close()
     return _conclude(results, failures, where, peak_seen, console)
 
 

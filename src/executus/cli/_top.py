@@ -5,6 +5,10 @@ Lanes are found by scanning for their configuration keys (``{namespace:name}:cfg
 block per lane, so a snapshot is consistent and a viewer never joins the lane (it does
 not register as a client, hold a slot or change a counter). Every value read is
 parsed as a number or kept as text; nothing is evaluated.
+
+On a Redis Cluster (a ``redis.cluster.RedisCluster`` client) the scan covers every
+master, and each lane is read on the master serving its hash slot, where all its keys
+live (they share the hash tag ``{namespace:name}``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import redis.cluster
+from redis.crc import key_slot
 from rich import box
 from rich.console import Group
 from rich.table import Table
@@ -23,11 +29,22 @@ from rich.text import Text
 
 from .._redis.keys import LaneKeys
 
-__all__ = ["KeyLoad", "LaneSnapshot", "find_lanes", "read_lane", "read_lanes", "render_lanes"]
+__all__ = [
+    "Client",
+    "KeyLoad",
+    "LaneSnapshot",
+    "find_lanes",
+    "read_lane",
+    "read_lanes",
+    "render_lanes",
+]
 
 _POLICIES = {"fifo": "fifo", "prio": "priority", "fair": "fair-share"}
 _SHORT = {"priority": "prio", "fair-share": "fair"}
 _KEY_LIMIT = 1000  # queued jobs per lane whose key is looked up (the rest are counted)
+
+# What the readers take: a client of one server, or of a Redis Cluster.
+Client = redis.Redis | redis.cluster.RedisCluster
 
 
 @dataclass(frozen=True)
@@ -119,8 +136,9 @@ def _key(ek: str | None) -> str | None:
     return ek[1:] if ek.startswith("=") else ek
 
 
-def find_lanes(client: redis.Redis, namespace: str) -> list[str]:
-    """The names of the lanes stored under ``namespace``, sorted."""
+def find_lanes(client: Client, namespace: str) -> list[str]:
+    """The names of the lanes stored under ``namespace``, sorted (on every master of a
+    cluster)."""
     head = "{" + namespace + ":"
     tail = "}:cfg"
     names = set()
@@ -133,8 +151,31 @@ def find_lanes(client: redis.Redis, namespace: str) -> list[str]:
     return sorted(names)
 
 
-def read_lane(client: redis.Redis, namespace: str, name: str) -> LaneSnapshot | None:
-    """Read one lane; None when it does not exist (or is not a lane)."""
+def read_lane(client: Client, namespace: str, name: str) -> LaneSnapshot | None:
+    """Read one lane; None when it does not exist (or is not a lane).
+
+    On a cluster, the lane is read on the master serving its slot; if the slot moved
+    since the client last read the slot map, the map is read again and the lane once
+    more. A lane whose slot is being migrated right now reads as None.
+    """
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return _read_lane(client, namespace, name)
+    slot = key_slot(LaneKeys(namespace, name).cfg.encode())
+
+    def node(cluster: redis.cluster.RedisCluster) -> redis.Redis:
+        return cluster.get_redis_connection(cluster.nodes_manager.get_node_from_slot(slot))
+
+    try:
+        return _read_lane(node(client), namespace, name)
+    except redis.exceptions.AskError:  # MOVED (a subclass) or ASK: the slot moved or moves
+        client.nodes_manager.initialize()
+    try:
+        return _read_lane(node(client), namespace, name)
+    except redis.exceptions.AskError:
+        return None
+
+
+def _read_lane(client: redis.Redis, namespace: str, name: str) -> LaneSnapshot | None:
     keys = LaneKeys(namespace, name)
     p = keys.prefix
     sec, usec = client.time()
@@ -153,6 +194,8 @@ def read_lane(client: redis.Redis, namespace: str, name: str) -> LaneSnapshot | 
     pipe.zcount(p + "procs", f"({now}", "+inf")
     try:
         cfg, holds, running, queued, qt, tp, rt, procs = pipe.execute()
+    except redis.exceptions.AskError:
+        raise  # on a cluster: the slot is served elsewhere (see read_lane)
     except redis.ResponseError:
         return None  # a key of the wrong type: not a lane of ours
     if cfg[0] is None:
@@ -208,7 +251,7 @@ def read_lane(client: redis.Redis, namespace: str, name: str) -> LaneSnapshot | 
     )
 
 
-def read_lanes(client: redis.Redis, namespace: str) -> list[LaneSnapshot]:
+def read_lanes(client: Client, namespace: str) -> list[LaneSnapshot]:
     """Snapshots of every lane under ``namespace`` (lanes that vanish are skipped)."""
     out = []
     for name in find_lanes(client, namespace):

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from .._errors import JobPreempted, LaneBusy
 from .._job import JobHandle
@@ -29,7 +30,11 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     rng = random.Random(int(cfg["seed"]) * 1000 + int(cfg["index"]))
     seconds = float(cfg["seconds"])
     counter = str(cfg["counter"])
-    client = aioredis.Redis.from_url(str(cfg["url"]), socket_timeout=10)
+    client: aioredis.Redis | RedisCluster
+    if cfg.get("cluster"):
+        client = RedisCluster.from_url(str(cfg["url"]), socket_timeout=10)
+    else:
+        client = aioredis.Redis.from_url(str(cfg["url"]), socket_timeout=10)
     lane = RedisLane(
         str(cfg["lane"]),
         client,
