@@ -862,13 +862,17 @@ async def test_requeue_keeps_the_original_place_and_runs_again(make_lane: MakeLa
 
 async def test_arrival_goes_ahead_of_every_queued_job(make_lane: MakeLane) -> None:
     """The preemptor takes the freed slot before jobs that queued earlier."""
-    lane = await make_lane("gpu", 1, preemption=Preemption(min_runtime=0))
-    await started(lane, Gate(), preemptible=True)
+    # A long grace: the victim holds its slot until the test ends it, so the arrival
+    # is still queued while the positions are read.
+    lane = await make_lane("gpu", 1, preemption=Preemption(min_runtime=0, grace=30))
+    victim_gate = Gate()
+    await started(lane, victim_gate, preemptible=True)
     queued = await lane.submit(Gate(), priority=0)
     arrival = await lane.submit(Gate(), priority=1)
     assert arrival.position == 1
     await refresh(lane)
     assert queued.position == 2
+    victim_gate.release()  # the victim gives its slot up within its grace
     await until(lambda: arrival.state is JobState.RUNNING)
     assert queued.state is JobState.QUEUED
 

@@ -101,6 +101,14 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 # Redis Cluster replies meaning the lane's slot is served elsewhere, is moving, or has no
 # serving node for now (a failover or a slot migration under way).
 _REDIRECTS = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
+# Cluster replies by error code; older redis-py versions parse some as ResponseError.
+_CLUSTER_REPLIES: dict[str, type[ResponseError]] = {
+    "MOVED": MovedError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+    "READONLY": ReadOnlyError,
+}
 # How a script fails when a key it touches is in a slot the node stopped serving.
 _NOT_LOCAL = "non local key"
 # redis-py's synchronous clients: refused with a hint to use the asyncio ones.
@@ -540,7 +548,7 @@ class RedisLane(LaneBase):
             if fut.done():
                 continue
             if isinstance(result, Exception):
-                fut.set_exception(result)
+                fut.set_exception(_typed(result))
             else:
                 fut.set_result(result)
 
@@ -575,6 +583,10 @@ class RedisLane(LaneBase):
                 # Retrying cannot help: the URL's (or client's) credentials are wrong.
                 raise self._refused_credentials(e) from e
             except ResponseError as e:
+                if "unauthenticated" in str(e) or str(e).startswith("NOAUTH"):
+                    # No credentials where the server wants some (a protocol error on
+                    # an unauthenticated connection, depending on the redis-py version).
+                    raise self._refused_credentials(e) from e
                 if self._cluster_mode and (isinstance(e, _REDIRECTS) or _NOT_LOCAL in str(e)):
                     # The slot moved, is moving or lost its node for a moment: find its
                     # node again and retry there.
@@ -1706,3 +1718,18 @@ async def _write(conn: AbstractConnection, packed: bytes) -> None:
         await writer.drain()
     except OSError as e:
         raise RedisConnectionError(f"Error while writing to Redis: {e}") from e
+
+
+def _typed(error: Exception) -> Exception:
+    """``error``, or for a plain ``ResponseError`` carrying a cluster reply (``MOVED``,
+    ``ASK``, ``TRYAGAIN``, ...), redis-py's class for it, as newer parsers make."""
+    if type(error) is not ResponseError:
+        return error
+    code, _, rest = str(error).partition(" ")
+    cls = _CLUSTER_REPLIES.get(code)
+    if cls is None:
+        return error
+    try:
+        return cls(rest)
+    except Exception:  # a reply that does not have the expected "slot host:port"
+        return error
