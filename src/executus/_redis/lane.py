@@ -159,6 +159,7 @@ class _Local:
         "eta",
         "eta_at",
         "fence",
+        "finishing",
         "fn",
         "granted",
         "handle",
@@ -173,8 +174,9 @@ class _Local:
     def __init__(self, handle: JobHandle[Any], fn: Callable[[], Awaitable[Any]] | None) -> None:
         self.handle = handle
         self.fn = fn
-        self.nonce = uuid.uuid4().hex
+        self.nonce = ""  # set by the lane: unique among this client's submits
         self.fence: str | None = None
+        self.finishing = False  # the job task's body is over: its release is under way
         self.seq: int | None = None  # known once the submit reply arrived
         self.renewed = 0.0
         self.cause: str | None = None
@@ -300,6 +302,7 @@ class RedisLane(LaneBase):
         self._want_window = eta_window
         self._lease = float(lease)
         self._client_id = uuid.uuid4().hex
+        self._nonce = 0  # submits numbered within this client (the scripts check both)
         # What this client last saw of the lane's configuration.
         self._max = max_concurrent or 1
         self._policy: QueuePolicy = policy or FIFO()
@@ -936,6 +939,8 @@ class RedisLane(LaneBase):
             submitted=now,
         )
         rec = _Local(handle, fn)
+        self._nonce += 1
+        rec.nonce = str(self._nonce)  # a retry of this submit sends the same nonce
         self._jobs[job_id] = rec  # before the call: a grant may arrive before the reply
         args = [
             self._client_id,
@@ -1039,6 +1044,7 @@ class RedisLane(LaneBase):
         rec.fence = fence
         rec.renewed = now
         rec.cause = None
+        rec.finishing = False
         self._fence_floor = max(self._fence_floor, int(fence))
         if self._events.active:
             self._emit(EventKind.STARTED, job, state=_RUNNING, wait=now - job._t_submit)
@@ -1065,11 +1071,26 @@ class RedisLane(LaneBase):
             # This client owns the task: the cancellation ends here, recorded in the job.
             await _shielded(self._finish(rec, None, exc, cancelled=True))
         except BaseException as exc:
-            await _shielded(self._finish(rec, None, exc, cancelled=False))
+            await self._finish_body(rec, None, exc)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
         else:
-            await _shielded(self._finish(rec, value, None, cancelled=False))
+            await self._finish_body(rec, value, None)
+
+    async def _finish_body(self, rec: _Local, value: Any, exc: BaseException | None) -> None:
+        """End a job whose body returned or raised, from its own task.
+
+        Every cancellation the lane makes goes through ``_cancel_task``, which leaves a
+        finishing job alone; so unless a cancellation is already pending on the task,
+        the release runs in this task, with no shielding task (one task and two loop
+        turns fewer per job).
+        """
+        rec.finishing = True
+        task = asyncio.current_task()
+        if task is not None and not task.cancelling():
+            await self._finish(rec, value, exc, cancelled=False)
+        else:
+            await _shielded(self._finish(rec, value, exc, cancelled=False))
 
     async def _finish(
         self, rec: _Local, value: Any, exc: BaseException | None, *, cancelled: bool
@@ -1192,7 +1213,7 @@ class RedisLane(LaneBase):
 
     def _cancel_task(self, rec: _Local, cause: str) -> None:
         job = rec.handle
-        if job._state is not _RUNNING:
+        if job._state is not _RUNNING or rec.finishing:
             return
         if rec.cause is None or cause in (_LOST, _CLOSE):
             rec.cause = cause
@@ -1666,12 +1687,13 @@ def _pack_batch(
 ) -> bytes:
     """``EVALSHA sha 1 cfg argv...`` for every call of a batch, in RESP, one buffer."""
     parts: list[bytes] = []
+    add = parts.append
     for script, argv, _ in batch:
-        parts.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + len(argv)))
-        parts.append(_bulk(script.sha))
-        parts.append(b"$1\r\n1\r\n")
-        parts.append(cfg)
-        parts.extend(map(_bulk, argv))
+        add(b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (4 + len(argv), script.sha_bytes))
+        add(cfg)
+        for arg in argv:
+            data = arg.encode()
+            add(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 
 

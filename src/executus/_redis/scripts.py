@@ -31,6 +31,11 @@ class Script:
     source: str
     sha: str
 
+    @property
+    def sha_bytes(self) -> bytes:
+        """``sha`` as ASCII bytes (40 of them)."""
+        return self.sha.encode("ascii")
+
 
 @cache
 def load(name: str) -> Script:
