@@ -248,6 +248,27 @@ async def test_cancelling_an_awaiter_leaves_the_job_running(make_lane: MakeLane)
     assert await handle == "still here"
 
 
+async def test_cancel_racing_the_end_of_a_job_leaves_it_succeeded(make_lane: MakeLane) -> None:
+    """A cancel that arrives as the body returns finds the job done: it succeeds, once."""
+    lane = await make_lane("x", 1)
+    cancels: list[asyncio.Task[bool]] = []
+    handles: list[JobHandle[object]] = []
+
+    async def body() -> str:
+        # Cancel on the next loop turn: while the lane is ending the job.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(lambda: cancels.append(asyncio.ensure_future(handles[0].cancel())))
+        return "done"
+
+    handles.append(await lane.submit(body))
+    assert await handles[0] == "done"
+    await until(lambda: bool(cancels) and cancels[0].done())
+    assert cancels[0].result() is False
+    assert handles[0].state is JobState.SUCCEEDED
+    assert await lane.run(value(2)) == 2  # the slot was given back
+    await stats_until(lane, lambda s: (s.running, s.cancelled, s.succeeded) == (0, 0, 2))
+
+
 # -- run() owns its job --------------------------------------------------------------------
 
 
