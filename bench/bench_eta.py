@@ -354,8 +354,8 @@ def cost(first_seed: int) -> None:
     """Microseconds per estimate at 4 and 64 running jobs, and per recorded run."""
     print(
         "\nCost (microseconds; median of 5 rounds; a full window and history of "
-        "lognormal runs; each estimate after a new run, so cached sorts are rebuilt "
-        "as in a busy lane)\n",
+        "lognormal runs; each estimate after a new run, as in a busy lane: the window's "
+        "sorted copy is made again every time, the history's once per 16 runs)\n",
         flush=True,
     )
     table = Table("running jobs", "estimator", "per estimate", "per recorded run")

@@ -1,8 +1,11 @@
 """Benchmark: the lane's per-job overhead against its peers.
 
-The workload: 50,000 no-op jobs (``async def noop(): return None``) through 64 slots,
-all submitted at once, then all awaited. The contenders, each in a fresh event loop,
-measured alternately in the same process:
+The workload: 50,000 no-op jobs through 64 slots, all submitted at once, then all
+awaited, in two forms: jobs that return at once (``async def noop(): return None``) and
+jobs that await once (``await asyncio.sleep(0)``, as any job doing I/O does). Only the
+second makes the limiters limit: a job that never suspends never holds its slot across
+a loop turn, so ``Semaphore`` + ``gather``, for one, then never blocks anyone. The
+contenders, each in a fresh event loop, measured alternately in the same process:
 
 - ``executus FIFO``: ``await lane.submit(noop)`` for every job, then ``await`` the
   handles; ``executus FIFO, run+gather``: ``asyncio.gather`` of ``lane.run(noop)``;
@@ -16,8 +19,8 @@ measured alternately in the same process:
 - ``bare tasks+deque``: a hand-written floor: a deque of pending jobs and a done
   callback that starts the next task when one ends (no handles, no policy, no ETA).
 
-Printed: median jobs/s over the runs and each contender's ratio to executus FIFO
-(higher jobs/s is better). Plain ``python``, as users run it (debug asserts on).
+Printed, per workload: median jobs/s over the runs and each contender's ratio to
+executus FIFO (higher jobs/s is better). Plain ``python``, as users run it (debug asserts on).
 
 Run: ``.venv/bin/python bench/bench_lane.py`` (``--quick``: 3 runs; ``--jobs N``).
 """
@@ -29,8 +32,9 @@ import asyncio
 import random
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiojobs
 import aiometer
@@ -49,7 +53,19 @@ async def noop() -> None:
     return None
 
 
-def make_contenders(n: int, seed: int) -> dict[str, Callable[[], Awaitable[object]]]:
+async def yielding_noop() -> None:
+    await asyncio.sleep(0)
+
+
+WORKLOADS: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+    "jobs that return at once": noop,
+    "jobs that await once (asyncio.sleep(0))": yielding_noop,
+}
+
+
+def make_contenders(
+    n: int, seed: int, noop: Callable[[], Coroutine[Any, Any, None]]
+) -> dict[str, Callable[[], Awaitable[object]]]:
     keys = [f"user-{i}" for i in range(KEYS)]
     rng = random.Random(seed)
     priorities = [rng.randrange(100) for _ in range(n)]
@@ -150,12 +166,18 @@ def main() -> None:
     runs = args.runs or (3 if args.quick else 7)
     n = args.jobs
 
-    print(
-        f"{n:,} no-op jobs through {SLOTS} slots; median of {runs} runs each "
-        f"(Python {sys.version.split()[0]})\n",
-        flush=True,
-    )
-    samples = run_rounds(make_contenders(n, args.seed), runs)
+    for workload, job in WORKLOADS.items():
+        print(
+            f"{n:,} no-op jobs through {SLOTS} slots, {workload}; median of {runs} runs "
+            f"each (Python {sys.version.split()[0]})\n",
+            flush=True,
+        )
+        samples = run_rounds(make_contenders(n, args.seed, job), runs)
+        report(n, samples)
+        print(flush=True)
+
+
+def report(n: int, samples: dict[str, list[float]]) -> None:
     base = median(samples["executus FIFO"])
     table = Table("contender", "jobs/s", "us/job", "executus FIFO vs it")
     for name, times in samples.items():
