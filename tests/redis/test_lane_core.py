@@ -13,6 +13,7 @@ from redis.crc import key_slot
 from executus import (
     FIFO,
     DuplicateJob,
+    EventKind,
     FairShare,
     JobCancelled,
     JobPreempted,
@@ -20,6 +21,7 @@ from executus import (
     Lane,
     LaneBusy,
     LaneClosed,
+    LaneEvent,
     NotQueued,
     Preemption,
     Priority,
@@ -210,6 +212,26 @@ async def test_max_wait_refuses_and_enqueues_nothing(make_lane: LaneFactory) -> 
     assert (stats.queued, stats.rejected, stats.submitted) == (1, 1, 2)
     gate.open_all()
     await asyncio.gather(h0, ok)
+
+
+async def test_run_computes_position_and_eta_when_they_are_read(make_lane: LaneFactory) -> None:
+    """run()'s queued job: max_wait still gates on its ETA, an observer still sees it."""
+    lane = make_lane(max_concurrent=1)
+    gate = Gate()
+    h0 = await lane.submit(gate.job("run"))
+    queued = asyncio.create_task(lane.run(gate.job("queued")))  # no estimate needed
+    await until(lambda: len(lane._jobs) == 2)
+    with pytest.raises(LaneBusy) as info:
+        await lane.run(gate.job("refused"), max_wait=0)
+    assert (info.value.position, info.value.eta) == (2, pytest.approx(2.0, abs=0.01))
+    seen: list[LaneEvent] = []
+    lane.add_observer(seen.append)
+    observed = asyncio.create_task(lane.run(gate.job("observed")))
+    await until(lambda: any(e.kind is EventKind.SUBMITTED for e in seen))
+    submitted = next(e for e in seen if e.kind is EventKind.SUBMITTED)
+    assert (submitted.position, submitted.eta) == (2, pytest.approx(2.0, abs=0.01))
+    gate.open_all()
+    assert await asyncio.gather(h0, queued, observed) == ["run", "queued", "observed"]
 
 
 async def test_duplicate_job_across_clients(make_lane: LaneFactory) -> None:

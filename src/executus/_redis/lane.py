@@ -303,6 +303,7 @@ class RedisLane(LaneBase):
         self._lease = float(lease)
         self._client_id = uuid.uuid4().hex
         self._nonce = 0  # submits numbered within this client (the scripts check both)
+        self._ids = 0  # job ids made by this client
         # What this client last saw of the lane's configuration.
         self._max = max_concurrent or 1
         self._policy: QueuePolicy = policy or FIFO()
@@ -832,14 +833,14 @@ class RedisLane(LaneBase):
             Everything ``submit`` raises, the job's own exception, ``JobCancelled``,
             ``JobPreempted``, ``LeaseLost`` or ``LaneClosed``.
         """
-        handle = await self.submit(
-            fn,
-            job_id=job_id,
-            key=key,
-            priority=priority,
-            preemptible=preemptible,
-            max_wait=max_wait,
-        )
+        if not callable(fn):
+            raise TypeError(
+                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
+            )
+        # Nobody reads this handle's position or ETA: the submit computes them only
+        # for max_wait or the SUBMITTED event.
+        rec = await self._submit(fn, job_id, key, priority, preemptible, max_wait, estimate=False)
+        handle: JobHandle[T] = rec.handle
         try:
             return await handle
         except asyncio.CancelledError:
@@ -912,14 +913,20 @@ class RedisLane(LaneBase):
         priority: int,
         preemptible: bool,
         max_wait: float | None,
+        *,
+        estimate: bool = True,
     ) -> _Local:
+        """Submit a job (``estimate=False``: its queued position and ETA are not read,
+        so Redis works them out only for ``max_wait`` or an observed event)."""
         if self._closed:
             raise LaneClosed(self._name)
         check_submit_options(job_id, key, priority, preemptible, max_wait)
         if abs(priority) >= 2**40:
             raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
         if job_id is None:
-            job_id = f"{self._name}-{uuid.uuid4().hex}"
+            # Unique lane-wide: this client's id (random) and a count of its own.
+            self._ids += 1
+            job_id = f"{self._name}-{self._client_id[:16]}-{self._ids}"
         # An infinite max_wait admits every job: no gate.
         gate = "-1" if max_wait is None or math.isinf(max_wait) else _ms(max_wait)
         await self._ensure()
@@ -952,6 +959,7 @@ class RedisLane(LaneBase):
             "1" if preemptible else "0",
             _ms(self._lease),
             gate,
+            "1" if estimate or self._events.active else "0",
         ]
         try:
             reply = await self._eval("submit", args)

@@ -1,5 +1,6 @@
 -- submit: ARGV = epoch, client, job id, nonce, has_key, key, priority, preemptible,
--- lease_ms, max_wait_ms (negative: no gate).
+-- lease_ms, max_wait_ms (negative: no gate), estimate ('0': the client reads no queued
+-- position or ETA, so they are worked out only for the gate).
 -- Reply: {'RUN', fence, seq, grants...} | {'Q', position, eta, seq, grants...}
 --      | {'BUSY', position, eta} | {'DUP'} | {'NOLANE'} | {'EPOCH', epoch}
 local bad = enter(ARGV[1])
@@ -8,6 +9,7 @@ local proc, id, nonce = ARGV[2], ARGV[3], ARGV[4]
 local prio = tonumber(ARGV[7])
 local lease = tonumber(ARGV[9])
 local max_wait = tonumber(ARGV[10])
+local estimate = ARGV[11] ~= '0'
 local now = now_ms()
 reap(now, 64)
 
@@ -111,8 +113,11 @@ if victim then
   J.pq = '1'
   redis.call('HSET', jk(victim.id), 'va', I(now))
 end
-local pos = position(J)
-local e = eta(pos, now)
+local pos, e = 0, 0
+if estimate or max_wait >= 0 then
+  pos = position(J)
+  e = eta(pos, now)
+end
 if max_wait >= 0 and e * 1000 > max_wait then
   if victim then redis.call('HDEL', jk(victim.id), 'va') end
   q_remove(J)
