@@ -22,6 +22,10 @@ def test_demo_reports_fairness_preemption_and_limits() -> None:
     for user in ("alice", "bob", "mallory", "admin", "batch"):
         assert f"\n  {user}" in text
     assert "at most 2 ran at once (max_concurrent=2)" in text
+    # The max_wait gate: the flooder is refused, the newcomer with the same limit admitted.
+    assert "mallory's request with a max_wait was refused (#" in text
+    assert "carol, new to the lane, asked with the same max_wait and was let in" in text
+    assert "carol's request with a max_wait was refused" not in text
 
 
 def test_demo_command_needs_only_the_standard_library() -> None:
