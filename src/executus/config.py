@@ -37,7 +37,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -426,6 +426,24 @@ def _bad(source: Source, key: str, value: str, expected: str) -> ConfigError:
     )
 
 
+def _parsed(
+    source: Source | None, key: str, default: T | None, parse: Callable[[str], T], expected: str
+) -> T | None:
+    """The setting ``key`` through ``parse``, or ``default`` when absent or blank.
+
+    ``parse`` raises ``ValueError`` for a value it refuses; the ``ConfigError`` then
+    says ``expected``.
+    """
+    value = _raw(source, key)
+    if value is None:
+        return default
+    assert source is not None
+    try:
+        return parse(value)
+    except ValueError:
+        raise _bad(source, key, value, expected) from None
+
+
 @overload
 def get_str(source: Source | None, key: str, default: str) -> str: ...
 @overload
@@ -463,14 +481,7 @@ def get_int(source: Source | None, key: str, default: int | None = None) -> int 
     Raises:
         ConfigError: the value is not an integer.
     """
-    value = _raw(source, key)
-    if value is None:
-        return default
-    assert source is not None
-    try:
-        return int(value, 10)
-    except ValueError:
-        raise _bad(source, key, value, "an integer") from None
+    return _parsed(source, key, default, _int, "an integer")
 
 
 @overload
@@ -491,21 +502,31 @@ def get_float(source: Source | None, key: str, default: float | None = None) -> 
     Raises:
         ConfigError: the value is not a finite number.
     """
-    value = _raw(source, key)
-    if value is None:
-        return default
-    assert source is not None
-    try:
-        result = float(value)
-    except ValueError:
-        raise _bad(source, key, value, "a number") from None
-    if not math.isfinite(result):
-        raise _bad(source, key, value, "a finite number")
-    return result
+    return _parsed(source, key, default, _finite_float, "a finite number")
 
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def _int(text: str) -> int:
+    return int(text, 10)
+
+
+def _finite_float(text: str) -> float:
+    result = float(text)
+    if not math.isfinite(result):
+        raise ValueError(text)
+    return result
 
 
 @overload
@@ -526,16 +547,7 @@ def get_bool(source: Source | None, key: str, default: bool | None = None) -> bo
     Raises:
         ConfigError: the value is none of the accepted spellings.
     """
-    value = _raw(source, key)
-    if value is None:
-        return default
-    assert source is not None
-    lowered = value.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise _bad(source, key, value, "a boolean (true/false, yes/no, on/off, 1/0)")
+    return _parsed(source, key, default, _bool, "a boolean (true/false, yes/no, on/off, 1/0)")
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -584,16 +596,8 @@ def get_duration(source: Source | None, key: str, default: float | None = None) 
     Raises:
         ConfigError: the value is not a duration (see ``parse_duration``).
     """
-    value = _raw(source, key)
-    if value is None:
-        return default
-    assert source is not None
-    try:
-        return parse_duration(value)
-    except ValueError:
-        raise _bad(
-            source, key, value, 'a duration such as "1500ms", "30s", "5m", "1h" or seconds'
-        ) from None
+    expected = 'a duration such as "1500ms", "30s", "5m", "1h" or seconds'
+    return _parsed(source, key, default, parse_duration, expected)
 
 
 # -- lanes from config -----------------------------------------------------------------------
