@@ -29,6 +29,12 @@ def check_preemption(preemption: object) -> None:
         raise TypeError(f"preemption must be a Preemption or None, got {preemption!r}")
 
 
+def check_job_fn(fn: object) -> None:
+    """Refuse a job body that cannot be called."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a zero-argument callable returning an awaitable, got {fn!r}")
+
+
 def check_submit_options(
     job_id: object, key: object, priority: object, preemptible: object, max_wait: object
 ) -> None:

@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from ._base import LaneBase, check_count, check_preemption, check_submit_options
+from ._base import LaneBase, check_count, check_job_fn, check_preemption, check_submit_options
 from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
     DuplicateJob,
@@ -193,10 +193,7 @@ class Lane(LaneBase):
             DuplicateJob: ``job_id`` is queued or running in this lane already.
             LaneBusy: refused by ``max_wait``.
         """
-        if not callable(fn):
-            raise TypeError(
-                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
-            )
+        check_job_fn(fn)
         return self._submit(fn, job_id, key, priority, preemptible, max_wait)
 
     async def run(
@@ -221,10 +218,7 @@ class Lane(LaneBase):
             Everything ``submit`` raises, the job's own exception, ``JobCancelled``,
             ``JobPreempted`` or ``LaneClosed``.
         """
-        if not callable(fn):
-            raise TypeError(
-                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
-            )
+        check_job_fn(fn)
         job: JobHandle[T] = self._submit(fn, job_id, key, priority, preemptible, max_wait)
         try:
             return await job

@@ -37,7 +37,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis
@@ -60,7 +59,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._base import LaneBase, check_count, check_preemption, check_submit_options
+from .._base import LaneBase, check_count, check_job_fn, check_preemption, check_submit_options
 from .._errors import (
     DuplicateJob,
     JobCancelled,
@@ -171,10 +170,12 @@ class _Local:
         "timer",
     )
 
-    def __init__(self, handle: JobHandle[Any], fn: Callable[[], Awaitable[Any]] | None) -> None:
+    def __init__(
+        self, handle: JobHandle[Any], fn: Callable[[], Awaitable[Any]] | None, nonce: str
+    ) -> None:
         self.handle = handle
         self.fn = fn
-        self.nonce = ""  # set by the lane: unique among this client's submits
+        self.nonce = nonce  # unique among this client's submits; a retry sends it again
         self.fence: str | None = None
         self.finishing = False  # the job task's body is over: its release is under way
         self.seq: int | None = None  # known once the submit reply arrived
@@ -587,10 +588,6 @@ class RedisLane(LaneBase):
                 # Retrying cannot help: the URL's (or client's) credentials are wrong.
                 raise self._refused_credentials(e) from e
             except ResponseError as e:
-                if "unauthenticated" in str(e) or str(e).startswith("NOAUTH"):
-                    # No credentials where the server wants some (a protocol error on
-                    # an unauthenticated connection, depending on the redis-py version).
-                    raise self._refused_credentials(e) from e
                 if self._cluster_mode and (isinstance(e, _REDIRECTS) or _NOT_LOCAL in str(e)):
                     # The slot moved, is moving or lost its node for a moment: find its
                     # node again and retry there.
@@ -802,10 +799,7 @@ class RedisLane(LaneBase):
             LaneBusy: refused by ``max_wait``.
             LaneUnavailable: Redis is unreachable or refused; nothing was submitted.
         """
-        if not callable(fn):
-            raise TypeError(
-                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
-            )
+        check_job_fn(fn)
         handle: JobHandle[T] = (
             await self._submit(fn, job_id, key, priority, preemptible, max_wait)
         ).handle
@@ -833,10 +827,7 @@ class RedisLane(LaneBase):
             Everything ``submit`` raises, the job's own exception, ``JobCancelled``,
             ``JobPreempted``, ``LeaseLost`` or ``LaneClosed``.
         """
-        if not callable(fn):
-            raise TypeError(
-                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
-            )
+        check_job_fn(fn)
         # Nobody reads this handle's position or ETA: the submit computes them only
         # for max_wait or the SUBMITTED event.
         rec = await self._submit(fn, job_id, key, priority, preemptible, max_wait, estimate=False)
@@ -945,9 +936,8 @@ class RedisLane(LaneBase):
             seq=0,
             submitted=now,
         )
-        rec = _Local(handle, fn)
         self._nonce += 1
-        rec.nonce = str(self._nonce)  # a retry of this submit sends the same nonce
+        rec = _Local(handle, fn, str(self._nonce))
         self._jobs[job_id] = rec  # before the call: a grant may arrive before the reply
         args = [
             self._client_id,
@@ -1609,16 +1599,8 @@ class RedisLane(LaneBase):
         await self._close_clients()
 
     async def __aenter__(self) -> Self:
-        await self._ensure()
+        await self._ensure()  # connect now: errors surface at the ``async with``
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose(drain=True)
 
 
 async def _shielded(coro: Awaitable[T]) -> T:
@@ -1751,11 +1733,15 @@ async def _write(conn: AbstractConnection, packed: bytes) -> None:
 
 
 def _typed(error: Exception) -> Exception:
-    """``error``, or for a plain ``ResponseError`` carrying a cluster reply (``MOVED``,
-    ``ASK``, ``TRYAGAIN``, ...), redis-py's class for it, as newer parsers make."""
+    """``error``, or for a plain ``ResponseError`` that some redis-py versions leave
+    untyped, redis-py's class for it: a cluster reply (``MOVED``, ``ASK``,
+    ``TRYAGAIN``, ...), or a server refusing a connection without credentials."""
     if type(error) is not ResponseError:
         return error
-    code, _, rest = str(error).partition(" ")
+    text = str(error)
+    if text.startswith("NOAUTH") or "unauthenticated" in text:
+        return AuthenticationError(text)
+    code, _, rest = text.partition(" ")
     cls = _CLUSTER_REPLIES.get(code)
     if cls is None:
         return error
