@@ -150,7 +150,7 @@ def redis_client(
     need_redis()
     import redis.cluster
 
-    failed = (redis.RedisError, redis.RedisClusterException)
+    failed = (redis.RedisError, redis.exceptions.RedisClusterException)
     options: dict[str, Any] = {
         "socket_timeout": 5,
         "socket_connect_timeout": 5,
@@ -164,7 +164,7 @@ def redis_client(
             client = redis.Redis.from_url(url, **options)
     except ValueError as e:
         raise click.ClickException(f"bad Redis URL {safe_url(url)!r}: {e}") from None
-    except redis.RedisClusterException as e:
+    except redis.exceptions.RedisClusterException as e:
         if "not enabled" in str(e).lower():
             raise click.ClickException(
                 f"Redis at {safe_url(url)} is not in cluster mode: drop --cluster "
