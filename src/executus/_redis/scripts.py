@@ -25,16 +25,13 @@ class Script:
         name: the script's file name without ``.lua``.
         source: the full source (shared library included).
         sha: the SHA1 hex digest ``EVALSHA`` uses.
+        sha_bytes: the same digest as ASCII bytes.
     """
 
     name: str
     source: str
     sha: str
-
-    @property
-    def sha_bytes(self) -> bytes:
-        """``sha`` as ASCII bytes (40 of them)."""
-        return self.sha.encode("ascii")
+    sha_bytes: bytes  # ``sha`` as ASCII, as the lane packs it
 
 
 @cache
@@ -44,4 +41,5 @@ def load(name: str) -> Script:
         raise ValueError(f"unknown script {name!r}; known: {', '.join(SCRIPT_NAMES)}")
     pkg = files("executus._redis") / "lua"
     source = (pkg / "lib.lua").read_text("utf-8") + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
-    return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+    sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+    return Script(name, source, sha, sha.encode("ascii"))

@@ -145,6 +145,16 @@ end
 -- had queued and been dispatched at once (the in-process lane's PolicyState.admit): a
 -- key whose jobs start at once still pays for its starts. Only called with nothing
 -- queued, so the key's flow is new or idle.
+-- Forget (at most two) idle flows that would restart at V = tag anyway, so memory
+-- follows the keys active lately.
+local function forget_idle(tag)
+  local old = redis.call('ZRANGEBYSCORE', FI, '-inf', F(tag), 'LIMIT', 0, 2)
+  for _, omk in ipairs(old) do
+    redis.call('ZREM', FI, omk)
+    redis.call('DEL', flk(string.sub(omk, 13)))
+  end
+end
+
 local function fair_admit(ek)
   local f = flow_get(ek)
   local V = vtime()
@@ -163,12 +173,7 @@ local function fair_admit(ek)
   f.h = 1
   redis.call('ZADD', FI, F(f.b + 1 / f.w), flow_mk(f))
   flow_put(f)
-  -- Forget idle flows that would restart at V anyway (as q_pop does).
-  local old = redis.call('ZRANGEBYSCORE', FI, '-inf', F(tag), 'LIMIT', 0, 2)
-  for _, omk in ipairs(old) do
-    redis.call('ZREM', FI, omk)
-    redis.call('DEL', flk(string.sub(omk, 13)))
-  end
+  forget_idle(tag)
 end
 
 -- Remove a queued job from wherever it waits.
@@ -218,12 +223,7 @@ local function q_pop()
     redis.call('ZADD', FI, F(f.b + f.h / f.w), mk)
   end
   flow_put(f)
-  -- Forget idle flows that would restart at V anyway (memory follows active keys).
-  local old = redis.call('ZRANGEBYSCORE', FI, '-inf', F(tag), 'LIMIT', 0, 2)
-  for _, omk in ipairs(old) do
-    redis.call('ZREM', FI, omk)
-    redis.call('DEL', flk(string.sub(omk, 13)))
-  end
+  forget_idle(tag)
   if #jm == 0 then return nil end
   return string.sub(jm[1], 17)
 end
