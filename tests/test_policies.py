@@ -258,3 +258,62 @@ def test_fair_share_slot_keys_sort_as_tag_then_key(pairs: list[tuple[float, int]
         for b in pairs:
             assert (a < b) == (_slot_key(*a) < _slot_key(*b))
             assert (a == b) == (_slot_key(*a) == _slot_key(*b))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    levels=st.integers(1, 3),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), st.integers(-3, 3)),
+            st.tuples(st.just("pop"), st.just(0)),
+            st.tuples(st.just("remove"), st.integers(0, 60)),
+            st.tuples(st.just("requeue"), st.integers(0, 60)),
+        ),
+        max_size=60,
+    ),
+)
+def test_priority_levels_and_shared_queue_keep_the_order(
+    levels: int, ops: list[tuple[str, int]]
+) -> None:
+    """With few own-queue levels, shared-queue levels still pop and rank in order."""
+    from executus import _policies
+
+    saved = _policies._MAX_LEVELS
+    _policies._MAX_LEVELS = levels
+    try:
+        _check_priority_state(ops)
+    finally:
+        _policies._MAX_LEVELS = saved
+
+
+def _check_priority_state(ops: list[tuple[str, int]]) -> None:
+    state = Priority().new_state()
+    owner = Lane("x", 1)
+    queued: list[JobHandle[Any]] = []
+    popped: list[JobHandle[Any]] = []
+    seq = 0
+
+    def order() -> list[JobHandle[Any]]:
+        return sorted(queued, key=lambda h: (-h.priority, h._seq))
+
+    for op, arg in ops:
+        if op == "push":
+            job: JobHandle[Any] = JobHandle(owner, str(seq), None, None, arg, False, seq, 0.0)
+            seq += 1
+            state.push(job, 0.0)
+            queued.append(job)
+        elif op == "pop" and queued:
+            expected = order()[0]
+            assert state.pop() is expected
+            queued.remove(expected)
+            popped.append(expected)
+        elif op == "remove" and queued:
+            job = queued.pop(arg % len(queued))
+            state.remove(job)
+        elif op == "requeue" and popped:
+            job = popped.pop(arg % len(popped))
+            state.requeue(job, 0.0)
+            queued.append(job)
+        assert len(state) == len(queued)
+        assert [state.position(h) for h in order()] == list(range(1, len(queued) + 1))

@@ -6,17 +6,20 @@ between lanes). Queue code never awaits: the lane calls it from its one synchron
 decision step.
 
 Every built-in queue answers ``position`` in O(log n) from ``RankedMap`` (see
-``_ranked.py``), so a live position never walks the queue.
+``_ranked.py``; strict ``Priority`` adds the sizes of at most 128 levels), so a live
+position never walks the queue.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import operator
 import struct
 from abc import ABC, abstractmethod
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -156,12 +159,92 @@ class FIFO(QueuePolicy):
 # -- Priority ----------------------------------------------------------------------------
 
 
-class _PriorityState(_SortedState):
-    __slots__ = ()
+_MAX_LEVELS = 128  # priority levels with a queue of their own; the rest share one
+_LEN: Callable[[RankedMap[Any]], int] = operator.attrgetter("_len")
 
-    def _key(self, job: JobHandle[Any], now: float) -> Any:
+
+class _PriorityState(PolicyState):
+    """Strict priority: one arrival-ordered queue per priority level.
+
+    Jobs of a level arrive in order, so a push appends to its level's queue and a pop
+    takes the head of the highest level: neither searches a large sorted map (which
+    costs cache misses in a deep queue). Up to ``_MAX_LEVELS`` levels get a queue of
+    their own; jobs of further levels share one queue sorted by (priority, arrival),
+    so any number of levels works and a position adds at most ``_MAX_LEVELS`` sizes.
+    A level is in exactly one place: its own queue, or the shared one.
+    """
+
+    __slots__ = ("_levels", "_maps", "_order", "_shared", "_shared_levels")
+
+    def __init__(self) -> None:
+        self._levels: dict[int, RankedMap[JobHandle[Any]]] = {}  # non-empty, by priority
+        self._order: list[int] = []  # the levels' negated priorities, ascending
+        self._maps: list[RankedMap[JobHandle[Any]]] = []  # the levels' queues, that order
+        # Jobs of levels without a queue of their own, keyed seq - priority * span.
+        self._shared: RankedMap[JobHandle[Any]] = RankedMap()
+        self._shared_levels: dict[int, int] = {}  # priority -> its jobs in _shared
+
+    def push(self, job: JobHandle[Any], now: float) -> None:
         p = job.priority
-        return job._seq if not p else job._seq - p * _SEQ_SPAN
+        level = self._levels.get(p)
+        if level is None:
+            if len(self._levels) >= _MAX_LEVELS or p in self._shared_levels:
+                self._shared.insert(job._seq - p * _SEQ_SPAN, job)
+                self._shared_levels[p] = self._shared_levels.get(p, 0) + 1
+                return
+            level = self._levels[p] = RankedMap()
+            i = bisect_left(self._order, -p)
+            self._order.insert(i, -p)
+            self._maps.insert(i, level)
+        level.insert(job._seq, job)  # a requeued job keeps its arrival number
+
+    def pop(self) -> JobHandle[Any]:
+        maps = self._maps
+        shared = self._shared
+        if shared._len and (not maps or shared.first_value().priority > -self._order[0]):
+            job = shared.pop_first_value()
+            self._forget_shared(job.priority)
+            return job
+        level = maps[0]
+        job = level.pop_first_value()
+        if not level._len:
+            del maps[0]
+            del self._levels[-self._order.pop(0)]
+        return job
+
+    def _forget_shared(self, p: int) -> None:
+        left = self._shared_levels[p] - 1
+        if left:
+            self._shared_levels[p] = left
+        else:
+            del self._shared_levels[p]
+
+    def remove(self, job: JobHandle[Any]) -> None:
+        p = job.priority
+        level = self._levels.get(p)
+        if level is None:
+            self._shared.pop(job._seq - p * _SEQ_SPAN)
+            self._forget_shared(p)
+            return
+        level.pop(job._seq)
+        if not level._len:
+            i = bisect_left(self._order, -p)
+            del self._order[i]
+            del self._maps[i]
+            del self._levels[p]
+
+    def position(self, job: JobHandle[Any]) -> int:
+        p = job.priority
+        ahead = sum(map(_LEN, self._maps[: bisect_left(self._order, -p)]))
+        level = self._levels.get(p)
+        if level is not None:
+            ahead += level.rank(job._seq)
+        if self._shared._len:
+            ahead += self._shared.rank(job._seq - p * _SEQ_SPAN)
+        return ahead + 1
+
+    def __len__(self) -> int:
+        return sum(map(_LEN, self._maps)) + self._shared._len
 
 
 class _AgingState(_SortedState):

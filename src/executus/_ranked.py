@@ -124,6 +124,12 @@ class RankedMap(Generic[V]):
         key = self._keys[0][0]
         return key, self._drop(0, 0)
 
+    def first_value(self) -> V:
+        """The value of the smallest key. Raises IndexError if empty."""
+        if not self._len:
+            raise IndexError("first of an empty RankedMap")
+        return self._vals[0][0]
+
     def pop_first_value(self) -> V:
         """Remove the smallest key and return its value. Raises IndexError if empty."""
         if not self._len:
