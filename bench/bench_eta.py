@@ -21,7 +21,13 @@ Estimators compared on the same traces:
 - the seed's ``Submit`` estimate (``60 s / completions per minute`` per position) and
   its ``SubmitWithMaxWait`` estimate (mean of the last 16 run times per round of
   slots), both ported in ``seed_estimator.py``, fed the same completions and using the
-  seed's position (the queue length).
+  seed's position (the queue length);
+- for FIFO, an *oracle*: the exact median wait (by Monte Carlo) given the job's
+  position, the running jobs' elapsed times and the true lognormal distribution, which
+  no estimator is told. It is the best estimate from that information (the least
+  expected absolute error for every job), so it shows how much error any estimator
+  must make on this workload. (Under FairShare a later arrival may go ahead of a
+  queued job, so the wait also depends on the future: no oracle there.)
 
 The traces are replayed exactly: a discrete-event simulation drives a real ``Lane``
 whose clock is an ``executus.testing.ManualClock``. Jobs are futures released at
@@ -50,6 +56,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -107,6 +115,9 @@ class Result:
     seed_submit: list[float] = field(default_factory=list)
     seed_maxwait: list[float] = field(default_factory=list)
     queued: list[bool] = field(default_factory=list)
+    # Per counted submission: (position, running jobs' elapsed seconds) if it queued.
+    snapshots: list[tuple[int, list[float]] | None] = field(default_factory=list)
+    oracle: list[float] = field(default_factory=list)  # filled by ``add_oracle``
 
     def add(self, actual: float, eta: float, s_eta: float, s_wait: float, queued: bool) -> None:
         self.actual.append(actual)
@@ -146,12 +157,15 @@ async def simulate(
     starts: list[float | None] = [None] * n
     ends: list[tuple[float, int, asyncio.Future[None]]] = []  # heap of pending completions
     counts = {"started": 0, "released": 0, "submitted": 0}
+    running: set[int] = set()  # started, not yet released
+    snapshots: dict[int, tuple[int, list[float]]] = {}  # queued at submit: what it saw
 
     def body_for(i: int) -> Callable[[], Awaitable[None]]:
         async def body() -> None:
             now = clock.monotonic()
             starts[i] = now
             counts["started"] += 1
+            running.add(i)
             fut = loop.create_future()
             heapq.heappush(ends, (now + trace.runs[i], i, fut))
             await fut
@@ -168,6 +182,9 @@ async def simulate(
             await asyncio.sleep(0)
         raise RuntimeError(f"the lane did not settle: {counts} {len(ends)}")
 
+    def starts_of_running() -> list[float]:
+        return [s for s in (starts[j] for j in running) if s is not None]
+
     pending: list[tuple[int, float, float, float, bool]] = []
     nxt = 0
     while nxt < n or ends:
@@ -178,6 +195,7 @@ async def simulate(
             assert start is not None
             seed.complete(start, end)
             counts["released"] += 1
+            running.discard(i)
             fut.set_result(None)
         else:
             clock.advance(trace.arrivals[nxt] - clock.monotonic())
@@ -189,6 +207,9 @@ async def simulate(
                 if handle.state is JobState.QUEUED:
                     qlen = counts["submitted"] - counts["started"]
                     pending.append((i, handle.eta, seed.eta(qlen), seed.wait(qlen), True))
+                    now = clock.monotonic()
+                    elapsed = [now - s for s in starts_of_running()]
+                    snapshots[i] = (handle.position, elapsed)
                 else:
                     pending.append((i, 0.0, 0.0, 0.0, False))
         await settle()
@@ -201,6 +222,7 @@ async def simulate(
         start = starts[i]
         assert start is not None
         result.add(start - trace.arrivals[i], eta, s_eta, s_wait, queued)
+        result.snapshots.append(snapshots.get(i))
     return result
 
 
@@ -250,6 +272,50 @@ async def real_time(trace: Trace, policy: QueuePolicy) -> Result:
     return result
 
 
+ORACLE_SAMPLES = 1000  # Monte Carlo draws per queued job
+ORACLE_POOL = 2_000_000  # sorted draws of the true run-time distribution
+
+
+def add_oracle(result: Result, seed: int, samples: int = ORACLE_SAMPLES) -> None:
+    """Fill ``result.oracle``: each queued job's exact median wait, by Monte Carlo.
+
+    The oracle knows what the lane knows at submit (the job's position and how long
+    each running job has run) and, unlike any estimator, the true run-time
+    distribution. A running job's residual is drawn from that distribution above its
+    elapsed time; each slot then runs fresh draws; the job starts at the
+    ``position``-th slot-free event. The median of that start time is the estimate
+    with the least expected absolute error for every job: no estimator working from
+    the same information beats it on average. Valid for FIFO only, where later
+    arrivals cannot go ahead of a queued job.
+    """
+    rng = np.random.default_rng(seed)
+    pool = np.sort(rng.lognormal(math.log(MEDIAN_RUN), SIGMA, ORACLE_POOL))
+    size = len(pool)
+    oracle = [0.0] * len(result.snapshots)
+    by_position: dict[int, list[int]] = {}
+    for k, snap in enumerate(result.snapshots):
+        if snap is not None:
+            by_position.setdefault(snap[0], []).append(k)
+    for position, members in by_position.items():
+        step = max(1, 4_000_000 // (samples * SLOTS * position))  # bound the arrays
+        for first in range(0, len(members), step):
+            chunk = members[first : first + step]
+            elapsed = np.array([result.snapshots[k][1] for k in chunk])  # type: ignore[index]
+            assert elapsed.shape[1] == SLOTS, "a job queued while a slot was free"
+            low = np.searchsorted(pool, elapsed, side="right")[:, None, :]
+            picks = low + (rng.random((len(chunk), samples, SLOTS)) * (size - low)).astype(int)
+            residual = np.maximum(pool[np.minimum(picks, size - 1)] - elapsed[:, None, :], 0.0)
+            events = residual[..., None]
+            if position > 1:
+                fresh = pool[rng.integers(0, size, (len(chunk), samples, SLOTS, position - 1))]
+                events = np.concatenate([events, events + np.cumsum(fresh, axis=-1)], axis=-1)
+            events = events.reshape(len(chunk), samples, SLOTS * position)
+            start = np.partition(events, position - 1, axis=-1)[..., position - 1]
+            for k, median_wait in zip(chunk, np.median(start, axis=-1), strict=True):
+                oracle[k] = float(median_wait)
+    result.oracle = oracle
+
+
 def policies() -> dict[str, Callable[[], QueuePolicy]]:
     return {"FIFO": FIFO, "FairShare (3 keys)": FairShare}
 
@@ -266,7 +332,7 @@ def _median_error(results: list[Result], estimator: str, queued_only: bool) -> f
     return statistics.median(errors)
 
 
-def accuracy(runs: int, jobs: int, first_seed: int) -> None:
+def accuracy(runs: int, jobs: int, first_seed: int, oracle_samples: int) -> None:
     """Both error tables: every estimator on the same traces, per policy."""
     print(
         f"ETA error at submit: median |ETA - actual wait|, in mean run times "
@@ -319,6 +385,22 @@ def accuracy(runs: int, jobs: int, first_seed: int) -> None:
                 f"{s1:.3f}", f"{s2:.3f}", f"{ex / s1:.2f}x", f"{ex / s2:.2f}x",
             )  # fmt: skip
         table.print()
+
+    results = measured["FIFO"]["executus"]
+    for k, result in enumerate(results):
+        add_oracle(result, seed=first_seed + 1000 + k, samples=oracle_samples)
+    print(
+        f"\nAgainst the best possible estimate (FIFO): the oracle's ETA is the exact "
+        f"median wait given the job's position, the running jobs' elapsed times and the "
+        f"true run-time distribution ({oracle_samples} Monte Carlo draws per queued job)\n",
+        flush=True,
+    )
+    table = Table("reading", "executus", "oracle", "executus / oracle")
+    for title, queued_only in READINGS:
+        ex = _median_error(results, "executus", queued_only)
+        best = _median_error(results, "oracle", queued_only)
+        table.add(title.split(" (")[0], f"{ex:.3f}", f"{best:.3f}", f"{ex / best:.2f}x")
+    table.print()
 
 
 def real(n: int, first_seed: int) -> None:
@@ -402,7 +484,7 @@ def main() -> None:
     runs = args.runs or (3 if args.quick else 5)
     jobs = args.jobs or (15_000 if args.quick else 30_000)
 
-    accuracy(runs, jobs, args.seed)
+    accuracy(runs, jobs, args.seed, 400 if args.quick else ORACLE_SAMPLES)
     if not args.no_real:
         real(800 if args.quick else 2_500, args.seed)
     if not args.no_cost:
