@@ -445,10 +445,10 @@ class _FairShareState(PolicyState):
     def remove(self, job: JobHandle[Any]) -> None:
         flow = self._flows[job.key]
         flow.queue.pop(job._qkey)
-        flow.n -= 1
-        self._slots.pop(_slot_key(flow.tag(flow.head + flow.n), flow.order))
+        n = flow.n = flow.n - 1  # the key gives up its last slot
+        self._slots.pop(_slot_key(flow.base + (flow.head + n) / flow.weight, flow.order))
         self._len -= 1
-        if flow.n == 0:
+        if not n:
             self._idle[flow.key] = flow
 
     def position(self, job: JobHandle[Any]) -> int:
