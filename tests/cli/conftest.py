@@ -4,3 +4,4 @@ from __future__ import annotations
 
 from tests.redis.conftest import namespace as namespace
 from tests.redis.conftest import redis_server as redis_server
+from tests.redis.conftest import session_redis as session_redis

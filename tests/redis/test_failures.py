@@ -1,4 +1,5 @@
-"""RedisLane under faults, with real processes and a real redis-server.
+"""RedisLane under faults, with real processes and a real redis-server (every test also
+runs on a real valkey-server).
 
 Each test names the fault it injects: a SIGKILLed process, a SIGSTOPped one, a Redis
 restart without persistence, cut connections, an unreachable server, damaged keys. An
@@ -26,7 +27,7 @@ from executus.redis import RedisLane
 
 from .helpers import Interval, RedisServer, TcpProxy, max_overlap
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(60)]
 
 WORKER = str(Path(__file__).with_name("worker.py"))
 

@@ -33,7 +33,7 @@ from executus.redis import RedisLane
 
 from .helpers import RedisServer
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
 LaneFactory = Callable[..., RedisLane]
 
@@ -52,6 +52,20 @@ async def make_lane(redis_server: RedisServer, namespace: str) -> AsyncIterator[
     yield make
     for lane in lanes:
         await lane.aclose(drain=False)
+
+
+async def test_each_run_talks_to_the_server_it_names(
+    redis_server: RedisServer, request: pytest.FixtureRequest
+) -> None:
+    """The redis run is served by Redis and the valkey run by Valkey (INFO server)."""
+    kind = request.node.callspec.params["redis_server"]
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        info = await client.info("server")
+    finally:
+        await client.aclose()
+    assert ("valkey_version" in info) == (kind == "valkey"), info
+    assert "redis_version" in info  # Valkey answers with a compatible version too
 
 
 class Gate:
