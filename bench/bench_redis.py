@@ -1,10 +1,11 @@
 """Benchmark RedisLane against Dramatiq's ConcurrentRateLimiter on one private Redis.
 
-Run:  .venv/bin/python bench/bench_redis.py [--quick] [--repeats N]
+Run:  .venv/bin/python bench/bench_redis.py [--quick] [--repeats N] [--server BINARY]
 
-It starts its own redis-server on a free port (no persistence) and never touches any
-other Redis. Every scenario runs in real worker processes started from this file, which
-wait for a common start instant so that they overlap fully. Each figure is the median
+It starts its own redis-server (or, with ``--server``, another compatible server such as
+a valkey-server) on a free port (no persistence) and never touches any other Redis.
+Every scenario runs in real worker processes started from this file, which wait for a
+common start instant so that they overlap fully. Each figure is the median
 of ``--repeats`` runs.
 
 Scenarios:
@@ -189,11 +190,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, binary: str = "redis-server") -> None:
+        self.name = Path(binary).name
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="executus-bench-redis-")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -206,7 +208,7 @@ class Server:
                         return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        raise RuntimeError(f"{binary} did not start")
 
     @property
     def url(self) -> str:
@@ -346,11 +348,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="shorter runs")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--server", default="redis-server", help="the server binary to start")
     a = p.parse_args()
     seconds = 2.0 if a.quick else 4.0
-    server = Server()
+    server = Server(a.server)
     try:
-        print(f"redis-server on port {server.port}; {a.repeats} repeats; medians\n")
+        print(f"{server.name} on port {server.port}; {a.repeats} repeats; medians\n")
         util = [bench_utilisation(server, seconds) for _ in range(a.repeats)]
         ours, our_reads, our_run, theirs, their_reads, their_run = (
             statistics.median(u[i] for u in util) for i in range(6)
