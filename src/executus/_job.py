@@ -41,6 +41,7 @@ class JobState(enum.Enum):
 
 
 _TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PREEMPTED})
+_QUEUED = JobState.QUEUED  # a module constant: ``JobState.QUEUED`` is a descriptor lookup
 
 # The only state changes there are. RUNNING -> QUEUED is a requeue after preemption.
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
@@ -140,7 +141,7 @@ class JobHandle(Generic[T]):
         self._fn = fn
         self._seq = seq
         self._qkey: Any = None  # owned by the queue policy's state
-        self._state = JobState.QUEUED
+        self._state = _QUEUED
         self._t_submit = submitted
         self._t_start: float | None = None
         self._t_end: float | None = None
