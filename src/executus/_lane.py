@@ -305,7 +305,14 @@ class Lane(LaneBase):
     ) -> JobHandle[Any]:
         if self._closed:
             raise LaneClosed(self._name)
-        check_submit_options(job_id, key, priority, preemptible, max_wait)
+        if not (  # all defaults (the common case) need no checking call
+            job_id is None
+            and max_wait is None
+            and preemptible is False
+            and type(priority) is int
+            and (key is None or type(key) is str)
+        ):
+            check_submit_options(job_id, key, priority, preemptible, max_wait)
         jobs = self._jobs
         seq = self._seq
         self._seq = seq + 1
