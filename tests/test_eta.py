@@ -6,6 +6,8 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from executus._eta import RuntimeWindow, ThroughputWindow, estimate_wait
 
@@ -238,6 +240,48 @@ def test_throughput_ring_reuses_buckets_after_a_minute() -> None:
 def test_throughput_empty_is_zero() -> None:
     """No recorded run: a count of 0."""
     assert ThroughputWindow().count(1000.0) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    size=st.integers(1, 8),
+    history=st.integers(0, 12),
+    batches=st.lists(  # run times a clock can give: 0, or 1 us to 1,000 s
+        st.lists(st.one_of(st.just(0.0), st.floats(1e-6, 1e3)), max_size=20),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_add_many_is_add_one_by_one(size: int, history: int, batches: list[list[float]]) -> None:
+    """Runs recorded in batches leave the window exactly as runs recorded one by one."""
+    one = RuntimeWindow(size, history=history)
+    many = RuntimeWindow(size, history=history)
+    for batch in batches:
+        for r in batch:
+            one.add(r)
+        many.add_many(batch)
+        assert list(many._recent) == list(one._recent)
+        assert many._total == one._total
+        assert (many._ratios, many._next, many._ratio_stale) == (
+            one._ratios,
+            one._next,
+            one._ratio_stale,
+        )
+        assert many.mean() == one.mean()
+        assert many.shape() == one.shape()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-100.0, 500.0, allow_nan=False), max_size=60))
+def test_record_many_is_record_one_by_one(ends: list[float]) -> None:
+    """End times counted in a batch give the counts of end times counted one by one."""
+    ends = sorted(ends)
+    one = ThroughputWindow()
+    many = ThroughputWindow()
+    for now in ends:
+        one.record(now)
+    many.record_many(ends)
+    assert (many._counts, many._stamps) == (one._counts, one._stamps)
 
 
 # -- estimate_wait -----------------------------------------------------------------------

@@ -133,6 +133,35 @@ class RuntimeWindow:
         self._sorted = None
         self._shape = None
 
+    def add_many(self, runs: list[float]) -> None:
+        """Record run times in order: the same state as ``add`` for each, without a call
+        per run (a busy lane records its runs in batches)."""
+        recent = self._recent
+        size = recent.maxlen
+        total = self._total
+        ring = self._ratios
+        history = self._history
+        at = self._next
+        stale = self._ratio_stale
+        for seconds in runs:
+            n = len(recent)
+            if at >= 0 and n and total > 0.0:
+                stale += 1
+                if len(ring) < history:
+                    ring.append(seconds * n / total)
+                else:
+                    ring[at] = seconds * n / total
+                    at = (at + 1) % len(ring)
+            if n == size:
+                total -= recent[0]
+            recent.append(seconds)
+            total += seconds
+        self._total = total
+        self._next = at
+        self._ratio_stale = stale
+        self._sorted = None
+        self._shape = None
+
     def _add_ratio(self, ratio: float) -> None:
         ring = self._ratios
         self._ratio_stale += 1
@@ -155,7 +184,7 @@ class RuntimeWindow:
             k = len(srt)
             avg = math.fsum(srt) / k if k else 0.0
             cv2 = 0.0
-            if k > 1 and avg > 0.0:
+            if k > 1 and avg * avg > 0.0:  # the square: a subnormal mean squares to 0
                 cv2 = math.fsum((v - avg) * (v - avg) for v in srt) / (k - 1) / (avg * avg)
             self._ratio_stats = (avg, cv2)
             self._ratio_stale = 0
@@ -198,7 +227,7 @@ class RuntimeWindow:
             runs = self.sorted_runs()
             n = len(runs)
             var = sum((s - mean) ** 2 for s in runs) / (n - 1) if n > 1 else 0.0
-            shape = (runs, 1.0, var / (mean * mean) if mean > 0.0 else 0.0)
+            shape = (runs, 1.0, var / (mean * mean) if mean * mean > 0.0 else 0.0)
         self._shape = shape
         return shape
 
@@ -251,6 +280,20 @@ class ThroughputWindow:
             self._stamps[i] = second
             self._counts[i] = 0
         self._counts[i] += 1
+
+    def record_many(self, ends: list[float]) -> None:
+        """Count runs ending at each of ``ends`` (monotonic times, in order), as
+        ``record`` does one by one."""
+        counts = self._counts
+        stamps = self._stamps
+        span = self.SPAN
+        for now in ends:
+            second = int(now) if now >= 0.0 else math.floor(now)
+            i = second % span
+            if stamps[i] != second:
+                stamps[i] = second
+                counts[i] = 0
+            counts[i] += 1
 
     def count(self, now: float) -> int:
         """Runs ended in the 60 seconds up to ``now`` (to one-second resolution)."""

@@ -73,6 +73,7 @@ _UNCALLED = object()  # _run: fn has not returned (yet)
 _CLOSE = "close"
 _PREEMPT = "preempt"
 _PREEMPT_REQUEUE = "preempt-requeue"
+_FOLD = 256  # ended runs kept aside before they are counted in the windows
 
 
 class Lane(LaneBase):
@@ -147,6 +148,10 @@ class Lane(LaneBase):
         self._events = Emitter()
         self._window = RuntimeWindow(eta_window)
         self._throughput = ThroughputWindow()
+        # Ended runs not yet counted in the two windows: appended per run, folded in by
+        # ``_fold`` in batches and before any read of the windows.
+        self._ends: list[float] = []  # end times (every run)
+        self._runs: list[float] = []  # run times (runs that succeeded or failed)
         self._submitted = 0
         self._succeeded = 0
         self._failed = 0
@@ -484,7 +489,10 @@ class Lane(LaneBase):
             if timer is not None:
                 timer.cancel()
             cause = self._causes.pop(job, None)
-        self._throughput.record(now)
+        ends = self._ends
+        ends.append(now)
+        if len(ends) >= _FOLD:
+            self._fold()
         error: BaseException | None
         if cancelled:
             if cause == _PREEMPT_REQUEUE:
@@ -513,12 +521,12 @@ class Lane(LaneBase):
             job._end(state, now, exc=error)
         elif exc is not None:
             self._failed += 1
-            self._window.add(now - started)
+            self._runs.append(now - started)
             error = exc
             job._end(_FAILED, now, exc=exc)
         else:
             self._succeeded += 1
-            self._window.add(now - started)
+            self._runs.append(now - started)
             error = None
             job._end(_SUCCEEDED, now, value=value)
         del self._jobs[job.id]
@@ -640,6 +648,16 @@ class Lane(LaneBase):
 
     # -- estimates -------------------------------------------------------------------------
 
+    def _fold(self) -> None:
+        """Count the ended runs not yet in the throughput and run-time windows."""
+        ends, runs = self._ends, self._runs
+        if ends:
+            self._throughput.record_many(ends)
+            ends.clear()
+        if runs:
+            self._window.add_many(runs)
+            runs.clear()
+
     def _estimate(self, position: int, now: float) -> float:
         held = []
         elapsed = []
@@ -655,6 +673,7 @@ class Lane(LaneBase):
         # The fallback rate: runs per minute, extrapolated while the lane is younger
         # than the one-minute window (one run in its first second is 60/min, not 1/min).
         span = min(60.0, max(1.0, now - self._mono0))
+        self._fold()
         per_minute = round(self._throughput.count(now) * 60.0 / span)
         return estimate_wait(position, self._max, elapsed, self._window, per_minute, held=held)
 
@@ -674,6 +693,7 @@ class Lane(LaneBase):
 
     async def stats(self) -> LaneStats:
         """A consistent snapshot of the lane's figures."""
+        self._fold()
         now = self._now()
         oldest: datetime | None = None
         for job in self._jobs.values():  # submission order; the running ones come first
@@ -715,7 +735,9 @@ class Lane(LaneBase):
 
     async def set_eta_window(self, n: int) -> None:
         """Average the last ``n`` run times (>= 1) in wait estimates from now on."""
-        self._window.resize(check_count("eta_window", n))
+        check_count("eta_window", n)
+        self._fold()
+        self._window.resize(n)
 
     # -- closing ---------------------------------------------------------------------------
 
