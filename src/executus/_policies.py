@@ -324,9 +324,6 @@ class _Flow:
     def tag(self, j: int) -> float:
         return self.base + j / self.weight
 
-    def finish(self) -> float:
-        return self.base + (self.head + self.n) / self.weight
-
 
 _PACK_DOUBLE = struct.Struct("<d").pack
 _UNPACK_U64 = struct.Struct("<Q").unpack
@@ -360,7 +357,7 @@ class _FairShareState(PolicyState):
     only. One global ``RankedMap`` of all slots gives positions in O(log n).
     """
 
-    __slots__ = ("_flows", "_idle", "_len", "_order", "_policy", "_slots", "_vtime")
+    __slots__ = ("_flows", "_idle", "_len", "_order", "_policy", "_slots", "_unit", "_vtime")
 
     def __init__(self, policy: FairShare) -> None:
         self._policy = policy
@@ -370,24 +367,36 @@ class _FairShareState(PolicyState):
         self._vtime = 0.0
         self._len = 0
         self._order = itertools.count()
+        # Every weight is 1 (the default): every tag is then a whole number (V starts at
+        # 0 and each start adds 1), so a slot key is the tag's int and the key order,
+        # without the float's bits.
+        self._unit = not policy.weights and policy.default_weight == 1.0
 
-    def _flow(self, key: str | None) -> _Flow:
-        flow = self._flows.get(key)
+    def _key(self, tag: float, order: int) -> int:
+        """The slot key of ``(tag, order)`` (see ``_slot_key``)."""
+        return (int(tag) << _ORDER_BITS | order) if self._unit else _slot_key(tag, order)
+
+    def _flow(self, key: str | None, flow: _Flow | None) -> _Flow:
         if flow is None:
             weight = self._policy.weight(key)
             flow = self._flows[key] = _Flow(key, weight, next(self._order), self._vtime)
-        elif flow.n == 0:
+        else:  # idle: it restarts at V, or later if it was served ahead of V
             self._idle.pop(key, None)
-            flow.base = max(self._vtime, flow.finish())
+            finish = flow.base + flow.head / flow.weight
+            flow.base = self._vtime if self._vtime > finish else finish
             flow.head = 0
         return flow
 
     def push(self, job: JobHandle[Any], now: float) -> None:
         flow = self._flows.get(job.key)
         if flow is None or not flow.n:
-            flow = self._flow(job.key)
+            flow = self._flow(job.key, flow)
         n = flow.n
-        self._slots.insert(_slot_key(flow.base + (flow.head + n) / flow.weight, flow.order), flow)
+        tag = flow.base + (flow.head + n) / flow.weight
+        if self._unit:
+            self._slots.insert(int(tag) << _ORDER_BITS | flow.order, flow)
+        else:
+            self._slots.insert(_slot_key(tag, flow.order), flow)
         flow.n = n + 1
         qkey = job._qkey
         if qkey is None:
@@ -401,7 +410,7 @@ class _FairShareState(PolicyState):
         flow = self._flows.get(job.key)
         if flow is not None and flow.n > 0:
             flow.head -= 1
-            self._slots.insert(_slot_key(flow.tag(flow.head), flow.order), flow)
+            self._slots.insert(self._key(flow.tag(flow.head), flow.order), flow)
             flow.n += 1
             flow.queue.insert(job._qkey, job)
             self._len += 1
@@ -418,7 +427,7 @@ class _FairShareState(PolicyState):
 
     def pop(self) -> JobHandle[Any]:
         flow = self._slots.pop_first_value()
-        self._vtime = flow.tag(flow.head)  # the popped slot is its flow's head slot
+        self._vtime = flow.base + flow.head / flow.weight  # the popped, head slot's tag
         flow.head += 1
         n = flow.n = flow.n - 1
         job: JobHandle[Any] = flow.queue.pop_first_value()
@@ -437,7 +446,7 @@ class _FairShareState(PolicyState):
             if not idle:
                 return
             key, flow = next(iter(idle.items()))
-            if flow.finish() > self._vtime:
+            if flow.base + flow.head / flow.weight > self._vtime:  # its finish tag (n = 0)
                 return
             del idle[key]
             del self._flows[key]
@@ -446,7 +455,7 @@ class _FairShareState(PolicyState):
         flow = self._flows[job.key]
         flow.queue.pop(job._qkey)
         n = flow.n = flow.n - 1  # the key gives up its last slot
-        self._slots.pop(_slot_key(flow.base + (flow.head + n) / flow.weight, flow.order))
+        self._slots.pop(self._key(flow.base + (flow.head + n) / flow.weight, flow.order))
         self._len -= 1
         if not n:
             self._idle[flow.key] = flow
@@ -454,7 +463,7 @@ class _FairShareState(PolicyState):
     def position(self, job: JobHandle[Any]) -> int:
         flow = self._flows[job.key]
         j = flow.head + flow.queue.rank(job._qkey)
-        return self._slots.rank(_slot_key(flow.tag(j), flow.order)) + 1
+        return self._slots.rank(self._key(flow.tag(j), flow.order)) + 1
 
     def __len__(self) -> int:
         return self._len
