@@ -317,3 +317,59 @@ def _check_priority_state(ops: list[tuple[str, int]]) -> None:
             queued.append(job)
         assert len(state) == len(queued)
         assert [state.position(h) for h in order()] == list(range(1, len(queued) + 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), st.sampled_from("abcd"), st.integers(-1, 1)),
+            st.tuples(st.just("pop"), st.just(""), st.just(0)),
+            st.tuples(st.just("remove"), st.just(""), st.integers(0, 40)),
+            st.tuples(st.just("requeue"), st.just(""), st.integers(0, 40)),
+        ),
+        max_size=60,
+    )
+)
+def test_fair_share_whole_number_keys_match_the_general_keys(
+    ops: list[tuple[str, str, int]],
+) -> None:
+    """Default weights (whole-number slot keys) order jobs as the float-bit keys do."""
+    unit: Any = FairShare().new_state()
+    general: Any = FairShare(weights={"unused": 1.0}).new_state()  # float-bit keys
+    assert unit._unit
+    assert not general._unit
+    owner = Lane("x", 1)
+    Twin = tuple[JobHandle[Any], JobHandle[Any]]
+
+    def twin(seq: int, key: str, priority: int) -> Twin:
+        make = JobHandle[Any]
+        return (
+            make(owner, str(seq), None, key, priority, False, seq, 0.0),
+            make(owner, str(seq), None, key, priority, False, seq, 0.0),
+        )
+
+    queued: list[Twin] = []
+    popped: list[Twin] = []
+    for seq, (op, key, arg) in enumerate(ops):
+        if op == "push":
+            pair = twin(seq, key, arg)
+            unit.push(pair[0], 0.0)
+            general.push(pair[1], 0.0)
+            queued.append(pair)
+        elif op == "pop" and queued:
+            a, b = unit.pop(), general.pop()
+            assert a.id == b.id
+            pair = next(p for p in queued if p[0] is a)
+            queued.remove(pair)
+            popped.append(pair)
+        elif op == "remove" and queued:
+            pair = queued.pop(arg % len(queued))
+            unit.remove(pair[0])
+            general.remove(pair[1])
+        elif op == "requeue" and popped:
+            pair = popped.pop(arg % len(popped))
+            unit.requeue(pair[0], 0.0)
+            general.requeue(pair[1], 0.0)
+            queued.append(pair)
+        assert [unit.position(a) for a, _ in queued] == [general.position(b) for _, b in queued]
