@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -373,3 +374,33 @@ def test_fair_share_whole_number_keys_match_the_general_keys(
             general.requeue(pair[1], 0.0)
             queued.append(pair)
         assert [unit.position(a) for a, _ in queued] == [general.position(b) for _, b in queued]
+
+
+def test_fair_share_reuses_forgotten_flows_for_new_keys() -> None:
+    """A flow forgotten once its key went idle serves a later key as a plain newcomer."""
+    state: Any = FairShare().new_state()
+    owner = Lane("x", 1)
+    seq = itertools.count()
+
+    def push(key: str) -> JobHandle[Any]:
+        n = next(seq)
+        job: JobHandle[Any] = JobHandle(owner, str(n), None, key, 0, False, n, 0.0)
+        state.push(job, 0.0)
+        return job
+
+    push("a")
+    assert state.pop().key == "a"
+    push("b")
+    assert state.pop().key == "b"
+    old = {state._flows["a"], state._flows["b"]}
+    push("c")
+    push("c")
+    assert [state.pop().key, state.pop().key] == ["c", "c"]  # V passes a's and b's finish
+    assert "a" not in state._flows
+    assert "b" not in state._flows
+    d1 = push("d")
+    a2 = push("a")
+    assert {state._flows["d"], state._flows["a"]} == old  # the forgotten flows, reused
+    assert (state.position(d1), state.position(a2)) == (1, 2)  # newcomers, in arrival order
+    assert [state.pop(), state.pop()] == [d1, a2]
+    assert len(state) == 0

@@ -313,13 +313,17 @@ class _Flow:
     __slots__ = ("base", "head", "key", "n", "order", "queue", "weight")
 
     def __init__(self, key: str | None, weight: float, order: int, base: float) -> None:
+        self.queue: RankedMap[JobHandle[Any]] = RankedMap()
+        self.reset(key, weight, order, base)
+
+    def reset(self, key: str | None, weight: float, order: int, base: float) -> None:
+        """Make this (empty) flow the flow of ``key``."""
         self.key = key
         self.weight = weight
         self.order = order
         self.base = base
         self.head = 0
         self.n = 0
-        self.queue: RankedMap[JobHandle[Any]] = RankedMap()
 
     def tag(self, j: int) -> float:
         return self.base + j / self.weight
@@ -330,6 +334,7 @@ _UNPACK_U64 = struct.Struct("<Q").unpack
 _SIGN = 1 << 63
 _ALL = (1 << 64) - 1
 _ORDER_BITS = 40  # keys seen by one lane: fewer than 2**40
+_SPARE_FLOWS = 64  # forgotten flows kept for reuse
 
 
 def _slot_key(tag: float, order: int) -> int:
@@ -357,7 +362,17 @@ class _FairShareState(PolicyState):
     only. One global ``RankedMap`` of all slots gives positions in O(log n).
     """
 
-    __slots__ = ("_flows", "_idle", "_len", "_order", "_policy", "_slots", "_unit", "_vtime")
+    __slots__ = (
+        "_flows",
+        "_idle",
+        "_len",
+        "_order",
+        "_policy",
+        "_slots",
+        "_spare",
+        "_unit",
+        "_vtime",
+    )
 
     def __init__(self, policy: FairShare) -> None:
         self._policy = policy
@@ -371,6 +386,9 @@ class _FairShareState(PolicyState):
         # 0 and each start adds 1), so a slot key is the tag's int and the key order,
         # without the float's bits.
         self._unit = not policy.weights and policy.default_weight == 1.0
+        # Forgotten flows kept for reuse (with their empty queues): with many keys of one
+        # job each, a flow is made and forgotten per job.
+        self._spare: list[_Flow] = []
 
     def _key(self, tag: float, order: int) -> int:
         """The slot key of ``(tag, order)`` (see ``_slot_key``)."""
@@ -379,7 +397,12 @@ class _FairShareState(PolicyState):
     def _flow(self, key: str | None, flow: _Flow | None) -> _Flow:
         if flow is None:
             weight = self._policy.weight(key)
-            flow = self._flows[key] = _Flow(key, weight, next(self._order), self._vtime)
+            if self._spare:
+                flow = self._spare.pop()
+                flow.reset(key, weight, next(self._order), self._vtime)
+            else:
+                flow = _Flow(key, weight, next(self._order), self._vtime)
+            self._flows[key] = flow
         else:  # idle: it restarts at V, or later if it was served ahead of V
             self._idle.pop(key, None)
             finish = flow.base + flow.head / flow.weight
@@ -450,6 +473,8 @@ class _FairShareState(PolicyState):
                 return
             del idle[key]
             del self._flows[key]
+            if len(self._spare) < _SPARE_FLOWS:
+                self._spare.append(flow)
 
     def remove(self, job: JobHandle[Any]) -> None:
         flow = self._flows[job.key]
