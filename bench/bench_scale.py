@@ -8,8 +8,10 @@ priorities 0..99):
    while Q no-op jobs are queued (not timed); then, timed, the blocked jobs are
    released and 20,000 more no-op jobs are submitted, 64 per event-loop turn, while
    the lane runs them, until 20,000 jobs have finished. The queue stays at about Q
-   throughout, so the figure is the marginal cost of a job in a lane that deep. The
-   timed phase is repeated on the same lane (median shown).
+   throughout, so the figure is the marginal cost of a job in a lane that deep. Three
+   rounds alternate between the two depths, each on a fresh lane timed over three
+   phases (median of the round medians shown), so a drift in the machine's speed
+   during the run hits both depths alike.
 2. Cancelling 100,000 random queued jobs out of 1,000,000 with ``await lane.cancel(id)``.
 3. ``handle.position`` of a random queued job, at 1,000 and 1,000,000 queued (mean
    time per query over 10,000 queries).
@@ -41,6 +43,7 @@ from executus import FIFO, FairShare, JobHandle, Lane, Priority, QueuePolicy
 SLOTS = 64
 KEYS = [f"user-{i}" for i in range(1_000)]
 BATCH = 64  # submits per event-loop turn in the steady-state phase
+ROUNDS = 3  # per-job cost: rounds alternating between the two depths
 
 
 class Counter:
@@ -162,16 +165,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller big queue, fewer reps")
     parser.add_argument("--runs", type=int, default=None, help="timed phases per lane")
     args = parser.parse_args()
-    reps = args.runs or (3 if args.quick else 5)
+    reps = args.runs or (2 if args.quick else 3)
     big = 100_000 if args.quick else 1_000_000
     small = 1_000
     n = 20_000
 
-    print(f"Per-job cost (submit+dispatch+finish), {n:,} jobs, median of {reps}\n", flush=True)
+    print(
+        f"Per-job cost (submit+dispatch+finish), {n:,} jobs, {ROUNDS} alternating rounds "
+        f"of {reps} phases\n",
+        flush=True,
+    )
     table = Table("policy", f"{small:,} queued", f"{big:,} queued", "ratio")
     for name, make in policies().items():
-        lo = asyncio.run(per_job_cost(make(), small, n, reps))
-        hi = asyncio.run(per_job_cost(make(), big, n, reps))
+        # Rounds alternate between the two depths (a fresh lane each), so a drift in the
+        # machine's speed during the run hits both alike.
+        los: list[float] = []
+        his: list[float] = []
+        for _ in range(ROUNDS):
+            los.append(asyncio.run(per_job_cost(make(), small, n, reps)))
+            his.append(asyncio.run(per_job_cost(make(), big, n, reps)))
+        lo, hi = median(los), median(his)
         table.add(name, f"{lo * 1e6:.1f} us", f"{hi * 1e6:.1f} us", f"{hi / lo:.2f}x")
     table.print()
 
