@@ -5,9 +5,9 @@ A policy object is immutable settings; every lane gets its own mutable queue fro
 between lanes). Queue code never awaits: the lane calls it from its one synchronous
 decision step.
 
-Every built-in queue answers ``position`` in O(log n) from ``RankedMap`` or
-``ArrivalQueue`` (see ``_ranked.py``; strict ``Priority`` adds the sizes of at most 128
-levels), so a live position never walks the queue.
+Every built-in queue answers ``position`` in O(log n) from ``RankedMap`` (see
+``_ranked.py``; strict ``Priority`` adds the sizes of at most 128 levels), so a live
+position never walks the queue.
 """
 
 from __future__ import annotations
