@@ -1,4 +1,4 @@
-"""RankedMap (a sorted map with rank) and ArrivalQueue, checked against a sorted list."""
+"""RankedMap: a sorted map with rank, checked against a plain sorted list."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executus._ranked import ArrivalQueue, RankedMap
+from executus._ranked import RankedMap
 
 
 @settings(max_examples=200, deadline=None)
@@ -80,55 +80,3 @@ def test_ranks_across_many_bucket_runs() -> None:
         assert ranked.rank(model[i]) == i
     ranked.insert(-1, None)
     assert ranked.rank(model[1000]) == 1001
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    compact=st.integers(1, 4),
-    ops=st.lists(
-        st.tuples(st.sampled_from(["push", "push", "back", "remove", "pop"]), st.integers(0, 60))
-    ),
-)
-def test_arrival_queue_matches_a_sorted_list(compact: int, ops: list[tuple[str, int]]) -> None:
-    """Arrivals, removals, pops and keys put back below the last arrival keep the order,
-    length and ranks of a sorted list (with the popped prefix dropped early and often)."""
-    from executus import _ranked
-
-    saved = _ranked._COMPACT
-    _ranked._COMPACT = compact
-    try:
-        _check_arrival_queue(ops)
-    finally:
-        _ranked._COMPACT = saved
-
-
-def _check_arrival_queue(ops: list[tuple[str, int]]) -> None:
-    queue: ArrivalQueue[str] = ArrivalQueue()
-    model: list[int] = []
-    popped: list[int] = []
-    nxt = 0
-    for op, arg in ops:
-        if op == "push":
-            nxt += 1 + arg % 3
-            queue.push(nxt, str(nxt))
-            model.append(nxt)
-        elif op == "back" and popped:  # a popped key comes back at its old place
-            key = popped.pop(arg % len(popped))
-            queue.push(key, str(key))
-            model.append(key)
-        elif op == "remove" and model:
-            key = model.pop(arg % len(model))
-            queue.remove(key)
-        elif op == "pop" and model:
-            key = min(model)
-            assert queue.pop_first_value() == str(key)
-            model.remove(key)
-            popped.append(key)
-        model.sort()
-        assert len(queue) == len(model)
-        assert [queue.rank(k) for k in model] == list(range(len(model)))
-    while model:
-        assert queue.pop_first_value() == str(model.pop(0))
-    assert not queue
-    with pytest.raises(IndexError):
-        queue.pop_first_value()

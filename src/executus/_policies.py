@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._job import JobHandle
-from ._ranked import ArrivalQueue, RankedMap
+from ._ranked import RankedMap
 
 __all__ = ["FIFO", "FairShare", "PolicyState", "Preemption", "Priority", "QueuePolicy"]
 
@@ -136,31 +136,6 @@ class _SortedState(PolicyState):
         return len(self._map)
 
 
-class _FifoState(PolicyState):
-    """Arrival order: an ``ArrivalQueue`` keyed by arrival number, so a submit appends
-    and a start takes the head (a requeued job keeps its number, and its place)."""
-
-    __slots__ = ("_queue",)
-
-    def __init__(self) -> None:
-        self._queue: ArrivalQueue[JobHandle[Any]] = ArrivalQueue()
-
-    def push(self, job: JobHandle[Any], now: float) -> None:
-        self._queue.push(job._seq, job)
-
-    def pop(self) -> JobHandle[Any]:
-        return self._queue.pop_first_value()
-
-    def remove(self, job: JobHandle[Any]) -> None:
-        self._queue.remove(job._seq)
-
-    def position(self, job: JobHandle[Any]) -> int:
-        return self._queue.rank(job._seq) + 1
-
-    def __len__(self) -> int:
-        return self._queue._len
-
-
 class FIFO(QueuePolicy):
     """First in, first out: arrival order. Priority matters only for preemption.
 
@@ -172,7 +147,7 @@ class FIFO(QueuePolicy):
     name = "fifo"
 
     def new_state(self) -> PolicyState:
-        return _FifoState()
+        return _SortedState()
 
     def __eq__(self, other: object) -> bool:
         return type(other) is FIFO
@@ -185,7 +160,7 @@ class FIFO(QueuePolicy):
 
 
 _MAX_LEVELS = 128  # priority levels with a queue of their own; the rest share one
-_LEN: Callable[[ArrivalQueue[Any]], int] = operator.attrgetter("_len")
+_LEN: Callable[[RankedMap[Any]], int] = operator.attrgetter("_len")
 
 
 class _PriorityState(PolicyState):
@@ -202,9 +177,9 @@ class _PriorityState(PolicyState):
     __slots__ = ("_levels", "_maps", "_order", "_shared", "_shared_levels")
 
     def __init__(self) -> None:
-        self._levels: dict[int, ArrivalQueue[JobHandle[Any]]] = {}  # non-empty ones
+        self._levels: dict[int, RankedMap[JobHandle[Any]]] = {}  # non-empty, by priority
         self._order: list[int] = []  # the levels' negated priorities, ascending
-        self._maps: list[ArrivalQueue[JobHandle[Any]]] = []  # the levels' queues, that order
+        self._maps: list[RankedMap[JobHandle[Any]]] = []  # the levels' queues, that order
         # Jobs of levels without a queue of their own, keyed seq - priority * span.
         self._shared: RankedMap[JobHandle[Any]] = RankedMap()
         self._shared_levels: dict[int, int] = {}  # priority -> its jobs in _shared
@@ -217,11 +192,11 @@ class _PriorityState(PolicyState):
                 self._shared.insert(job._seq - p * _SEQ_SPAN, job)
                 self._shared_levels[p] = self._shared_levels.get(p, 0) + 1
                 return
-            level = self._levels[p] = ArrivalQueue()
+            level = self._levels[p] = RankedMap()
             i = bisect_left(self._order, -p)
             self._order.insert(i, -p)
             self._maps.insert(i, level)
-        level.push(job._seq, job)  # a requeued job keeps its arrival number
+        level.insert(job._seq, job)  # a requeued job keeps its arrival number
 
     def pop(self) -> JobHandle[Any]:
         maps = self._maps
@@ -251,7 +226,7 @@ class _PriorityState(PolicyState):
             self._shared.pop(job._seq - p * _SEQ_SPAN)
             self._forget_shared(p)
             return
-        level.remove(job._seq)
+        level.pop(job._seq)
         if not level._len:
             i = bisect_left(self._order, -p)
             del self._order[i]

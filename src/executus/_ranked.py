@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["ArrivalQueue", "RankedMap"]
+__all__ = ["RankedMap"]
 
 V = TypeVar("V")
 
@@ -124,12 +124,6 @@ class RankedMap(Generic[V]):
         key = self._keys[0][0]
         return key, self._drop(0, 0)
 
-    def first_key(self) -> Any:
-        """The smallest key. Raises IndexError if empty."""
-        if not self._len:
-            raise IndexError("first of an empty RankedMap")
-        return self._keys[0][0]
-
     def first_value(self) -> V:
         """The value of the smallest key. Raises IndexError if empty."""
         if not self._len:
@@ -168,93 +162,3 @@ class RankedMap(Generic[V]):
         lens = self._lens = list(map(len, self._keys))
         self._runs = [sum(lens[i : i + _RUN]) for i in range(0, len(lens), _RUN)]
         return lens
-
-
-_COMPACT = 1024  # ArrivalQueue drops its popped prefix once it is this long and half
-
-
-class ArrivalQueue(Generic[V]):
-    """Values in ascending key order, for keys that mostly arrive in ascending order.
-
-    A key above every key pushed so far is appended to a list, and the first value is
-    popped by moving a start index: both O(1) (amortised: the popped prefix is dropped
-    once it is half the list). A removal marks the key in a ``RankedMap`` of removed
-    keys, skipped when the pop reaches them; a key pushed below the last one (a job put
-    back at its arrival place) goes to a small side ``RankedMap``. ``rank`` is a bisect
-    over the list, minus removed keys before it, plus side keys before it: O(log n).
-
-    Keys must be unique and totally ordered.
-    """
-
-    __slots__ = ("_early", "_keys", "_last", "_len", "_removed", "_start", "_vals")
-
-    def __init__(self) -> None:
-        self._keys: list[Any] = []  # pushed keys, ascending; [_start:] still queued
-        self._vals: list[V | None] = []
-        self._start = 0
-        self._last: Any = None  # the last key appended
-        self._removed: RankedMap[None] = RankedMap()  # removed keys still in _keys
-        self._early: RankedMap[V] = RankedMap()  # keys pushed below _last
-        self._len = 0
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __bool__(self) -> bool:
-        return self._len > 0
-
-    def push(self, key: Any, value: V) -> None:
-        """Add ``key`` (which must not be present) with ``value``."""
-        if self._last is None or key > self._last:
-            self._keys.append(key)
-            self._vals.append(value)
-            self._last = key
-        else:
-            self._early.insert(key, value)
-        self._len += 1
-
-    def pop_first_value(self) -> V:
-        """Remove the smallest key and return its value. Raises IndexError if empty."""
-        if not self._len:
-            raise IndexError("pop from an empty ArrivalQueue")
-        keys = self._keys
-        start = self._start
-        removed = self._removed
-        while removed._len and keys[start] == removed.first_key():  # skip removed keys
-            removed.pop_first_value()
-            start += 1
-        early = self._early
-        self._len -= 1
-        if early._len and (start >= len(keys) or early.first_key() < keys[start]):
-            self._start = start
-            return early.pop_first_value()
-        vals = self._vals
-        value = vals[start]
-        vals[start] = None  # the queue no longer holds the value
-        start += 1
-        if start >= _COMPACT and 2 * start >= len(keys):
-            del keys[:start]
-            del vals[:start]
-            start = 0
-        self._start = start
-        return value  # type: ignore[return-value]
-
-    def remove(self, key: Any) -> None:
-        """Remove ``key``. Raises KeyError if absent."""
-        keys = self._keys
-        i = bisect_left(keys, key, self._start)
-        if i < len(keys) and keys[i] == key:
-            self._removed.insert(key, None)
-            self._vals[i] = None
-        else:
-            self._early.pop(key)
-        self._len -= 1
-
-    def rank(self, key: Any) -> int:
-        """How many queued keys are smaller than ``key``."""
-        before = bisect_left(self._keys, key, self._start) - self._start
-        if self._removed._len:
-            before -= self._removed.rank(key)
-        if self._early._len:
-            before += self._early.rank(key)
-        return before
