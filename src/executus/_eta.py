@@ -122,20 +122,11 @@ class RuntimeWindow:
 
     def add(self, seconds: float) -> None:
         """Record one run time."""
-        recent = self._recent
-        n = len(recent)
-        if self._next >= 0 and n and self._total > 0.0:
-            self._add_ratio(seconds * n / self._total)
-        if n == recent.maxlen:
-            self._total -= recent[0]
-        recent.append(seconds)
-        self._total += seconds
-        self._sorted = None
-        self._shape = None
+        self.add_many((seconds,))
 
-    def add_many(self, runs: list[float]) -> None:
-        """Record run times in order: the same state as ``add`` for each, without a call
-        per run (a busy lane records its runs in batches)."""
+    def add_many(self, runs: Iterable[float]) -> None:
+        """Record run times in order, as many ``add`` calls would (a busy lane records
+        its runs in batches)."""
         recent = self._recent
         size = recent.maxlen
         total = self._total
@@ -145,7 +136,7 @@ class RuntimeWindow:
         stale = self._ratio_stale
         for seconds in runs:
             n = len(recent)
-            if at >= 0 and n and total > 0.0:
+            if at >= 0 and n and total > 0.0:  # the run over the mean before it
                 stale += 1
                 if len(ring) < history:
                     ring.append(seconds * n / total)
@@ -161,16 +152,6 @@ class RuntimeWindow:
         self._ratio_stale = stale
         self._sorted = None
         self._shape = None
-
-    def _add_ratio(self, ratio: float) -> None:
-        ring = self._ratios
-        self._ratio_stale += 1
-        if len(ring) < self._history:
-            ring.append(ratio)
-        else:
-            i = self._next
-            ring[i] = ratio
-            self._next = (i + 1) % len(ring)
 
     def _sorted_ratios(self) -> list[float] | None:
         """The sorted history, or None when it does not hold more ratios than the
@@ -274,21 +255,15 @@ class ThroughputWindow:
 
     def record(self, now: float) -> None:
         """Count one run ending at monotonic time ``now``."""
-        second = int(now) if now >= 0.0 else math.floor(now)  # int() is the cheap floor
-        i = second % self.SPAN
-        if self._stamps[i] != second:
-            self._stamps[i] = second
-            self._counts[i] = 0
-        self._counts[i] += 1
+        self.record_many((now,))
 
-    def record_many(self, ends: list[float]) -> None:
-        """Count runs ending at each of ``ends`` (monotonic times, in order), as
-        ``record`` does one by one."""
+    def record_many(self, ends: Iterable[float]) -> None:
+        """Count runs ending at each of ``ends`` (monotonic times, in order)."""
         counts = self._counts
         stamps = self._stamps
         span = self.SPAN
         for now in ends:
-            second = int(now) if now >= 0.0 else math.floor(now)
+            second = int(now) if now >= 0.0 else math.floor(now)  # int() is the cheap floor
             i = second % span
             if stamps[i] != second:
                 stamps[i] = second
