@@ -405,8 +405,7 @@ class _FairShareState(PolicyState):
             self._flows[key] = flow
         else:  # idle: it restarts at V, or later if it was served ahead of V
             self._idle.pop(key, None)
-            finish = flow.base + flow.head / flow.weight
-            flow.base = self._vtime if self._vtime > finish else finish
+            flow.base = max(self._vtime, flow.tag(flow.head))  # n = 0: its finish tag
             flow.head = 0
         return flow
 
@@ -415,11 +414,7 @@ class _FairShareState(PolicyState):
         if flow is None or not flow.n:
             flow = self._flow(job.key, flow)
         n = flow.n
-        tag = flow.base + (flow.head + n) / flow.weight
-        if self._unit:
-            self._slots.insert(int(tag) << _ORDER_BITS | flow.order, flow)
-        else:
-            self._slots.insert(_slot_key(tag, flow.order), flow)
+        self._slots.insert(self._key(flow.tag(flow.head + n), flow.order), flow)
         flow.n = n + 1
         qkey = job._qkey
         if qkey is None:
@@ -450,7 +445,7 @@ class _FairShareState(PolicyState):
 
     def pop(self) -> JobHandle[Any]:
         flow = self._slots.pop_first_value()
-        self._vtime = flow.base + flow.head / flow.weight  # the popped, head slot's tag
+        self._vtime = flow.tag(flow.head)  # the popped slot is its flow's head slot
         flow.head += 1
         n = flow.n = flow.n - 1
         job: JobHandle[Any] = flow.queue.pop_first_value()
@@ -469,7 +464,7 @@ class _FairShareState(PolicyState):
             if not idle:
                 return
             key, flow = next(iter(idle.items()))
-            if flow.base + flow.head / flow.weight > self._vtime:  # its finish tag (n = 0)
+            if flow.tag(flow.head) > self._vtime:  # its finish tag (n = 0)
                 return
             del idle[key]
             del self._flows[key]
@@ -480,7 +475,7 @@ class _FairShareState(PolicyState):
         flow = self._flows[job.key]
         flow.queue.pop(job._qkey)
         n = flow.n = flow.n - 1  # the key gives up its last slot
-        self._slots.pop(self._key(flow.base + (flow.head + n) / flow.weight, flow.order))
+        self._slots.pop(self._key(flow.tag(flow.head + n), flow.order))
         self._len -= 1
         if not n:
             self._idle[flow.key] = flow
