@@ -2,8 +2,8 @@
 
 ``make_lane`` is parametrised over the backends (ids ``memory``, ``redis`` and
 ``valkey``: ``RedisLane`` on Redis and on Valkey); the server runs are marked ``redis``
-and use a private redis-server or valkey-server started for the session on a free port
-(never a server the machine may already run), with a fresh key namespace per test so
+and use the session's redis-server or valkey-server of the Redis tests, started on a free
+port (never a server the machine may already run), with a fresh key namespace per test so
 tests cannot see each other's lanes.
 """
 
@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import pytest
 
 from executus import Lane, Preemption, QueuePolicy
 from executus.redis import RedisLane
-from tests.redis.conftest import running_server
+from tests.redis.conftest import session_redis as session_redis
+from tests.redis.conftest import session_valkey as session_valkey
 from tests.redis.helpers import RedisServer
 
 from .helpers import AnyLane
@@ -45,20 +46,6 @@ class MakeLane(Protocol):
     ) -> AnyLane: ...
 
 
-@pytest.fixture(scope="session")
-def conformance_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the conformance suite, on a free port, without persistence."""
-    with running_server("redis", tmp_path_factory.mktemp("conformance-redis")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def conformance_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One valkey-server for the conformance suite (RedisLane on Valkey), on a free port."""
-    with running_server("valkey", tmp_path_factory.mktemp("conformance-valkey")) as server:
-        yield server
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """The backend under test: ``"memory"`` (Lane), ``"redis"`` (RedisLane on Redis) or
@@ -75,7 +62,7 @@ async def make_lane(backend: str, request: pytest.FixtureRequest) -> AsyncIterat
     url = ""
     namespace = f"c{uuid.uuid4().hex[:12]}"
     if backend != "memory":
-        server: RedisServer = request.getfixturevalue(f"conformance_{backend}")
+        server: RedisServer = request.getfixturevalue(f"session_{backend}")
         url = server.url
 
     async def make(
