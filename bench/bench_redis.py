@@ -13,7 +13,8 @@ Scenarios:
    (RedisLane) against ConcurrentRateLimiter(limit=8) with 4 processes x 8 threads
    polling with jittered exponential back-off (1 ms doubling to 32 ms). The slots allow
    800 jobs/s at most; also printed: each side's measured job run time (a 10 ms sleep
-   as its runtime performs it) and the rate the slots allow at that run time.
+   as its runtime performs it), the rate the slots allow at that run time, and the
+   CPU time the client processes spent per job.
 2. Hand-off latency: 1 slot, two processes taking turns with 1 ms jobs; the time from a
    job's end in one process to the next job's start in the other.
 3. Throughput with free slots: no-op jobs, 64 submitters per process, 1 and 4 processes;
@@ -71,9 +72,11 @@ async def role_util(a: argparse.Namespace) -> dict[str, Any]:
                 done += 1
 
     await asyncio.sleep(max(0.0, a.start_at - time.monotonic()))
+    cpu = time.process_time()
     await asyncio.gather(*(submitter() for _ in range(a.submitters)))
+    cpu = time.process_time() - cpu
     await lane.aclose()
-    return {"done": done, "run": statistics.mean(runs)}
+    return {"done": done, "run": statistics.mean(runs), "cpu": cpu}
 
 
 def role_util_dramatiq(a: argparse.Namespace) -> dict[str, Any]:
@@ -108,11 +111,14 @@ def role_util_dramatiq(a: argparse.Namespace) -> dict[str, Any]:
                     done += 1
 
     threads = [threading.Thread(target=worker) for _ in range(a.submitters)]
+    time.sleep(max(0.0, a.start_at - time.monotonic()))
+    cpu = time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return {"done": done, "run": statistics.mean(runs)}
+    cpu = time.process_time() - cpu
+    return {"done": done, "run": statistics.mean(runs), "cpu": cpu}
 
 
 async def role_handoff(a: argparse.Namespace) -> dict[str, Any]:
@@ -263,8 +269,8 @@ def configure(server: Server, ns: str, name: str, max_concurrent: int) -> None:
 
 
 def bench_utilisation(server: Server, seconds: float) -> list[float]:
-    """Jobs/s, server reads per job and mean job run time (s), for RedisLane and for
-    ConcurrentRateLimiter, in that order."""
+    """Jobs/s, server reads per job, mean job run time (s) and the clients' CPU time per
+    job (s), for RedisLane and for ConcurrentRateLimiter, in that order."""
     ns = f"u{random.getrandbits(32):x}"
     configure(server, ns, "bench", 8)
     figures: list[float] = []
@@ -277,7 +283,8 @@ def bench_utilisation(server: Server, seconds: float) -> list[float]:
         reads = server.reads() - before
         done = sum(o["done"] for o in outs)
         run = statistics.mean(o["run"] for o in outs)
-        figures += [done / seconds, reads / max(1, done), run]
+        cpu = sum(o["cpu"] for o in outs)
+        figures += [done / seconds, reads / max(1, done), run, cpu / max(1, done)]
     return figures
 
 
@@ -355,8 +362,8 @@ def main() -> None:
     try:
         print(f"{server.name} on port {server.port}; {a.repeats} repeats; medians\n")
         util = [bench_utilisation(server, seconds) for _ in range(a.repeats)]
-        ours, our_reads, our_run, theirs, their_reads, their_run = (
-            statistics.median(u[i] for u in util) for i in range(6)
+        ours, our_reads, our_run, our_cpu, theirs, their_reads, their_run, their_cpu = (
+            statistics.median(u[i] for u in util) for i in range(8)
         )
         print("1. slot utilisation (8 slots, 10 ms jobs, 4 processes x 8 submitters)")
         print(f"   RedisLane:             {ours:7.0f} jobs/s  ({ours / 800:.0%} of 800)  "
@@ -365,14 +372,16 @@ def main() -> None:
               f"{their_reads:6.1f} server reads per job")  # fmt: skip
         print(
             f"   ratio: {ours / theirs:.2f}x   per-run jobs/s: "
-            + ", ".join(f"{u[0]:.0f} vs {u[3]:.0f}" for u in util)
+            + ", ".join(f"{u[0]:.0f} vs {u[4]:.0f}" for u in util)
         )
         print(f"   a job's measured run: {our_run * 1000:.2f} ms as asyncio.sleep(0.01) in "
               f"RedisLane's workers, {their_run * 1000:.2f} ms as time.sleep(0.01) in "
               "Dramatiq's threads;")  # fmt: skip
         cap, their_cap = 8 / our_run, 8 / their_run
         print(f"   at those run times the slots allow {cap:.0f} and {their_cap:.0f} "
-              f"jobs/s: reached {ours / cap:.0%} and {theirs / their_cap:.0%}\n")  # fmt: skip
+              f"jobs/s: reached {ours / cap:.0%} and {theirs / their_cap:.0%}")  # fmt: skip
+        print(f"   client CPU per job (the four processes' CPU time while submitting): "
+              f"{our_cpu * 1e6:.0f} us and {their_cpu * 1e6:.0f} us\n")  # fmt: skip
 
         p50s, p99s = [], []
         for _ in range(a.repeats):

@@ -567,3 +567,40 @@ async def test_job_ids_with_spaces_in_wake_ups(make_lane: LaneFactory) -> None:
     await until(lambda: gate.started == ["first", "granted"], limit=1.0)
     gate.open("granted")
     assert await granted == "granted"
+
+
+async def test_killed_connections_are_replaced(
+    make_lane: LaneFactory, redis_server: RedisServer
+) -> None:
+    """The connections a client keeps between calls are replaced when the server drops
+    them: calls go on, and a grant still reaches the other client's blocking pop."""
+    a, b = make_lane(max_concurrent=1), make_lane()
+    assert await a.run(lambda: asyncio.sleep(0, "warm")) == "warm"
+    assert await b.run(lambda: asyncio.sleep(0, "warm")) == "warm"
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        killed = await admin.client_kill_filter(_type="normal", skipme=True)
+    finally:
+        await admin.aclose()
+    assert killed >= 4  # each lane's script and blocking connections
+    gate = Gate()
+    first = await a.submit(gate.job("first"))
+    queued = await b.submit(lambda: asyncio.sleep(0, "granted"))
+    assert queued.state is JobState.QUEUED
+    gate.open("first")
+    await first
+    assert await asyncio.wait_for(queued, 5) == "granted"
+
+
+async def test_close_gives_a_passed_client_its_connections_back(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A client passed with a one-connection pool can still be used after the lane that
+    borrowed its connection between calls is closed."""
+    client = aioredis.Redis.from_url(redis_server.url, max_connections=1)
+    try:
+        async with RedisLane("c", client, 1, namespace=namespace) as lane:
+            assert await lane.run(lambda: asyncio.sleep(0, "ok")) == "ok"
+        assert await asyncio.wait_for(client.ping(), 5)
+    finally:
+        await client.aclose()

@@ -96,6 +96,7 @@ _LOST = "lost"
 _LEASE_FRACTION = 0.8  # a client stops its job after this share of the lease unrenewed
 _HEARTBEATS_PER_LEASE = 3
 _MAX_QUEUED_REFRESH = 512  # queued jobs whose position one heartbeat refreshes
+_HELD = 4  # idle connections a client keeps out of its pool (``_Held``)
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 # Redis Cluster replies meaning the lane's slot is served elsewhere, is moving, or has no
 # serving node for now (a failover or a slot migration under way).
@@ -320,6 +321,9 @@ class RedisLane(LaneBase):
         self._recover_lock = asyncio.Lock()
         self._blocking: aioredis.Redis | None = None
         self._own_client = False
+        # Connections kept between round trips (``_Held``), one set per client.
+        self._held: _Held | None = None
+        self._held_blocking: _Held | None = None
         # Redis Cluster: the cluster client (passed, or made from the URL) is used only
         # to find the node serving the lane's slot; scripts and the blocking pop go to
         # that node over plain clients (so batching works as on one server). A failed
@@ -426,6 +430,10 @@ class RedisLane(LaneBase):
         )
 
     async def _close_clients(self) -> None:
+        for held in (self._held, self._held_blocking):
+            if held is not None:
+                await held.give_back()
+        self._held = self._held_blocking = None
         if self._blocking is not None:
             await _close_client(self._blocking)
             self._blocking = None
@@ -530,8 +538,11 @@ class RedisLane(LaneBase):
         try:
             if client is None:
                 raise RedisConnectionError("the lane's client is closed")
+            held = self._held
+            if held is None or held.client is not client:
+                held = self._held = _Held(client)
             async with asyncio.timeout(self._op_timeout):
-                results = await _round_trip(client, _pack_batch(self._cfg_arg, batch), len(batch))
+                results = await _round_trip(held, _pack_batch(self._cfg_arg, batch), len(batch))
                 for i, (script, argv, _) in enumerate(batch):
                     if isinstance(results[i], NoScriptError):
                         # The server does not know it (restarted, flushed, a new node).
@@ -1261,11 +1272,14 @@ class RedisLane(LaneBase):
         while True:
             blocking = self._blocking
             assert blocking is not None
+            held = self._held_blocking
+            if held is None or held.client is not blocking:
+                held = self._held_blocking = _Held(blocking)
             try:
                 # The watchdog: no reply well after the server's own timeout (a
                 # half-open connection) ends the wait and closes the socket.
                 async with asyncio.timeout(self._block + 3.0):
-                    replies = await _round_trip(blocking, packed, 1)
+                    replies = await _round_trip(held, packed, 1)
                 item = replies[0]
                 if isinstance(item, Exception):
                     raise item
@@ -1687,16 +1701,59 @@ def _pack_batch(
     return b"".join(parts)
 
 
-async def _round_trip(client: aioredis.Redis, packed: bytes, replies: int) -> list[Any]:
-    """Send ``packed`` (``replies`` commands) on one pooled connection of ``client`` and
+class _Held:
+    """Connections of one client kept out of its pool between round trips.
+
+    A check-out from redis-py's pool takes a lock, probes the socket for stray data and
+    runs metrics hooks: more than a short script's own cost in the client. A connection
+    comes back here only after a clean exchange (every reply read), so it carries
+    nothing unread; a failed exchange closes it and returns it to the pool. One that was
+    closed meanwhile (the pool disconnected, a cluster route changed) reconnects when
+    next taken, as the pool would. ``give_back`` returns them all to the pool.
+    """
+
+    __slots__ = ("client", "idle")
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.idle: list[AbstractConnection] = []
+
+    async def take(self) -> AbstractConnection:
+        idle = self.idle
+        if idle:
+            conn = idle.pop()
+            if not conn.is_connected:
+                try:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                except BaseException:
+                    await self.client.connection_pool.release(conn)
+                    raise
+            return conn
+        pool = self.client.connection_pool
+        return await pool.get_connection()  # type: ignore[no-any-return,no-untyped-call]
+
+    async def keep(self, conn: AbstractConnection) -> None:
+        if len(self.idle) < _HELD:
+            self.idle.append(conn)
+        else:
+            await self.client.connection_pool.release(conn)
+
+    async def give_back(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.release(conn)
+
+
+async def _round_trip(held: _Held, packed: bytes, replies: int) -> list[Any]:
+    """Send ``packed`` (``replies`` commands) on one connection of ``held``'s client and
     read every reply; a reply that is an error is returned, not raised.
 
     The caller bounds the whole exchange with one timeout, so no read sets its own. If
     the exchange stops part way (an error, a timeout, a cancellation), the connection is
-    closed before it returns to the pool: it may still carry unread replies.
+    closed and returned to the pool: it may still carry unread replies.
     """
-    pool = client.connection_pool
-    conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    conn = await held.take()
     try:
         await _write(conn, packed)
         results: list[Any] = []
@@ -1705,13 +1762,13 @@ async def _round_trip(client: aioredis.Redis, packed: bytes, replies: int) -> li
                 results.append(await conn.read_response(timeout=math.inf))
             except ResponseError as e:
                 results.append(e)
-        return results
     except BaseException:
         with contextlib.suppress(Exception):
             await conn.disconnect(nowait=True)
+        await held.client.connection_pool.release(conn)
         raise
-    finally:
-        await pool.release(conn)
+    await held.keep(conn)
+    return results
 
 
 async def _write(conn: AbstractConnection, packed: bytes) -> None:
