@@ -1709,14 +1709,16 @@ class _Held:
     comes back here only after a clean exchange (every reply read), so it carries
     nothing unread; a failed exchange closes it and returns it to the pool. One that was
     closed meanwhile (the pool disconnected, a cluster route changed) reconnects when
-    next taken, as the pool would. ``give_back`` returns them all to the pool.
+    next taken, as the pool would. ``give_back`` returns them all to the pool, and any
+    still in use return there when their exchange ends.
     """
 
-    __slots__ = ("client", "idle")
+    __slots__ = ("client", "given_back", "idle")
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self.idle: list[AbstractConnection] = []
+        self.given_back = False
 
     async def take(self) -> AbstractConnection:
         idle = self.idle
@@ -1733,12 +1735,13 @@ class _Held:
         return await pool.get_connection()  # type: ignore[no-any-return,no-untyped-call]
 
     async def keep(self, conn: AbstractConnection) -> None:
-        if len(self.idle) < _HELD:
+        if len(self.idle) < _HELD and not self.given_back:
             self.idle.append(conn)
         else:
             await self.client.connection_pool.release(conn)
 
     async def give_back(self) -> None:
+        self.given_back = True
         idle, self.idle = self.idle, []
         for conn in idle:
             with contextlib.suppress(Exception):
