@@ -59,7 +59,7 @@ from typing import Any, Generic, Literal, Protocol, TextIO, TypeVar
 
 from ._clock import Clock, SystemClock
 from ._errors import JobPreempted
-from ._job import JobHandle
+from ._job import JobHandle, JobState
 
 __all__ = [
     "DEFAULT_READ_AHEAD",
@@ -454,7 +454,9 @@ class _Swarm(Generic[T, R]):
             progress = None
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be a callable, True or None, got {progress!r}")
-        if progress_interval < 0:
+        if isinstance(progress_interval, bool) or not isinstance(progress_interval, int | float):
+            raise TypeError(f"progress_interval must be a number >= 0, got {progress_interval!r}")
+        if not progress_interval >= 0:  # also refuses NaN
             raise ValueError(f"progress_interval must be >= 0, got {progress_interval!r}")
         self._progress: ProgressCallback | None = progress
         self._progress_interval = progress_interval
@@ -726,12 +728,17 @@ class _Swarm(Generic[T, R]):
         if self._collect and self._it is not None and self._total is not None:
             # A sized input (a list, a range...) gets one outcome per element, so the
             # result lines up with it; unread items are reported cancelled too.
-            for item in self._it:
-                index = self._index
-                self._index += 1
-                self._results.append(None)
-                now = self._mono()
-                self._record(None, self._cancel_outcome(None, index, item, now, None, 0))
+            try:
+                for item in self._it:
+                    index = self._index
+                    self._index += 1
+                    self._results.append(None)
+                    now = self._mono()
+                    self._record(None, self._cancel_outcome(None, index, item, now, None, 0))
+            except BaseException as exc:  # the input broke while being drained
+                self._it = None
+                self._fail(exc)
+                return
         self._it = None
         me = asyncio.current_task()
         for task in list(self._tasks):
@@ -892,36 +899,43 @@ class _Swarm(Generic[T, R]):
                 preemptible=self._lane_preemptible,
             )
             value = await handle
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if handle is not None and not handle.done():
-                await handle.cancel()
+                await _end_job(handle)
             self._release(ks)
             t_start = started[-1] if started else None
             if self._stopping and not self._fatal:
                 self._record(ks, self._cancel_outcome(ks, index, item, t_read, t_start, pre))
-            raise
-        except JobPreempted as exc:
-            pre += 1 + (handle.preemptions if handle is not None else 0)
-            if self._requeue and not self._stopping:
-                # Back to the head of its key's queue (before the slot is released, so
-                # the key stays known): it runs again at the key's next turn.
-                ks.pending.appendleft((index, item, t_read, pre))
-                self._n_pending += 1
-                self._release(ks)
-                return
-            self._release(ks)
-            t_start = started[-1] if started else None
-            self._record(
-                ks,
-                Outcome(
-                    index, item, ks.key, False, None, exc, t_read, t_start, mono(), self._wall, pre
-                ),
-            )
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the swarm or its caller cancelled this worker
+            if not self._stopping:  # the lane raised CancelledError by itself
+                self._record(
+                    ks,
+                    Outcome(
+                        index, item, ks.key, False, None, exc, t_read, t_start, mono(), self._wall
+                    ),
+                )
         except Exception as exc:
-            self._release(ks)
-            t_start = started[-1] if started else None
             if handle is not None:
                 pre += handle.preemptions
+            # Only the lane evicting this item's own job is a preemption; a JobPreempted
+            # that fn raised (from another lane it uses) is an ordinary item error.
+            if (
+                isinstance(exc, JobPreempted)
+                and handle is not None
+                and handle.state is JobState.PREEMPTED
+            ):
+                pre += 1
+                if self._requeue and not self._stopping:
+                    # Back to the head of its key's queue (before the slot is released, so
+                    # the key stays known): it runs again at the key's next turn.
+                    ks.pending.appendleft((index, item, t_read, pre))
+                    self._n_pending += 1
+                    self._release(ks)
+                    return
+            self._release(ks)
+            t_start = started[-1] if started else None
             self._record(
                 ks,
                 Outcome(
@@ -968,8 +982,12 @@ class _Swarm(Generic[T, R]):
                 self._read_one(item)
                 if self._ring:
                     self._more_hands()
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the swarm stopped reading
+            self._fail(exc)  # the input raised CancelledError by itself: an input error
+            return
         except BaseException as exc:
             self._fail(exc)
             return
@@ -1035,6 +1053,21 @@ class _Swarm(Generic[T, R]):
 
     def results(self) -> list[Outcome[T, R]]:
         return self._results  # type: ignore[return-value]
+
+
+async def _end_job(handle: JobHandle[Any]) -> None:
+    """Cancel a lane job and wait until it has ended, even if cancelled again meanwhile.
+
+    A repeated cancel (the caller cancelled again while the swarm cleans up) is passed on
+    to the job rather than cutting the wait short: the worker, and so ``fanout``, never
+    ends while its lane job still runs.
+    """
+    while True:
+        try:
+            await handle.cancel()  # False at once when the job has already ended
+        except asyncio.CancelledError:
+            continue
+        return
 
 
 # -- public functions ----------------------------------------------------------------------
@@ -1106,7 +1139,8 @@ async def fanout(
 
     Raises:
         TypeError: a wrong argument type (not callable ``fn``, a non-int cap...).
-        ValueError: a cap or ``read_ahead`` below 1, an unknown ``on_preempt``.
+        ValueError: a cap or ``read_ahead`` below 1, a negative ``progress_interval``,
+            an unknown ``on_preempt``.
         Exception: whatever the input iterator raised (after cancelling the swarm).
         asyncio.CancelledError: the caller was cancelled; every item was cancelled and
             no task is left running.
