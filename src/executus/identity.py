@@ -180,11 +180,16 @@ class RoleAdmins:
     Args:
         resolver: where roles come from.
         roles: the roles that make a member an admin (default ``{"admin"}``).
+
+    Raises:
+        TypeError: ``roles`` is one ``str`` (which would be split into letters).
     """
 
     __slots__ = ("resolver", "roles")
 
     def __init__(self, resolver: MemberResolver, roles: Iterable[str] = ("admin",)) -> None:
+        if isinstance(roles, str):
+            raise TypeError(f"roles must be a collection of role names, not one str, got {roles!r}")
         self.resolver = resolver
         self.roles = frozenset(roles)
 
@@ -202,12 +207,13 @@ _ID_AS_NAME = IdAsName()
 
 def is_admin(policy: AdminPolicy | None, user: str) -> bool:
     """``policy.is_admin(user)``, or False when there is no policy."""
-    return (policy or _NO_ADMINS).is_admin(user)
+    # ``is None``, not ``or``: a policy that is also an (empty) container is falsy.
+    return (_NO_ADMINS if policy is None else policy).is_admin(user)
 
 
 def resolve(resolver: MemberResolver | None, user: str) -> Member:
     """``resolver.resolve(user)``, or ``Member(user, user)`` when there is no resolver."""
-    return (resolver or _ID_AS_NAME).resolve(user)
+    return (_ID_AS_NAME if resolver is None else resolver).resolve(user)
 
 
 class LaneOps:

@@ -141,8 +141,9 @@ class ProgressReporter:
             logged); None for no limit.
 
     Raises:
-        TypeError: ``interval`` is not a number.
-        ValueError: ``interval`` or ``deliver_timeout`` is negative or not finite.
+        TypeError: ``interval`` or ``deliver_timeout`` is not a number.
+        ValueError: ``interval`` is negative or not finite, or ``deliver_timeout`` is
+            not > 0 or not finite.
 
     Example::
 
@@ -165,6 +166,12 @@ class ProgressReporter:
         prefix: str = "",
         deliver_timeout: float | None = 10.0,
     ) -> None:
+        if deliver_timeout is not None and (
+            isinstance(deliver_timeout, bool) or not isinstance(deliver_timeout, int | float)
+        ):
+            raise TypeError(
+                f"deliver_timeout must be a number of seconds or None, got {deliver_timeout!r}"
+            )
         if deliver_timeout is not None and not (
             math.isfinite(deliver_timeout) and deliver_timeout > 0
         ):
@@ -380,9 +387,15 @@ class ProgressReporter:
 
         Returns:
             The job's terminal state.
+
+        Raises:
+            TypeError: ``poll`` is not a number.
+            ValueError: ``poll`` is not > 0.
         """
+        if poll is not None and (isinstance(poll, bool) or not isinstance(poll, int | float)):
+            raise TypeError(f"poll must be a number of seconds, got {poll!r}")
         every = max(self._interval, 0.05) if poll is None else poll
-        if every <= 0:
+        if not every > 0:  # also refuses NaN
             raise ValueError(f"poll must be > 0, got {poll!r}")
         ended = asyncio.ensure_future(_wait_handle(handle))
         try:
