@@ -107,3 +107,31 @@ async def test_identity_docs_example_runs_as_written(clock: ManualClock) -> None
             else:
                 await _run_line(code, ns)
         assert lane.max_concurrent == 4
+
+
+async def test_a_failing_progress_formatter_leaves_the_job_outcome_alone(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A formatter that raises is logged; run_with_progress still returns the job's value
+    or raises the job's own error."""
+    from executus.deliver import Recorder
+    from executus.progress import run_with_progress
+
+    def broken(update: Any) -> str:
+        raise RuntimeError("formatter broke")
+
+    async def ok() -> str:
+        return "reply"
+
+    async def bad() -> str:
+        raise ValueError("model crashed")
+
+    rec = Recorder()
+    async with Lane("gpu", 1, clock=clock) as lane:
+        reporter = ProgressReporter("a", rec, interval=0, clock=clock, formatter=broken)
+        assert await run_with_progress(lane, ok, reporter) == "reply"
+        reporter = ProgressReporter("b", rec, interval=0, clock=clock, formatter=broken)
+        with pytest.raises(ValueError, match=r"^model crashed$"):
+            await run_with_progress(lane, bad, reporter)
+    assert "progress reporting for job" in caplog.text
+    assert "formatter broke" in caplog.text

@@ -491,20 +491,21 @@ async def run_with_progress(
     except asyncio.CancelledError:
         if not handle.done():
             await handle.cancel()
-        await _finish_tracker(tracker)
+        await _finish_tracker(tracker, handle)
         raise
     except BaseException:
-        await _finish_tracker(tracker)
+        await _finish_tracker(tracker, handle)
         raise
-    await _finish_tracker(tracker)
+    await _finish_tracker(tracker, handle)
     return value
 
 
-async def _finish_tracker(tracker: asyncio.Future[JobState]) -> None:
+async def _finish_tracker(tracker: asyncio.Future[JobState], handle: JobHandle[Any]) -> None:
     """Let the tracker report the end; if we are cancelled meanwhile, cancel it too.
 
     The tracker ends soon after its job: its deliveries are bounded by the reporter's
-    ``deliver_timeout``.
+    ``deliver_timeout``. Reporting is best effort: if the tracker itself fails (a
+    formatter that raises), that is logged and the job's own outcome stands.
     """
     try:
         await asyncio.shield(tracker)
@@ -513,3 +514,7 @@ async def _finish_tracker(tracker: asyncio.Future[JobState]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await tracker
         raise
+    except Exception:
+        log.warning(
+            "progress reporting for job %r failed (its outcome stands)", handle.id, exc_info=True
+        )
