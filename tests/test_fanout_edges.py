@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from executus import JobPreempted, Lane
-from executus._fanout import fanout
+from executus._fanout import fanout, grid
 from executus._job import JobHandle
 
 from .helpers import settle
@@ -158,3 +158,32 @@ async def test_cancelling_the_caller_twice_still_ends_lane_jobs_first() -> None:
             assert (stats.running, stats.queued, stats.cancelled) == (0, 0, 2)
         finally:
             cleanup.set()  # never leave the lane's jobs waiting on the way out
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fail_fast": "no"}, "fail_fast must be a bool, got 'no'"),
+        ({"lane_preemptible": 1}, "lane_preemptible must be a bool, got 1"),
+    ],
+)
+async def test_flags_must_be_bools(options: dict[str, Any], message: str) -> None:
+    """fail_fast and lane_preemptible take a bool, not any truthy value."""
+
+    async def fn(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match=f"^{message}$"):
+        await fanout([1], fn, **options)
+
+
+async def test_grid_names_an_axis_that_is_not_iterable() -> None:
+    """grid refuses rows or cols that are not iterable, naming which."""
+
+    async def fn(row: int, col: int) -> int:
+        return row * col
+
+    with pytest.raises(TypeError, match=r"^rows must be an iterable of values, got 5$"):
+        await grid(5, [1, 2], fn)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^cols must be an iterable of values, got None$"):
+        await grid([1], None, fn)  # type: ignore[arg-type]

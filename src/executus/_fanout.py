@@ -437,14 +437,18 @@ class _Swarm(Generic[T, R]):
                 self._lanes = lanes
             else:
                 raise TypeError(f"lanes must be a lane or a mapping of key to lane, got {lanes!r}")
-        self._fail_fast = bool(fail_fast)
+        if not isinstance(fail_fast, bool):
+            raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
+        self._fail_fast = fail_fast
         self._read_ahead = (
             DEFAULT_READ_AHEAD if read_ahead is None else _check_cap("read_ahead", read_ahead)
         )
         if isinstance(lane_priority, bool) or not isinstance(lane_priority, int):
             raise TypeError(f"lane_priority must be an int, got {lane_priority!r}")
         self._lane_priority = lane_priority
-        self._lane_preemptible = bool(lane_preemptible)
+        if not isinstance(lane_preemptible, bool):
+            raise TypeError(f"lane_preemptible must be a bool, got {lane_preemptible!r}")
+        self._lane_preemptible = lane_preemptible
         if on_preempt not in ("requeue", "report"):
             raise ValueError(f'on_preempt must be "requeue" or "report", got {on_preempt!r}')
         self._requeue = on_preempt == "requeue"
@@ -1138,7 +1142,8 @@ async def fanout(
         One ``Outcome`` per item read, in input order.
 
     Raises:
-        TypeError: a wrong argument type (not callable ``fn``, a non-int cap...).
+        TypeError: a wrong argument type (not callable ``fn``, a non-int cap, a
+            non-bool flag...).
         ValueError: a cap or ``read_ahead`` below 1, a negative ``progress_interval``,
             an unknown ``on_preempt``.
         Exception: whatever the input iterator raised (after cancelling the swarm).
@@ -1331,18 +1336,24 @@ async def grid(
         A ``len(rows)`` x ``len(cols)`` matrix: ``result[i][j]`` is the ``Outcome`` of
         ``fn(rows[i], cols[j])``; its ``item`` is the pair ``(row, col)``.
 
+    Raises:
+        TypeError: ``rows`` or ``cols`` is not iterable; the rest as ``fanout``.
+
     Example::
 
         table = await grid(prompts, ["llama", "mistral"], ask, per_key={"llama": 1, "mistral": 2})
         for prompt, row in zip(prompts, table):
             print(prompt, [o.value for o in row])
     """
-    row_list: Sequence[T] = rows if isinstance(rows, Sequence) else list(rows)
-    col_list: Sequence[C] = cols if isinstance(cols, Sequence) else list(cols)
     if key is not None and not callable(key):
         raise TypeError(f"key must be a callable or None, got {key!r}")
     if not callable(fn):
         raise TypeError(f"fn must be a callable returning an awaitable, got {fn!r}")
+    for name, axis in (("rows", rows), ("cols", cols)):
+        if not isinstance(axis, Iterable):
+            raise TypeError(f"{name} must be an iterable of values, got {axis!r}")
+    row_list: Sequence[T] = rows if isinstance(rows, Sequence) else list(rows)
+    col_list: Sequence[C] = cols if isinstance(cols, Sequence) else list(cols)
     pair_key: Callable[[tuple[T, C]], Hashable]
     if key is None:
 
