@@ -38,7 +38,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, time
 from pathlib import Path
 from types import TracebackType
@@ -99,7 +99,8 @@ class Source(Protocol):
     Keys are flat and case-insensitive; the helpers and ``Lanes`` always ask for the
     normalised spelling (``normalize_key``: ``"LANE_OLLAMA_POLICY"``). A source may also
     offer ``keys()`` (see ``ListableSource``), which lets ``Lanes`` reject unknown lane
-    settings at load, and ``where(key)``, a description of where a key is read from
+    settings at load (a source without it is asked for each lane's settings by name, when
+    the lane is first used), and ``where(key)``, a description of where a key is read from
     (``"$EXECUTUS_REDIS_URL"``), which error messages quote.
     """
 
@@ -156,9 +157,21 @@ class EnvSource:
         self.prefix = prefix
         self._environ = os.environ if environ is None else environ
 
+    def _variable(self, key: str) -> str:
+        """The variable that sets ``key``: ``prefix + normalize_key(key)`` if it is set,
+        else another spelling of it that ``keys()`` lists (``EXECUTUS_lane_a_policy``)."""
+        exact = self.prefix + normalize_key(key)
+        if exact not in self._environ:
+            n, wanted = len(self.prefix), normalize_key(key)
+            for name in list(self._environ):
+                if name.startswith(self.prefix) and normalize_key(name[n:]) == wanted:
+                    return name
+        return exact
+
     def get(self, key: str) -> str | None:
-        """The variable ``prefix + normalize_key(key)``, or None if it is not set."""
-        return self._environ.get(self.prefix + normalize_key(key))
+        """The variable ``prefix + normalize_key(key)`` (or, if that is unset, one whose
+        suffix normalises to the same key), or None if none is set."""
+        return self._environ.get(self._variable(key))
 
     def keys(self) -> Iterator[str]:
         """The keys set by variables starting with the prefix (prefix removed)."""
@@ -169,7 +182,7 @@ class EnvSource:
 
     def where(self, key: str) -> str:
         """The variable ``key`` is read from, e.g. ``"$EXECUTUS_REDIS_URL"``."""
-        return f"${self.prefix}{normalize_key(key)}"
+        return f"${self._variable(key)}"
 
     def __repr__(self) -> str:
         return f"EnvSource(prefix={self.prefix!r})"
@@ -209,12 +222,14 @@ def _render(value: object, path: str) -> str:
 _TABLE_VALUES = frozenset({"WEIGHTS"})
 
 
-def _flatten(data: Mapping[Any, Any]) -> dict[str, tuple[str, str]]:
+def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str, tuple[str, str]]:
     """Flatten nested tables into ``{KEY: (value, dotted path)}``.
 
     ``lanes.<name>.<field>`` becomes ``LANE_<NAME>_<FIELD>`` (one variable names one
     lane, hence the singular), every other ``a.b.c`` becomes ``A_B_C``. Two paths that
-    flatten to one key are an error.
+    flatten to one key are an error, and so is an unknown field in a lane's table: once
+    flattened, ``[lanes.x_preempt] grace`` would read as lane ``x``'s ``PREEMPT_GRACE``.
+    ``source_name`` is how errors refer to the source.
     """
     out: dict[str, tuple[str, str]] = {}
 
@@ -226,7 +241,9 @@ def _flatten(data: Mapping[Any, Any]) -> dict[str, tuple[str, str]]:
             )
         out[flat] = (_render(value, path), path)
 
-    def walk(table: Mapping[Any, Any], flat: str, path: str, depth_in_lane: int) -> None:
+    def walk(
+        table: Mapping[Any, Any], flat: str, path: str, depth_in_lane: int, lane: str = ""
+    ) -> None:
         for k, v in table.items():
             if not isinstance(k, str):
                 raise ConfigError(f"config keys must be str, got {k!r} in {path or 'root'!r}")
@@ -241,14 +258,21 @@ def _flatten(data: Mapping[Any, Any]) -> dict[str, tuple[str, str]]:
                             f"got {lane_table!r}",
                             key=lane_flat,
                         )
-                    walk(lane_table, lane_flat, lane_path, 1)
+                    walk(lane_table, lane_flat, lane_path, 1, lane_flat)
                 continue
             sub_flat = f"{flat}_{normalize_key(k)}" if flat else normalize_key(k)
             if isinstance(v, Mapping) and not (
                 depth_in_lane == 1 and normalize_key(k) in _TABLE_VALUES
             ):
-                walk(v, sub_flat, sub_path, depth_in_lane + 1 if depth_in_lane else 0)
+                walk(v, sub_flat, sub_path, depth_in_lane + 1 if depth_in_lane else 0, lane)
             else:
+                if lane and sub_flat[len(lane) + 1 :] not in _LANE_FIELDS:
+                    raise ConfigError(
+                        f"unknown lane setting {sub_flat!r} ({sub_path} in {source_name}); a lane "
+                        f"setting is LANE_<NAME>_<SETTING> with SETTING one of "
+                        f"{', '.join(_LANE_FIELDS)}",
+                        key=sub_flat,
+                    )
                 put(sub_flat, v, sub_path)
 
     walk(data, "", "", 0)
@@ -279,7 +303,7 @@ class MappingSource:
 
     def __init__(self, mapping: Mapping[str, object], *, name: str = "mapping") -> None:
         self.name = name
-        self._data = _flatten(mapping)
+        self._data = _flatten(mapping, name)
 
     def get(self, key: str) -> str | None:
         """The value of ``key``, or None."""
@@ -342,7 +366,7 @@ class TomlSource(MappingSource):
         Raises:
             ConfigError: the file cannot be read or parsed.
         """
-        self._data = _flatten(self._load())
+        self._data = _flatten(self._load(), self.name)
 
     def __repr__(self) -> str:
         return f"TomlSource({str(self.path)!r})"
@@ -352,7 +376,8 @@ class ChainSource:
     """Several sources in order: the first one that sets a key wins.
 
     Args:
-        *sources: the sources, highest precedence first. ``None`` entries are skipped.
+        *sources: the sources, highest precedence first. ``None`` entries are skipped,
+            and so is a blank value (``FOO=`` counts as unset).
 
     Example::
 
@@ -365,10 +390,13 @@ class ChainSource:
         self.sources: tuple[Source, ...] = tuple(s for s in sources if s is not None)
 
     def get(self, key: str) -> str | None:
-        """The value from the first source that sets ``key``, or None."""
+        """The value from the first source that sets ``key``, or None.
+
+        A blank value counts as unset (as in the helpers), so the next source is asked.
+        """
         for source in self.sources:
             value = source.get(key)
-            if value is not None:
+            if value is not None and value.strip():
                 return value
         return None
 
@@ -388,7 +416,8 @@ class ChainSource:
     def where(self, key: str) -> str:
         """Where the winning value of ``key`` comes from."""
         for source in self.sources:
-            if source.get(key) is not None:
+            value = source.get(key)
+            if value is not None and value.strip():
                 return _where(source, key)
         return repr(normalize_key(key))
 
@@ -559,22 +588,25 @@ def parse_duration(text: str) -> float:
     """Parse a duration into seconds: ``"1500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"2.5"``.
 
     A plain number is seconds. Units: ``ms``, ``s``, ``m``, ``h``, ``d``; several parts
-    add up (``"1m30s"`` is 90). Negative durations are refused.
+    add up (``"1m30s"`` is 90). Negative and infinite durations are refused.
 
     Raises:
         ValueError: the text is not a duration.
     """
     s = text.strip().lower().replace(" ", "")
     if _PLAIN_NUMBER.fullmatch(s):
-        return float(s)
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or not s:
-        raise ValueError(f"not a duration: {text!r}")
+        total = float(s)
+    else:
+        pos, total = 0, 0.0
+        for m in _DURATION_PART.finditer(s):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(s) or not s:
+            raise ValueError(f"not a duration: {text!r}")
+    if not math.isfinite(total):  # "999...9s" overflows to inf
+        raise ValueError(f"not a finite duration: {text!r}")
     return total
 
 
@@ -820,6 +852,17 @@ def _parse_weights(source: Source, key: str, raw: str) -> tuple[tuple[str, float
     return tuple(out.items())
 
 
+def _lists_every_key(source: Source) -> bool:
+    """True when ``source`` (every source, for a chain) can list the keys it sets."""
+    if isinstance(source, ChainSource):
+        return all(_lists_every_key(s) for s in source.sources)
+    return callable(getattr(source, "keys", None))
+
+
+def _has_settings(settings: LaneSettings) -> bool:
+    return any(getattr(settings, f.name) is not None for f in fields(settings) if f.name != "name")
+
+
 def _configured_tokens(source: Source) -> set[str]:
     """The lane tokens a listable source sets keys for; unknown lane keys are errors."""
     keys = getattr(source, "keys", None)
@@ -923,7 +966,8 @@ class Lanes:
 
     Everything is validated when the registry is built (and again on ``reload``):
     malformed values and unknown ``LANE_*`` keys are ``ConfigError`` at load, not at
-    first use.
+    first use. (A source without ``keys()`` cannot say which lanes it configures: its
+    settings for a lane are read, and checked, when ``get`` or ``settings`` first asks.)
 
     Precedence for each setting: the source, then the default passed to ``get``, then
     the lane's built-in default.
@@ -976,10 +1020,13 @@ class Lanes:
             )
         if redis_url is not None:
             self._redis_lane_class()  # fail at load when executus.redis is missing
-        lanes = {
-            token: _read_lane(source, token, redis=redis_url is not None)
-            for token in sorted(_configured_tokens(source))
-        }
+        configured = _configured_tokens(source)
+        lanes = {}
+        # Live lanes are re-read too: a source without keys() may set them unlisted.
+        for token in sorted(configured | set(self._lanes)):
+            settings = _read_lane(source, token, redis=redis_url is not None)
+            if token in configured or _has_settings(settings):
+                lanes[token] = settings
         return _Snapshot(redis_url, namespace, bool(cluster), lanes)
 
     @staticmethod
@@ -1001,10 +1048,20 @@ class Lanes:
             )
         return cls
 
+    def _settings(self, token: str) -> LaneSettings:
+        snap = self._snapshot
+        settings = snap.lanes.get(token)
+        if settings is None and self.source is not None and not _lists_every_key(self.source):
+            # A source without keys() cannot say which lanes it configures: ask it by name
+            # (its errors come at first use) and keep the answer until the next reload.
+            settings = _read_lane(self.source, token, redis=snap.redis_url is not None)
+            if _has_settings(settings):
+                self._snapshot = replace(snap, lanes={**snap.lanes, token: settings})
+        return settings or LaneSettings(name=token)
+
     def settings(self, name: str) -> LaneSettings:
         """The settings config gives lane ``name`` (all None when it sets nothing)."""
-        token = lane_token(name)
-        return self._snapshot.lanes.get(token) or LaneSettings(name=token)
+        return self._settings(lane_token(name))
 
     def configured(self) -> list[str]:
         """The lane names the source has settings for (as ``lane_token`` spells them)."""
@@ -1087,6 +1144,7 @@ class Lanes:
                 )
             return entry.lane
         defaults = _Defaults(max_concurrent, policy, preemption, eta_window)
+        self._settings(token)  # reads a source without keys() for this lane
         eff = self._effective(token, defaults, self._snapshot)
         lane = self._build(name, eff)
         self._lanes[token] = _Entry(lane, defaults, eff)
