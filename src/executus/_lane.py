@@ -269,13 +269,22 @@ class Lane(LaneBase):
             self._grants[job] = grant
             try:
                 await grant
-            except BaseException:
+            except BaseException as exc:
                 self._grants.pop(job, None)
                 if job._state is _QUEUED:
                     self._cancel_queued(job, JobCancelled(self._name, job.id))
                 elif job._state is _RUNNING:
                     # Granted, but cancelled before this task resumed: give it back.
-                    self._ended(job, None, None, cancelled=True)
+                    cause = self._causes.get(job)
+                    error = self._ended(job, None, None, cancelled=True)
+                    if (
+                        cause is not None
+                        and error is not None
+                        and isinstance(exc, asyncio.CancelledError)
+                        and task.uncancel() == 0
+                    ):
+                        # The lane cancelled it (preemption, cancel, close), nobody else.
+                        raise error from None
                 raise
             if job._state is not _RUNNING:
                 # Ended while waiting (cancelled by id or handle, or the lane closed).
@@ -402,6 +411,8 @@ class Lane(LaneBase):
             else:
                 break
             self._start(job, self._now())
+        if self._timers and len(self._victims) > len(self._front):
+            self._spare_victims()
         if _DEBUG:
             self._check()
 
@@ -538,7 +549,7 @@ class Lane(LaneBase):
             )
         if self._nq or self._front or _DEBUG:
             self._reconcile()
-        if not self._jobs and self._drained:
+        if self._drained and len(self._jobs) <= 1:
             self._wake_drained()
         return error
 
@@ -548,8 +559,11 @@ class Lane(LaneBase):
         policy = self._preemption
         assert policy is not None
         victim: JobHandle[Any] | None = None
+        causes = self._causes
         for r in self._running:
             if not r.preemptible or r._preempt_requested or r.priority >= job.priority:
+                continue
+            if r in causes:  # already being stopped (cancel, close): not a victim
                 continue
             started = r._t_start
             assert started is not None
@@ -573,6 +587,24 @@ class Lane(LaneBase):
         else:
             self._cancel_task(victim)
 
+    def _spare_victims(self) -> None:
+        """Call off preemptions no queued preemptor waits for any more.
+
+        Each queued preemptor takes the slot of the next victim to end. One that started
+        on another freed slot (a job ended, or the limit was raised) or was cancelled
+        leaves a victim too many: spare the latest chosen ones still in their grace
+        period (a victim whose task was cancelled already cannot be spared).
+        """
+        surplus = len(self._victims) - len(self._front)
+        for victim in reversed(list(self._timers)):
+            if surplus <= 0:
+                break
+            self._timers.pop(victim).cancel()
+            del self._victims[victim]
+            del self._causes[victim]
+            victim._preempt_requested = False
+            surplus -= 1
+
     def _cancel_task(self, job: JobHandle[Any]) -> None:
         self._timers.pop(job, None)
         task = job._task
@@ -588,6 +620,8 @@ class Lane(LaneBase):
     def _cancel_queued(self, job: JobHandle[Any], error: BaseException) -> None:
         if job in self._front:
             self._front.remove(job)
+            if self._timers and len(self._victims) > len(self._front):
+                self._spare_victims()
         else:
             self._queue.remove(job)
             self._nq -= 1
@@ -603,7 +637,7 @@ class Lane(LaneBase):
         job._end(_CANCELLED, self._now(), exc=error)
         if self._events.active:
             self._emit(EventKind.CANCELLED, job, state=JobState.CANCELLED)
-        if not self._jobs and self._drained:
+        if self._drained and len(self._jobs) <= 1:
             self._wake_drained()
 
     def _cancel_nowait(self, job: JobHandle[Any], cause: str) -> None:
@@ -611,11 +645,15 @@ class Lane(LaneBase):
         if job._state is _QUEUED:
             self._cancel_queued(job, JobCancelled(self._name, job.id))
         elif job._state is _RUNNING:
+            # A slot() body runs in the caller's task, which unwinds one lane-made
+            # cancellation only (``uncancel`` once): cancel it once, record the last cause.
+            again = job._fn is None and job in self._causes and job not in self._timers
             self._causes[job] = cause
             timer = self._timers.pop(job, None)
             if timer is not None:
                 timer.cancel()
-            self._cancel_task(job)
+            if not again:
+                self._cancel_task(job)
 
     async def _job_cancel(self, job: JobHandle[Any]) -> bool:
         if job._state is _QUEUED:
@@ -772,7 +810,14 @@ class Lane(LaneBase):
             pending = [t for t in tasks if not t.done()]
             if pending:
                 await asyncio.wait(pending)  # every run's task has ended on return
-        if self._jobs:
+        # Called from inside one of this lane's jobs (its own task), wait for the
+        # others only: waiting for itself would never return.
+        me = CURRENT_JOB.get()
+        if me is not None and (me._backend is not self or me._task is not asyncio.current_task()):
+            me = None
+        while self._jobs and not (
+            me is not None and len(self._jobs) == 1 and me._state is _RUNNING
+        ):
             fut = self._loop_().create_future()
             self._drained.append(fut)
             try:

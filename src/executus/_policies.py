@@ -514,6 +514,8 @@ class FairShare(QueuePolicy):
         self, weights: Mapping[str, float] | None = None, default_weight: float = 1.0
     ) -> None:
         self.default_weight = _check_weight("default_weight", default_weight)
+        if weights is not None and not isinstance(weights, Mapping):
+            raise TypeError(f"weights must be a mapping of key -> weight or None, got {weights!r}")
         checked: dict[str, float] = {}
         for key, weight in (weights or {}).items():
             if not isinstance(key, str):

@@ -1,0 +1,176 @@
+"""Edge cases of the in-process lane: cancellation and preemption races, closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from executus import (
+    FairShare,
+    JobCancelled,
+    JobPreempted,
+    JobState,
+    Lane,
+    Preemption,
+)
+from executus.testing import ManualClock
+from tests.helpers import Gate, settle
+
+
+async def test_a_job_being_cancelled_is_not_requeued_by_a_later_preemption() -> None:
+    """A running job whose cancel is in progress ends CANCELLED even if an arrival preempts it."""
+    lane = Lane("gpu", 1, preemption=Preemption(min_runtime=0, requeue=True))
+    unwind = asyncio.Event()
+    runs = 0
+
+    async def slow_to_stop() -> None:
+        nonlocal runs
+        runs += 1
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await unwind.wait()
+            raise
+
+    victim = await lane.submit(slow_to_stop, preemptible=True)
+    await settle()
+    canceller = asyncio.create_task(victim.cancel())
+    await settle()
+    arrival = await lane.submit(Gate(), priority=5)
+    unwind.set()
+    await settle()
+    assert victim.state is JobState.CANCELLED
+    assert await canceller is True
+    assert runs == 1
+    assert arrival.state is JobState.RUNNING
+    await lane.aclose(drain=False)
+
+
+async def test_granted_slot_cancelled_by_close_raises_job_cancelled() -> None:
+    """A slot granted but not yet entered when the lane force-closes raises JobCancelled."""
+    lane = Lane("x", 1)
+    gate = Gate()
+    first = await lane.submit(gate)
+
+    async def user() -> None:
+        async with lane.slot():
+            raise AssertionError("must not run")
+
+    task = asyncio.create_task(user())
+    await settle()
+    gate.release()
+    await first  # the slot is granted; the waiting task has not resumed yet
+    await lane.aclose(drain=False)
+    with pytest.raises(JobCancelled):
+        await task
+    assert (await lane.stats()).running == 0
+
+
+async def test_granted_slot_preempted_before_entering_raises_job_preempted() -> None:
+    """A slot preempted before its task resumed raises JobPreempted, not CancelledError."""
+    lane = Lane("gpu", 1, preemption=Preemption(min_runtime=0))
+    gate = Gate()
+    first = await lane.submit(gate)
+
+    async def user() -> None:
+        async with lane.slot(preemptible=True):
+            raise AssertionError("must not run")
+
+    task = asyncio.create_task(user())
+    await settle()
+    gate.release()
+    await first
+    arrival = await lane.submit(Gate(), priority=1)
+    with pytest.raises(JobPreempted):
+        await task
+    await settle()
+    assert arrival.state is JobState.RUNNING
+    await lane.aclose(drain=False)
+
+
+async def test_aclose_inside_a_job_does_not_wait_for_itself() -> None:
+    """A job that closes its own lane (draining) returns once the other jobs have ended."""
+    lane = Lane("x", 2)
+    other = Gate()
+    await lane.submit(other)
+
+    async def closer() -> str:
+        await lane.aclose()
+        return "closed"
+
+    handle = await lane.submit(closer)
+    await settle()
+    other.release()
+    assert await asyncio.wait_for(handle, 1) == "closed"
+
+
+async def test_victim_spared_when_its_preemptor_starts_elsewhere(clock: ManualClock) -> None:
+    """A victim in its grace period is not cancelled once the arrival started on a freed slot."""
+    lane = Lane("gpu", 2, preemption=Preemption(min_runtime=0, grace=10), clock=clock)
+    victim_gate = Gate()
+    victim = await lane.submit(victim_gate, preemptible=True)
+    other = Gate()
+    await lane.submit(other)
+    await settle()
+    arrival = await lane.submit(Gate(), priority=1)
+    assert victim.preempt_requested
+    other.release()
+    await settle()
+    assert arrival.state is JobState.RUNNING
+    clock.advance(11)
+    await settle()
+    assert victim.state is JobState.RUNNING
+    await lane.aclose(drain=False)
+
+
+async def test_double_lane_cancel_of_a_slot_body_raises_job_cancelled() -> None:
+    """A slot body preempted and then force-closed raises JobCancelled, not CancelledError."""
+    lane = Lane("gpu", 1, preemption=Preemption(min_runtime=0))
+    inside = asyncio.Event()
+    unwind = asyncio.Event()
+
+    async def batch() -> None:
+        async with lane.slot(preemptible=True):
+            inside.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await unwind.wait()
+                raise
+
+    task = asyncio.create_task(batch())
+    await inside.wait()
+    await lane.submit(Gate(), priority=1)
+    await settle()
+    closing = asyncio.create_task(lane.aclose(drain=False))
+    await settle()
+    unwind.set()
+    with pytest.raises(JobCancelled, match=r"the lane was closed"):
+        await task
+    await closing
+
+
+async def test_victim_spared_when_its_preemptor_is_cancelled(clock: ManualClock) -> None:
+    """A victim in its grace period keeps running once the arrival that chose it is cancelled."""
+    lane = Lane("gpu", 1, preemption=Preemption(min_runtime=0, grace=10), clock=clock)
+    victim = await lane.submit(Gate(), preemptible=True)
+    await settle()
+    arrival = await lane.submit(Gate(), priority=1)
+    assert victim.preempt_requested
+    assert await arrival.cancel() is True
+    assert not victim.preempt_requested
+    clock.advance(11)
+    await settle()
+    assert victim.state is JobState.RUNNING
+    assert (await lane.stats()).preempted == 0
+    await lane.aclose(drain=False)
+
+
+def test_fair_share_weights_must_be_a_mapping() -> None:
+    """FairShare refuses weights that are not a mapping, naming the value."""
+    with pytest.raises(
+        TypeError,
+        match=r"^weights must be a mapping of key -> weight or None, got \[\('a', 1\.0\)\]$",
+    ):
+        FairShare(weights=[("a", 1.0)])  # type: ignore[arg-type]
