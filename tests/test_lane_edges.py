@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from executus import (
     FairShare,
     JobCancelled,
+    JobHandle,
     JobPreempted,
     JobState,
     Lane,
@@ -174,3 +176,69 @@ def test_fair_share_weights_must_be_a_mapping() -> None:
         match=r"^weights must be a mapping of key -> weight or None, got \[\('a', 1\.0\)\]$",
     ):
         FairShare(weights=[("a", 1.0)])  # type: ignore[arg-type]
+
+
+async def test_a_queued_job_runs_in_its_submitters_context() -> None:
+    """A job sees the context variables of the code that submitted it, not those of the
+    job whose end started it, and a requeued rerun does not see its first run's changes."""
+    import contextvars
+
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
+    seen: list[tuple[str, str]] = []
+    first_run = asyncio.Event()
+    release = asyncio.Event()
+
+    async def job(name: str) -> None:
+        seen.append((name, user.get()))
+        user.set(f"changed by {name}")
+        if name == "alice" and not first_run.is_set():
+            first_run.set()
+            await release.wait()
+
+    async with Lane("gpu", 1, preemption=Preemption(min_runtime=0, grace=0, requeue=True)) as lane:
+
+        async def submit_as(name: str, **options: Any) -> JobHandle[None]:
+            user.set(name)  # this task's own context: the caller of submit
+            return await lane.submit(lambda: job(name), **options)
+
+        alice = await asyncio.create_task(submit_as("alice", preemptible=True))
+        await first_run.wait()
+        bob = await asyncio.create_task(submit_as("bob", priority=1))
+        await bob
+        await alice
+    assert seen == [("alice", "alice"), ("bob", "bob"), ("alice", "alice")]
+
+
+async def test_context_values_whose_comparison_raises_are_kept_apart() -> None:
+    """Jobs submitted under context values whose == raises still each see their own."""
+    import contextvars
+
+    class Strict:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __eq__(self, other: object) -> bool:
+            raise TypeError("no comparing")
+
+        __hash__ = object.__hash__
+
+    var: contextvars.ContextVar[Strict | None] = contextvars.ContextVar("strict", default=None)
+    seen: list[str] = []
+
+    async def job() -> None:
+        value = var.get()
+        seen.append("none" if value is None else value.name)
+
+    async with Lane("gpu", 1) as lane:
+        gate = Gate()
+        first = await lane.submit(gate)
+        await settle()
+        handles = []
+        for name in ("a", "b", "c"):
+            var.set(Strict(name))
+            handles.append(await lane.submit(job))
+        gate.release()
+        await first
+        for h in handles:
+            await h
+    assert seen == ["a", "b", "c"]

@@ -9,6 +9,7 @@ State changes go through one transition function with an allowed-transitions tab
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 from collections.abc import Awaitable, Callable, Generator
 from contextvars import ContextVar
@@ -103,6 +104,7 @@ class JobHandle(Generic[T]):
         "__weakref__",
         "_backend",
         "_begun",
+        "_ctx",
         "_exc",
         "_fn",
         "_preempt_requested",
@@ -132,6 +134,7 @@ class JobHandle(Generic[T]):
         preemptible: bool,
         seq: int,
         submitted: float,
+        ctx: contextvars.Context | None = None,
     ) -> None:
         self._backend = backend
         self.id = job_id
@@ -150,6 +153,9 @@ class JobHandle(Generic[T]):
         self._waiters: list[asyncio.Future[None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._begun = False  # the current run's task has started executing
+        # The context the job's runs start from: the submitter's, copied at submit (the
+        # backend passes it), so a job never runs in the context of whatever started it.
+        self._ctx = ctx
         self._preemptions = 0
         self._preempt_requested = False
 
@@ -285,6 +291,7 @@ class JobHandle(Generic[T]):
         self._value = value
         self._exc = exc
         self._fn = None  # release the user's callable and what it closes over
+        self._ctx = None
         self._task = None
         waiters = self._waiters
         if waiters is not None:

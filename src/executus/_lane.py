@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import sys
 import time
 from collections import deque
@@ -144,6 +145,9 @@ class Lane(LaneBase):
         self._drained: list[asyncio.Future[None]] = []
         self._seq = 0
         self._chosen_ids = False  # a caller has passed a job_id
+        # The last context snapshot a submit took (see ``_submit``): later submits with
+        # the same context state share it.
+        self._last_ctx: contextvars.Context | None = None
 
         self._events = Emitter()
         self._window = RuntimeWindow(eta_window)
@@ -342,7 +346,22 @@ class Lane(LaneBase):
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         now = self._now()
-        job: JobHandle[Any] = JobHandle(self, job_id, fn, key, priority, preemptible, seq, now)
+        ctx = None
+        if fn is not None:
+            # A job's runs start in a copy of its submitter's context, whoever starts
+            # them. Submits made with the same context state (a loop submitting many
+            # jobs) share one snapshot: compared by contents, at once when unchanged.
+            ctx = contextvars.copy_context()
+            last = self._last_ctx
+            try:
+                same = ctx == last
+            except Exception:  # a context value whose == raises: keep both
+                same = False
+            if same:
+                ctx = last
+            else:
+                self._last_ctx = ctx
+        job: JobHandle[Any] = JobHandle(self, job_id, fn, key, priority, preemptible, seq, now, ctx)
         if len(self._running) < self._max:
             # Free slot (so, by invariant 2, nothing is queued): start now.
             jobs[job_id] = job
@@ -441,12 +460,15 @@ class Lane(LaneBase):
             job._begun = False
             loop = self._loop_()
             coro = self._run(job, fn)
+            ctx = job._ctx
+            if ctx is not None:  # each run gets its own copy of the (shared) snapshot
+                ctx = ctx.copy()
             # asyncio.Task directly unless the loop has a task factory: the loop's
             # create_task adds a Python-level call per job.
             if loop.get_task_factory() is None:
-                job._task = asyncio.Task(coro, loop=loop)
+                job._task = asyncio.Task(coro, loop=loop, context=ctx)
             else:
-                job._task = loop.create_task(coro)
+                job._task = loop.create_task(coro, context=ctx)
 
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
         job._begun = True
