@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 import time
@@ -46,9 +47,9 @@ def safe_url(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    # The host and port as written: ``parts.port`` raises on a bad port, and
+    # ``parts.hostname`` drops an IPv6 address's brackets.
+    host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
@@ -64,6 +65,16 @@ def _lane_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         return check_key_part("lane name", value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+
+
+class _FiniteRange(click.FloatRange):
+    """A ``FloatRange`` that also refuses nan (it compares false with every bound)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        result = super().convert(value, param, ctx)
+        if isinstance(result, float) and math.isnan(result):
+            self.fail(f"{result} is not in the range {self._describe_range()}.", param, ctx)
+        return result
 
 
 class _EnvBool(click.types.BoolParamType):
@@ -206,7 +217,7 @@ def cli() -> None:
 @cli.command()
 @click.option(
     "--seconds",
-    type=click.FloatRange(min=0, min_open=True, max=3600),
+    type=_FiniteRange(min=0, min_open=True, max=3600),
     default=10.0,
     show_default=True,
     help="How long users send traffic.",
@@ -320,7 +331,7 @@ def _json_loop(
 @click.option("--json", "as_json", is_flag=True, help="JSON (one document per snapshot).")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1),
+    type=_FiniteRange(min=0.1, max=3600),
     default=1.0,
     show_default=True,
     help="Seconds between refreshes.",

@@ -8,14 +8,16 @@ and the demo's counter are deleted afterwards: the demo leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -82,6 +84,10 @@ def run_redis_demo(
         f"policy {settings.policy}, {settings.seconds:g}s of traffic"
     )
     procs: list[subprocess.Popen[str]] = []
+    # The workers write to files, not pipes: a report larger than a pipe's buffer would
+    # block its worker until this process read it, which it does only once all exited.
+    files = contextlib.ExitStack()
+    outputs: list[tuple[IO[str], IO[str]]] = []
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     peak_seen = 0
@@ -101,15 +107,21 @@ def run_redis_demo(
                 "counter": counter,
                 "processes": where.processes,
             }
+            # Closed by ``files`` (in the finally below, after the workers ended).
+            out_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
+            err_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
+            outputs.append((out_file, err_file))
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "executus.cli._worker", json.dumps(cfg)],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
+                    stdout=out_file,
+                    stderr=err_file,
                     text=True,
                 )
             )
-        deadline = time.monotonic() + settings.seconds + 60
+        # A worker sends traffic for ``seconds``, then drains its queue for as long
+        # again (at least 5 s; see _worker.py) before it reports: wait for all of that.
+        deadline = time.monotonic() + settings.seconds + max(5.0, settings.seconds) + 60
         snap = None
         with Live(_view(None, title, 0), console=console, refresh_per_second=4) as live:
             while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
@@ -119,11 +131,14 @@ def run_redis_demo(
                     peak_seen = max(peak_seen, snap.running)
                 live.update(_view(snap, title, peak_seen))
         console.line()
-        for p in procs:
+        for p, (out_io, err_io) in zip(procs, outputs, strict=True):
             if p.poll() is None:
                 p.kill()
                 failures.append(f"process {p.pid} did not finish in time")
-            out, err = p.communicate(timeout=10)
+            p.wait(timeout=10)
+            out_io.seek(0)
+            err_io.seek(0)
+            out, err = out_io.read(), err_io.read()
             if p.returncode != 0:
                 tail = err.strip().splitlines()[-1:] or ["no output"]
                 failures.append(f"process {p.pid} exited with {p.returncode}: {tail[0]}")
@@ -137,6 +152,7 @@ def run_redis_demo(
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
+        files.close()
         _cleanup(client, keys, counter)
     return _conclude(results, failures, where, peak_seen, console)
 

@@ -1,0 +1,140 @@
+"""The ``executus`` command at its edges: odd numbers, odd URLs, large worker reports."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+from rich.console import Console
+
+from executus.cli import _redis_demo, cli
+from executus.cli._app import safe_url
+from executus.cli._demo import DemoSettings
+from executus.cli._redis_demo import RedisDemo, run_redis_demo
+from tests.redis.helpers import RedisServer
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["top", "--interval", "nan"], "--interval"),
+        (["top", "--interval", "inf"], "--interval"),
+        (["top", "--interval", "1e300"], "--interval"),
+        (["demo", "--seconds", "nan"], "--seconds"),
+    ],
+)
+def test_numbers_that_are_not_finite_are_usage_errors(args: list[str], option: str) -> None:
+    """nan, inf and absurd durations are refused as usage errors (exit 2), before any I/O."""
+    result = CliRunner().invoke(cli, [*args, "--redis", "redis://127.0.0.1:1/0"])
+    assert result.exit_code == 2, result.output
+    assert f"Error: Invalid value for '{option}': " in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("port", ["notaport", "99999"])
+def test_a_bad_port_in_a_url_with_a_password_is_one_line(port: str) -> None:
+    """A URL with a password and a bad port: one masked 'bad Redis URL' line, exit 1."""
+    url = f"redis://user:secret@127.0.0.1:{port}/0"
+    result = CliRunner().invoke(cli, ["top", "--once", "--redis", url])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: bad Redis URL ")
+    assert result.stderr.count("\n") == 1
+    assert "secret" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_masked_ipv6_host_keeps_its_brackets() -> None:
+    """Masking the password of a URL with an IPv6 host keeps the host in brackets."""
+    assert safe_url("redis://u:pw@[::1]:6380/0") == "redis://u:***@[::1]:6380/0"
+
+
+@pytest.mark.timeout(10)
+def test_redis_demo_reads_a_worker_report_larger_than_a_pipe(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """A worker whose final report exceeds a pipe buffer still finishes and is merged."""
+    report = {
+        "index": 0,
+        "peak": 1,
+        "keys": {"alice": {"waits": [0.123456789] * 30_000, "done": 30_000, "preempted": 0,
+                           "refused": 0}},
+    }  # fmt: skip
+    data = tmp_path / "report.json"
+    data.write_text(json.dumps(report))
+    fake = tmp_path / "fake-python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.stdout.write(open({str(data)!r}).read() + '\\n')\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(_redis_demo, "sys", types.SimpleNamespace(executable=str(fake)))
+    out = io.StringIO()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        code = run_redis_demo(
+            DemoSettings(seconds=0.2, users=1, policy="fair"),
+            RedisDemo(redis_server.url, namespace, 1),
+            Console(file=out, width=120),
+            client,
+        )
+    finally:
+        client.close()
+    assert code == 0, out.getvalue()
+    assert "1/1 processes finished; at most 1 jobs ran at once" in out.getvalue()
+    assert "30000" in out.getvalue()
+
+
+class _FastTime:
+    """``time`` for the demo's parent with a monotonic clock running 400 times fast."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self._start + (time.monotonic() - self._start) * 400
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@pytest.mark.timeout(10)
+def test_redis_demo_waits_for_workers_draining_their_queue(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """After the traffic the workers may drain as long as it lasted; the demo waits for them."""
+    report = {"index": 0, "peak": 1, "keys": {}}
+    fake = tmp_path / "fake-python"
+    # 2.4 s real = 960 s on the parent's fast clock: past 600 s of traffic + 60 s, within
+    # the 600 s a worker may spend draining its queue afterwards.
+    fake.write_text(
+        f"#!{sys.executable}\nimport time\ntime.sleep(2.4)\nprint({json.dumps(report)!r})\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(_redis_demo, "sys", types.SimpleNamespace(executable=str(fake)))
+    monkeypatch.setattr(_redis_demo, "time", _FastTime())
+    out = io.StringIO()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        code = run_redis_demo(
+            DemoSettings(seconds=600, users=1, policy="fair"),
+            RedisDemo(redis_server.url, namespace, 1),
+            Console(file=out, width=120),
+            client,
+        )
+    finally:
+        client.close()
+    assert code == 0, out.getvalue()
+    assert "1/1 processes finished" in out.getvalue()
