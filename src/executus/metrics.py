@@ -47,6 +47,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "(pip install 'executus[prometheus]')"
     ) from e
 
+from ._errors import LaneClosed
 from ._events import EventKind, LaneEvent, LaneObserver
 from ._job import JobState
 from ._stats import LaneStats
@@ -121,6 +122,10 @@ class _Watch:
     def __call__(self, event: LaneEvent) -> None:
         self.owner._count(event)
         self.kick()
+        if event.kind is EventKind.CLOSED and self.poller is not None:
+            # A closed lane changes only through its own last events (which still
+            # refresh the gauges): polling it would go on until aclose() for nothing.
+            self.poller.cancel()
 
     def kick(self) -> None:
         """Refresh the gauges soon; coalesced to one ``stats()`` call in flight."""
@@ -141,6 +146,9 @@ class _Watch:
     async def refresh(self) -> None:
         try:
             stats = await self.lane.stats()
+        except LaneClosed:  # closed (a RedisLane's stats() refuses then): last gauges stay
+            self.error = None
+            return
         except Exception as exc:  # a lane that cannot answer keeps its last gauges
             self.error = exc
             return
