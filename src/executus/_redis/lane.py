@@ -268,6 +268,16 @@ class RedisLane(LaneBase):
                 "RedisLane supports the built-in policies FIFO, Priority and FairShare "
                 f"only (the order is computed in Redis), got {policy!r}"
             )
+        for what, text in (("name", name), ("namespace", namespace)):
+            if not _utf8(text):
+                raise ValueError(f"{what} must be encodable as UTF-8 (for Redis), got {text!r}")
+        if isinstance(policy, FairShare):
+            for weighted in policy.weights:
+                if not _utf8(weighted):
+                    raise ValueError(
+                        "FairShare weights' keys must be encodable as UTF-8 (for Redis), "
+                        f"got {weighted!r}"
+                    )
         check_preemption(preemption)
         if isinstance(lease, bool) or not isinstance(lease, int | float):
             raise TypeError(f"lease must be a number of seconds, got {lease!r}")
@@ -405,8 +415,12 @@ class RedisLane(LaneBase):
                 self._blocking = self._blocking_client(self._client)
             try:
                 await self._attach(first=True)
-            except BaseException:
+                if self._closed:  # aclose() ran meanwhile: start nothing
+                    raise LaneClosed(self._name)
+            except BaseException as e:
                 await self._close_clients()
+                if self._closed and isinstance(e, LaneUnavailable):
+                    raise LaneClosed(self._name) from e  # its connection was closed
                 raise
             self._started = True
             self._last_beat = time.monotonic()
@@ -923,6 +937,10 @@ class RedisLane(LaneBase):
         if self._closed:
             raise LaneClosed(self._name)
         check_submit_options(job_id, key, priority, preemptible, max_wait)
+        if job_id is not None and not _utf8(job_id):
+            raise ValueError(f"job_id must be encodable as UTF-8 (for Redis), got {job_id!r}")
+        if key is not None and not _utf8(key):
+            raise ValueError(f"key must be encodable as UTF-8 (for Redis), got {key!r}")
         if abs(priority) >= 2**40:
             raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
         if job_id is None:
@@ -982,6 +1000,7 @@ class RedisLane(LaneBase):
             raise DuplicateJob(self._name, job_id)
         if status == "BUSY":
             del self._jobs[job_id]
+            self._grants(reply[3:])  # to this client's other jobs, before the refusal
             busy = LaneBusy(self._name, int(reply[1]), float(_s(reply[2])), max_wait or 0.0)
             if self._events.active:
                 self._emit(EventKind.REJECTED, None, position=busy.position, eta=busy.eta)
@@ -1054,6 +1073,7 @@ class RedisLane(LaneBase):
         rec.renewed = now
         rec.cause = None
         rec.finishing = False
+        job._begun = False
         self._fence_floor = max(self._fence_floor, int(fence))
         if self._events.active:
             self._emit(EventKind.STARTED, job, state=_RUNNING, wait=now - job._t_submit)
@@ -1067,6 +1087,7 @@ class RedisLane(LaneBase):
 
     async def _run(self, rec: _Local, fn: Callable[[], Awaitable[Any]]) -> None:
         job = rec.handle
+        job._begun = True
         CURRENT_JOB.set(job)
         try:
             awaitable = fn()
@@ -1123,6 +1144,7 @@ class RedisLane(LaneBase):
             outcome = "cancel"
         fence = rec.fence or "0"
         requeued = False
+        grants: Sequence[Any] = ()  # a requeue's: taken once the job is QUEUED here
         if cause == _LOST:
             # The server has reclaimed the slot, or is about to: release it anyway
             # (fenced, so harmless) without making the job's waiters wait for Redis.
@@ -1131,8 +1153,10 @@ class RedisLane(LaneBase):
             reply = await self._release(job.id, fence, outcome)
             if reply is not None and _s(reply[0]) == "REQ":
                 requeued = True
+                grants = reply[3:]
                 self._estimate(rec, int(reply[1]), float(_s(reply[2])))
         if job._state is not _RUNNING:
+            self._grants(grants)
             return job._exc
         now = time.monotonic()
         rec.fence = None
@@ -1145,6 +1169,7 @@ class RedisLane(LaneBase):
             job._transition(_QUEUED)
             if self._events.active:
                 self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=run)
+            self._grants(grants)  # maybe this job again, at once
             return None
         error: BaseException | None
         if cancelled:
@@ -1196,7 +1221,8 @@ class RedisLane(LaneBase):
             )
         except LaneUnavailable:
             return None  # the lease expires on its own; the slot is not leaked
-        self._grants(reply[3:])
+        if _s(reply[0]) != "REQ":  # a requeue's grants wait for ``_finish``
+            self._grants(reply[3:])
         return reply
 
     def _forget(self, rec: _Local) -> None:
@@ -1228,7 +1254,12 @@ class RedisLane(LaneBase):
             rec.cause = cause
         task = job._task
         if task is not None and not task.done():
+            again = task.cancelling()
             task.cancel()
+            if not job._begun and rec.fn is not None and not again:
+                # A task cancelled before its first step never runs its body (so never
+                # reaches ``_run``'s handlers): end the run from here.
+                self._chore(self._finish(rec, None, None, cancelled=True))
 
     # -- wake-ups and heartbeats -----------------------------------------------------
 
@@ -1369,6 +1400,13 @@ class RedisLane(LaneBase):
             if rec is not None and rec.cause is None:
                 self._on_message(f"P {_s(victims[i])} {_s(victims[i + 1])} {_s(victims[i + 2])}")
 
+    def _own(self, coro: Awaitable[T]) -> asyncio.Task[T]:
+        """Run a step in a task of its own that ``aclose`` awaits, and return it."""
+        task = asyncio.ensure_future(coro)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+        return task
+
     def _chore(self, coro: Awaitable[Any]) -> None:
         """Run a background step this lane owns (awaited in ``aclose``)."""
 
@@ -1425,6 +1463,12 @@ class RedisLane(LaneBase):
             return
         if job._state is not _QUEUED:
             return
+        # Once sent, the cancel may take effect in Redis: its reply is acted on even if
+        # the caller stops waiting.
+        await asyncio.shield(self._own(self._withdraw_queued(rec, error)))
+
+    async def _withdraw_queued(self, rec: _Local, error: BaseException) -> None:
+        job = rec.handle
         try:
             reply = await self._eval("cancel", [self._client_id, job.id, "0"])
         except LaneUnavailable:
@@ -1450,8 +1494,14 @@ class RedisLane(LaneBase):
             NotQueued: the job is unknown, running or has ended.
             LaneUnavailable: Redis is unreachable.
         """
+        if not isinstance(job_id, str) or not _utf8(job_id):
+            raise NotQueued(self._name, job_id)  # no job can have this id
         await self._ensure()
         rec = self._jobs.get(job_id)
+        # Acted on even if the caller stops waiting once it is sent.
+        await asyncio.shield(self._own(self._cancel_queued(job_id, rec)))
+
+    async def _cancel_queued(self, job_id: str, rec: _Local | None) -> None:
         reply = await self._eval("cancel", [self._client_id, job_id, "0"])
         if _s(reply[0]) != "OK":
             state = _s(reply[1]) or None
@@ -1679,6 +1729,17 @@ def _untrusted(error: BaseException) -> bool:
     (a setting to fix, not an outage to wait out)."""
     # The SSL error sits a link or two down the chain.
     return _cause(error, ssl.SSLCertVerificationError) is not None
+
+
+def _utf8(text: str) -> bool:
+    """True when ``text`` can be sent to Redis (no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bulk(arg: str | bytes) -> bytes:

@@ -2,7 +2,7 @@
 -- lease_ms, max_wait_ms (negative: no gate), estimate ('0': the client reads no queued
 -- position or ETA, so they are worked out only for the gate).
 -- Reply: {'RUN', fence, seq, grants...} | {'Q', position, eta, seq, grants...}
---      | {'BUSY', position, eta} | {'DUP'} | {'NOLANE'} | {'EPOCH', epoch}
+--      | {'BUSY', position, eta, grants...} | {'DUP'} | {'NOLANE'} | {'EPOCH', epoch}
 local bad = enter(ARGV[1])
 if bad then return bad end
 local proc, id, nonce = ARGV[2], ARGV[3], ARGV[4]
@@ -123,7 +123,9 @@ if max_wait >= 0 and e * 1000 > max_wait then
   q_remove(J)
   redis.call('DEL', jk(id))
   redis.call('HINCRBY', CFG, 'n_rej', 1)
-  return {'BUSY', pos, F(e)}
+  local busy = {'BUSY', pos, F(e)}
+  for i = 1, #out do busy[#busy + 1] = out[i] end
+  return busy
 end
 if victim then
   wake(victim.o, 'P ' .. victim.id .. ' ' .. victim.f .. ' ' .. I(C.pgrace), now)

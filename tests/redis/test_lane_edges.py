@@ -1,0 +1,249 @@
+"""RedisLane against a real redis-server: cancellation races, odd inputs, lost replies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from executus import (
+    FairShare,
+    JobCancelled,
+    JobState,
+    LaneBusy,
+    LaneClosed,
+    NotQueued,
+    Preemption,
+)
+from executus.redis import RedisLane
+
+from .helpers import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
+
+LaneFactory = Callable[..., RedisLane]
+
+
+@pytest.fixture
+async def make_lane(redis_server: RedisServer, namespace: str) -> AsyncIterator[LaneFactory]:
+    """Make RedisLane clients of the session server in this test's namespace."""
+    lanes: list[RedisLane] = []
+
+    def make(name: str = "lane", max_concurrent: int | None = None, **kw: Any) -> RedisLane:
+        kw.setdefault("lease", 5.0)
+        lane = RedisLane(name, redis_server.url, max_concurrent, namespace=namespace, **kw)
+        lanes.append(lane)
+        return lane
+
+    yield make
+    for lane in lanes:
+        async with asyncio.timeout(10):  # a lane that cannot close fails the test here
+            await lane.aclose(drain=False)
+
+
+@pytest.fixture
+async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client of the session server, to read the lane's keys."""
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def until(cond: Callable[[], bool], limit: float = 10.0) -> None:
+    """Wait (yielding to the loop) until ``cond()`` holds, at most ``limit`` seconds."""
+    async with asyncio.timeout(limit):
+        # Polling local state: the changes arrive from Redis, with no event to wait on.
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+async def held_keys(admin: aioredis.Redis, namespace: str, name: str = "lane") -> list[str]:
+    """What the lane's keys still hold of jobs: running, queued, per-client job sets."""
+    prefix = f"{{{namespace}:{name}}}:"
+    left = [f"hold {m!s}" for m in await admin.zrange(prefix + "hold", 0, -1)]
+    left += [f"qt {m!s}" for m in await admin.zrange(prefix + "qt", 0, -1)]
+    left += [f"pq {m!s}" for m in await admin.lrange(prefix + "pq", 0, -1)]
+    pattern = prefix.replace("{", "[{]")
+    async for key in admin.scan_iter(match=pattern + "pj:*"):
+        left += [f"{key!s} {m!s}" for m in await admin.smembers(key)]
+    async for key in admin.scan_iter(match=pattern + "j:*"):
+        left.append(str(key))
+    return sorted(left)
+
+
+def forever() -> Callable[[], Any]:
+    """A job that runs until cancelled."""
+
+    async def run() -> None:
+        await asyncio.Event().wait()
+
+    return run
+
+
+async def test_cancel_right_after_submit_ends_the_job(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """A job cancelled before its task took a step ends CANCELLED and frees its slot."""
+    lane = make_lane(max_concurrent=1)
+    called: list[int] = []
+
+    async def job() -> None:
+        called.append(1)
+
+    handle = await lane.submit(job)
+    assert handle.state is JobState.RUNNING
+    async with asyncio.timeout(5):
+        assert await handle.cancel() is True
+    assert handle.state is JobState.CANCELLED
+    assert called == []
+    with pytest.raises(JobCancelled):
+        await handle
+    assert await held_keys(admin, namespace) == []
+    assert await lane.run(lambda: asyncio.sleep(0, "next")) == "next"
+
+
+async def test_close_without_drain_right_after_submit(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """aclose(drain=False) just after submits started their jobs ends them and returns."""
+    lane = make_lane(max_concurrent=2)
+    hs = [await lane.submit(forever()) for _ in range(2)]
+    async with asyncio.timeout(5):
+        await lane.aclose(drain=False)
+    assert [h.state for h in hs] == [JobState.CANCELLED] * 2
+    with pytest.raises(JobCancelled, match=r"was cancelled: the lane was closed$"):
+        await hs[1]
+    assert await held_keys(admin, namespace) == []
+
+
+async def test_ids_and_keys_that_are_not_utf8_are_refused(make_lane: LaneFactory) -> None:
+    """A job id or key Redis cannot store (a lone surrogate) is refused with a ValueError
+    naming the rule, and calls in flight beside it are not disturbed."""
+    lane = make_lane(max_concurrent=1)
+    inside, finish = asyncio.Event(), asyncio.Event()
+
+    async def job() -> str:
+        inside.set()
+        await finish.wait()
+        return "ok"
+
+    handle = await lane.submit(job)
+    await inside.wait()
+    finish.set()  # its release goes out in the next batch, with the submit below
+    with pytest.raises(
+        ValueError, match=r"^job_id must be encodable as UTF-8 \(for Redis\), got 'a\\udc80'$"
+    ):
+        await lane.submit(job, job_id="a\udc80")
+    async with asyncio.timeout(5):
+        assert await handle == "ok"
+    with pytest.raises(
+        ValueError, match=r"^key must be encodable as UTF-8 \(for Redis\), got '\\ud800'$"
+    ):
+        await lane.run(job, key="\ud800")
+    with pytest.raises(NotQueued, match=r"^job 'b\\udc80' is not queued in lane 'lane'"):
+        await lane.cancel("b\udc80")
+    assert await lane.run(lambda: asyncio.sleep(0, "after")) == "after"
+
+
+def test_names_and_weights_that_are_not_utf8_are_refused(redis_server: RedisServer) -> None:
+    """A lane name, namespace or fair-share key Redis cannot store is refused at once."""
+    url = redis_server.url
+    with pytest.raises(ValueError, match=r"^name must be encodable as UTF-8 \(for Redis\)"):
+        RedisLane("l\udc80", url)
+    with pytest.raises(ValueError, match=r"^namespace must be encodable as UTF-8"):
+        RedisLane("l", url, namespace="\udc80")
+    with pytest.raises(
+        ValueError, match=r"^FairShare weights' keys must be encodable as UTF-8 .*'\\udc80'$"
+    ):
+        RedisLane("l", url, policy=FairShare(weights={"\udc80": 2}))
+
+
+async def test_grant_made_by_a_refused_submit_is_delivered(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """A submit refused by max_wait still hands over the grants its script made (here to
+    a queued job of the same client, after an expired lease was reaped)."""
+    lane = make_lane(max_concurrent=1, lease=30.0)  # heartbeats 10 s apart
+    stuck = await lane.submit(forever(), job_id="stuck")
+    waiting = await lane.submit(lambda: asyncio.sleep(0, "waited"), job_id="waiting")
+    assert waiting.state is JobState.QUEUED
+    # The running job's lease runs out in Redis (as if its renewals had stopped).
+    await admin.zadd(f"{{{namespace}:lane}}:hold", {"stuck": 0})
+    with pytest.raises(LaneBusy):
+        await lane.submit(forever(), max_wait=0)
+    async with asyncio.timeout(5):  # well before the next heartbeat could repair it
+        assert await waiting == "waited"
+    await until(stuck.done)
+    assert await held_keys(admin, namespace) == []
+
+
+async def test_requeued_job_granted_again_by_its_own_release_runs_again(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """A preempted job requeued while a slot is free is granted again by its own release
+    and runs again (here its preemptor was withdrawn during the grace)."""
+    pre = Preemption(min_runtime=0, grace=1.0, requeue=True)
+    a = make_lane(max_concurrent=1, preemption=pre, lease=30.0)  # heartbeats 10 s apart
+    b = make_lane(lease=30.0)
+    runs: list[int] = []
+
+    async def victim() -> str:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            await asyncio.Event().wait()
+        return "again"
+
+    handle = await a.submit(victim, preemptible=True)
+    await until(lambda: runs == [0])
+    urgent = await b.submit(forever(), priority=1)
+    await until(lambda: handle.preempt_requested)
+    await urgent.cancel()  # the victim still yields its slot when the grace ends
+    async with asyncio.timeout(5):
+        assert await handle == "again"
+    assert handle.preemptions == 1
+    assert runs == [0, 1]
+    assert await held_keys(admin, namespace) == []
+
+
+async def test_close_while_the_first_call_connects(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """aclose() while the first call is joining the lane makes that call raise LaneClosed
+    and leaves no background task running."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        lane = RedisLane("lane", client, 1, namespace=namespace)
+        first = asyncio.create_task(lane.stats())
+        await asyncio.sleep(0)  # the join is on its way to Redis
+        await lane.aclose()
+        with pytest.raises(LaneClosed):
+            await first
+        names = [t.get_name() for t in asyncio.all_tasks() if not t.done()]
+        assert not [n for n in names if n.startswith("executus-redis-")], names
+        await lane.aclose()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("how", ["handle", "lane"])
+async def test_cancel_whose_caller_is_cancelled_still_ends_the_job(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str, how: str
+) -> None:
+    """A cancel that reached Redis ends the queued job with JobCancelled even when the
+    task awaiting the cancel is itself cancelled."""
+    lane = make_lane(max_concurrent=1, lease=30.0)  # heartbeats 10 s apart
+    running = await lane.submit(forever())
+    queued = await lane.submit(forever(), job_id="q")
+    canceller = asyncio.create_task(queued.cancel() if how == "handle" else lane.cancel("q"))
+    await asyncio.sleep(0)  # the cancel is on its way to Redis
+    canceller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await canceller
+    async with asyncio.timeout(5):  # well before the next heartbeat
+        with pytest.raises(JobCancelled, match=r"^job 'q' in lane 'lane' was cancelled$"):
+            await queued
+    await running.cancel()
+    assert await held_keys(admin, namespace) == []
