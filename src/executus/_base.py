@@ -4,6 +4,7 @@ same words)."""
 
 from __future__ import annotations
 
+import contextvars
 import math
 from types import TracebackType
 from typing import Self
@@ -21,6 +22,22 @@ def check_count(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def submit_context(last: contextvars.Context | None) -> contextvars.Context:
+    """A snapshot of the current context for a submitted job's runs, or ``last`` (a
+    previous snapshot) when it holds the same values: a loop submitting many jobs from
+    one unchanged context keeps one snapshot, not one per job. The comparison is at once
+    when nothing changed; a context value whose ``==`` raises keeps both apart.
+    """
+    ctx = contextvars.copy_context()
+    try:
+        if ctx == last:
+            assert last is not None
+            return last
+    except Exception:
+        pass
+    return ctx
 
 
 def check_preemption(preemption: object) -> None:

@@ -29,7 +29,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from ._base import LaneBase, check_count, check_job_fn, check_preemption, check_submit_options
+from ._base import (
+    LaneBase,
+    check_count,
+    check_job_fn,
+    check_preemption,
+    check_submit_options,
+    submit_context,
+)
 from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
     DuplicateJob,
@@ -347,20 +354,8 @@ class Lane(LaneBase):
             self._loop = asyncio.get_running_loop()
         now = self._now()
         ctx = None
-        if fn is not None:
-            # A job's runs start in a copy of its submitter's context, whoever starts
-            # them. Submits made with the same context state (a loop submitting many
-            # jobs) share one snapshot: compared by contents, at once when unchanged.
-            ctx = contextvars.copy_context()
-            last = self._last_ctx
-            try:
-                same = ctx == last
-            except Exception:  # a context value whose == raises: keep both
-                same = False
-            if same:
-                ctx = last
-            else:
-                self._last_ctx = ctx
+        if fn is not None:  # runs start in the submitter's context, whoever starts them
+            ctx = self._last_ctx = submit_context(self._last_ctx)
         job: JobHandle[Any] = JobHandle(self, job_id, fn, key, priority, preemptible, seq, now, ctx)
         if len(self._running) < self._max:
             # Free slot (so, by invariant 2, nothing is queued): start now.

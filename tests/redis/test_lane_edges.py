@@ -247,3 +247,83 @@ async def test_cancel_whose_caller_is_cancelled_still_ends_the_job(
             await queued
     await running.cancel()
     assert await held_keys(admin, namespace) == []
+
+
+async def test_a_granted_job_runs_in_its_submitters_context(make_lane: LaneFactory) -> None:
+    """A job started by a grant sees its submitter's context variables, not those of the
+    code that received the grant."""
+    import contextvars
+
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
+    lane = make_lane(max_concurrent=1)
+    seen: list[str] = []
+    release = asyncio.Event()
+
+    async def job() -> None:
+        seen.append(user.get())
+        user.set("changed by the job")
+        if len(seen) == 1:
+            await release.wait()
+
+    async def submit_as(name: str) -> Any:
+        user.set(name)
+        return await lane.submit(job)
+
+    first = await asyncio.create_task(submit_as("alice"))
+    await until(lambda: seen == ["alice"])
+    second = await asyncio.create_task(submit_as("bob"))
+    assert second.state is JobState.QUEUED
+    release.set()
+    await first
+    await second
+    assert seen == ["alice", "bob"]
+
+
+async def test_a_repeated_preemption_request_keeps_one_grace(make_lane: LaneFactory) -> None:
+    """A preemption request that arrives twice (wake-up and heartbeat) starts one grace
+    period, and a job already being cancelled is not turned into a preemption."""
+    lane = make_lane(max_concurrent=1)
+    release = asyncio.Event()
+
+    async def job() -> None:
+        await release.wait()
+
+    handle = await lane.submit(job, preemptible=True)
+    await until(lambda: handle.state is JobState.RUNNING)
+    rec = lane._jobs[handle.id]
+    lane._on_message(f"P {handle.id} {rec.fence} 60000")
+    timer = rec.timer
+    assert timer is not None
+    assert handle.preempt_requested
+    lane._on_message(f"P {handle.id} {rec.fence} 60000")
+    assert rec.timer is timer  # the first grace stands; no second timer
+    release.set()
+    await handle
+    assert timer.cancelled()  # the run ended: its grace timer went with it
+
+    blocked = await lane.submit(asyncio.Event().wait, preemptible=True)
+    await until(lambda: blocked.state is JobState.RUNNING)
+    rec = lane._jobs[blocked.id]
+    rec.cause = "cancel"  # as set by a cancel whose task has not unwound yet
+    lane._on_message(f"P {blocked.id} {rec.fence} 0")
+    assert not blocked.preempt_requested
+    assert rec.cause == "cancel"
+    rec.cause = None
+    assert await blocked.cancel()
+
+
+@pytest.mark.parametrize("setting", ["max_concurrent", "eta_window"])
+async def test_counts_beyond_what_redis_stores_are_refused(
+    make_lane: LaneFactory, setting: str
+) -> None:
+    """max_concurrent and eta_window must stay below 2**40 (Redis stores numbers)."""
+    message = rf"^{setting} must be < 2\*\*40 for a RedisLane, got {2**40}$"
+    with pytest.raises(ValueError, match=message):
+        make_lane(**{setting: 2**40})
+    lane = make_lane(max_concurrent=2)
+    setter = lane.set_max_concurrent if setting == "max_concurrent" else lane.set_eta_window
+    with pytest.raises(ValueError, match=message):
+        await setter(2**40)
+    await setter(2**40 - 1)
+    if setting == "max_concurrent":
+        assert (await lane.stats()).max_concurrent == 2**40 - 1

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import ssl
 import time
@@ -59,7 +60,14 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._base import LaneBase, check_count, check_job_fn, check_preemption, check_submit_options
+from .._base import (
+    LaneBase,
+    check_count,
+    check_job_fn,
+    check_preemption,
+    check_submit_options,
+    submit_context,
+)
 from .._errors import (
     DuplicateJob,
     JobCancelled,
@@ -97,6 +105,7 @@ _LEASE_FRACTION = 0.8  # a client stops its job after this share of the lease un
 _HEARTBEATS_PER_LEASE = 3
 _MAX_QUEUED_REFRESH = 512  # queued jobs whose position one heartbeat refreshes
 _HELD = 4  # idle connections a client keeps out of its pool (``_Held``)
+_MAX_STORED = 2**40  # counts and priorities are stored as numbers (doubles) in Redis
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 # Redis Cluster replies meaning the lane's slot is served elsewhere, is moving, or has no
 # serving node for now (a failover or a slot migration under way).
@@ -258,9 +267,9 @@ class RedisLane(LaneBase):
         self._name = check_key_part("name", name)
         check_key_part("namespace", namespace)
         if max_concurrent is not None:
-            check_count("max_concurrent", max_concurrent)
+            _check_stored_count("max_concurrent", max_concurrent)
         if eta_window is not None:
-            check_count("eta_window", eta_window)
+            _check_stored_count("eta_window", eta_window)
         if policy is not None and not isinstance(policy, QueuePolicy):
             raise TypeError(f"policy must be a QueuePolicy (FIFO(), ...), got {policy!r}")
         if policy is not None and type(policy) not in (FIFO, Priority, FairShare):
@@ -323,6 +332,7 @@ class RedisLane(LaneBase):
         self._epoch = ""
         self._fence_floor = 0
         self._jobs: dict[str, _Local] = {}
+        self._last_ctx: contextvars.Context | None = None  # see ``_submit``
         self._closed = False
         self._hard = False  # closing with drain=False
         self._stopping = False  # the background tasks are being stopped
@@ -941,7 +951,7 @@ class RedisLane(LaneBase):
             raise ValueError(f"job_id must be encodable as UTF-8 (for Redis), got {job_id!r}")
         if key is not None and not _utf8(key):
             raise ValueError(f"key must be encodable as UTF-8 (for Redis), got {key!r}")
-        if abs(priority) >= 2**40:
+        if abs(priority) >= _MAX_STORED:
             raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
         if job_id is None:
             # Unique lane-wide: this client's id (random) and a count of its own.
@@ -955,6 +965,9 @@ class RedisLane(LaneBase):
         if job_id in self._jobs:
             raise DuplicateJob(self._name, job_id)
         now = time.monotonic()
+        ctx = None
+        if fn is not None:  # runs start in the submitter's context, whoever starts them
+            ctx = self._last_ctx = submit_context(self._last_ctx)
         handle: JobHandle[Any] = JobHandle(
             self,
             job_id,
@@ -964,6 +977,7 @@ class RedisLane(LaneBase):
             preemptible=preemptible,
             seq=0,
             submitted=now,
+            ctx=ctx,
         )
         self._nonce += 1
         rec = _Local(handle, fn, str(self._nonce))
@@ -1081,8 +1095,11 @@ class RedisLane(LaneBase):
             if rec.granted is not None and not rec.granted.done():
                 rec.granted.set_result(None)
             return
+        ctx = job._ctx
         job._task = asyncio.get_running_loop().create_task(
-            self._run(rec, rec.fn), name=f"executus-job-{job.id}"
+            self._run(rec, rec.fn),
+            name=f"executus-job-{job.id}",
+            context=None if ctx is None else ctx.copy(),
         )
 
     async def _run(self, rec: _Local, fn: Callable[[], Awaitable[Any]]) -> None:
@@ -1281,6 +1298,10 @@ class RedisLane(LaneBase):
             return
         job = rec.handle
         if kind == "P" and job._state is _RUNNING and rec.fence == parts[1]:
+            if rec.cause is not None:
+                # Requested again (wake-up and heartbeat: its grace already runs), or
+                # the job is already being stopped (a cancel is not turned into a requeue).
+                return
             job._preempt_requested = True
             rec.cause = _PREEMPT
             grace = int(parts[2]) / 1000
@@ -1370,6 +1391,7 @@ class RedisLane(LaneBase):
             (r for r in self._jobs.values() if r.handle._state is _QUEUED and r.seq is not None),
             key=lambda r: r.seq or 0,
         )[:_MAX_QUEUED_REFRESH]
+        fences = [r.fence for r in running]  # the runs this heartbeat speaks for
         args = [self._client_id, _ms(self._lease), _ms(self._lease / 2), str(len(running))]
         for r in running:
             args += [r.handle.id, r.fence or "0"]
@@ -1378,7 +1400,9 @@ class RedisLane(LaneBase):
         reply = await self._eval("heartbeat", args, budget=self._lease / _HEARTBEATS_PER_LEASE)
         self._last_beat = sent
         lost = {_s(x) for x in reply[1]}
-        for r in running:
+        for r, fence in zip(running, fences, strict=True):
+            if r.fence != fence:
+                continue  # ended or re-granted meanwhile: this reply is not about that run
             if r.handle.id in lost:
                 self._cancel_task(r, _LOST)
             elif r.handle._state is _RUNNING:
@@ -1563,7 +1587,7 @@ class RedisLane(LaneBase):
             ValueError: ``n < 1``. TypeError: not an int.
             LaneUnavailable: Redis is unreachable.
         """
-        check_count("max_concurrent", n)
+        _check_stored_count("max_concurrent", n)
         await self._ensure()
         reply = await self._eval("control", [self._client_id, "max", str(n)])
         self._max = n
@@ -1597,7 +1621,7 @@ class RedisLane(LaneBase):
 
     async def set_eta_window(self, n: int) -> None:
         """Change how many recent run times the lane's estimate averages."""
-        check_count("eta_window", n)
+        _check_stored_count("eta_window", n)
         await self._ensure()
         await self._eval("control", [self._client_id, "win", str(n)])
 
@@ -1729,6 +1753,14 @@ def _untrusted(error: BaseException) -> bool:
     (a setting to fix, not an outage to wait out)."""
     # The SSL error sits a link or two down the chain.
     return _cause(error, ssl.SSLCertVerificationError) is not None
+
+
+def _check_stored_count(name: str, value: object) -> int:
+    """``check_count``, and below ``2**40``: Redis keeps the lane's counts as numbers."""
+    n = check_count(name, value)
+    if n >= _MAX_STORED:
+        raise ValueError(f"{name} must be < 2**40 for a RedisLane, got {n}")
+    return n
 
 
 def _utf8(text: str) -> bool:
