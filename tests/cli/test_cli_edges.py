@@ -75,22 +75,34 @@ def test_redis_demo_reads_a_worker_report_larger_than_a_pipe(
     fake.write_text(
         f"#!{sys.executable}\nimport sys\nsys.stdout.write(open({str(data)!r}).read() + '\\n')\n"
     )
+    code, text = _demo_with_fake_worker(fake, 0.2, monkeypatch, redis_server, namespace)
+    assert code == 0, text
+    assert "1/1 processes finished; at most 1 jobs ran at once" in text
+    assert "30000" in text
+
+
+def _demo_with_fake_worker(
+    fake: Path,
+    seconds: float,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    namespace: str,
+) -> tuple[int, str]:
+    """Run the Redis demo (one process) with ``fake`` as the worker's interpreter."""
     fake.chmod(0o755)
     monkeypatch.setattr(_redis_demo, "sys", types.SimpleNamespace(executable=str(fake)))
     out = io.StringIO()
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         code = run_redis_demo(
-            DemoSettings(seconds=0.2, users=1, policy="fair"),
+            DemoSettings(seconds=seconds, users=1, policy="fair"),
             RedisDemo(redis_server.url, namespace, 1),
             Console(file=out, width=120),
             client,
         )
     finally:
         client.close()
-    assert code == 0, out.getvalue()
-    assert "1/1 processes finished; at most 1 jobs ran at once" in out.getvalue()
-    assert "30000" in out.getvalue()
+    return code, out.getvalue()
 
 
 class _FastTime:
@@ -122,19 +134,7 @@ def test_redis_demo_waits_for_workers_draining_their_queue(
     fake.write_text(
         f"#!{sys.executable}\nimport time\ntime.sleep(2.4)\nprint({json.dumps(report)!r})\n"
     )
-    fake.chmod(0o755)
-    monkeypatch.setattr(_redis_demo, "sys", types.SimpleNamespace(executable=str(fake)))
     monkeypatch.setattr(_redis_demo, "time", _FastTime())
-    out = io.StringIO()
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    try:
-        code = run_redis_demo(
-            DemoSettings(seconds=600, users=1, policy="fair"),
-            RedisDemo(redis_server.url, namespace, 1),
-            Console(file=out, width=120),
-            client,
-        )
-    finally:
-        client.close()
-    assert code == 0, out.getvalue()
-    assert "1/1 processes finished" in out.getvalue()
+    code, text = _demo_with_fake_worker(fake, 600, monkeypatch, redis_server, namespace)
+    assert code == 0, text
+    assert "1/1 processes finished" in text

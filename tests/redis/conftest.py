@@ -7,14 +7,18 @@ free port in a temporary directory, without persistence, and stopped afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from executus.redis import RedisLane
 
 from .helpers import LocalCluster, RedisServer, TcpProxy, valkey_server_binary
 
@@ -105,6 +109,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def namespace() -> str:
     """A key namespace no other test uses."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_lane(
+    redis_server: RedisServer, namespace: str
+) -> AsyncIterator[Callable[..., RedisLane]]:
+    """Make RedisLane clients of the session server in this test's namespace; each is
+    closed without draining at the end (one that cannot close in 10 s fails the test)."""
+    lanes: list[RedisLane] = []
+
+    def make(name: str = "lane", max_concurrent: int | None = None, **kw: Any) -> RedisLane:
+        kw.setdefault("lease", 5.0)
+        lane = RedisLane(name, redis_server.url, max_concurrent, namespace=namespace, **kw)
+        lanes.append(lane)
+        return lane
+
+    yield make
+    for lane in lanes:
+        async with asyncio.timeout(10):
+            await lane.aclose(drain=False)
 
 
 @pytest.fixture

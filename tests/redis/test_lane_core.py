@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,22 +36,6 @@ from .helpers import RedisServer
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
 LaneFactory = Callable[..., RedisLane]
-
-
-@pytest.fixture
-async def make_lane(redis_server: RedisServer, namespace: str) -> AsyncIterator[LaneFactory]:
-    """Make RedisLane clients of the session server in this test's namespace."""
-    lanes: list[RedisLane] = []
-
-    def make(name: str = "lane", max_concurrent: int | None = None, **kw: Any) -> RedisLane:
-        kw.setdefault("lease", 5.0)
-        lane = RedisLane(name, redis_server.url, max_concurrent, namespace=namespace, **kw)
-        lanes.append(lane)
-        return lane
-
-    yield make
-    for lane in lanes:
-        await lane.aclose(drain=False)
 
 
 async def test_each_run_talks_to_the_server_it_names(

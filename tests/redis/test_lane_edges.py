@@ -28,23 +28,6 @@ LaneFactory = Callable[..., RedisLane]
 
 
 @pytest.fixture
-async def make_lane(redis_server: RedisServer, namespace: str) -> AsyncIterator[LaneFactory]:
-    """Make RedisLane clients of the session server in this test's namespace."""
-    lanes: list[RedisLane] = []
-
-    def make(name: str = "lane", max_concurrent: int | None = None, **kw: Any) -> RedisLane:
-        kw.setdefault("lease", 5.0)
-        lane = RedisLane(name, redis_server.url, max_concurrent, namespace=namespace, **kw)
-        lanes.append(lane)
-        return lane
-
-    yield make
-    for lane in lanes:
-        async with asyncio.timeout(10):  # a lane that cannot close fails the test here
-            await lane.aclose(drain=False)
-
-
-@pytest.fixture
 async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """A plain client of the session server, to read the lane's keys."""
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
