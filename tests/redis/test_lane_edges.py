@@ -167,23 +167,29 @@ async def test_requeued_job_granted_again_by_its_own_release_runs_again(
     make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
 ) -> None:
     """A preempted job requeued while a slot is free is granted again by its own release
-    and runs again (here its preemptor was withdrawn during the grace)."""
-    pre = Preemption(min_runtime=0, grace=1.0, requeue=True)
+    and runs again (here its preemptor was withdrawn while the victim was stopping)."""
+    pre = Preemption(min_runtime=0, grace=0, requeue=True)
     a = make_lane(max_concurrent=1, preemption=pre, lease=30.0)  # heartbeats 10 s apart
     b = make_lane(lease=30.0)
     runs: list[int] = []
+    withdrawn = asyncio.Event()
 
     async def victim() -> str:
         runs.append(len(runs))
         if len(runs) == 1:
-            await asyncio.Event().wait()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await withdrawn.wait()  # stops only once its preemptor is gone
+                raise
         return "again"
 
     handle = await a.submit(victim, preemptible=True)
     await until(lambda: runs == [0])
     urgent = await b.submit(forever(), priority=1)
     await until(lambda: handle.preempt_requested)
-    await urgent.cancel()  # the victim still yields its slot when the grace ends
+    await urgent.cancel()  # too late to spare the victim: its grace (0 s) is over
+    withdrawn.set()
     async with asyncio.timeout(5):
         assert await handle == "again"
     assert handle.preemptions == 1
@@ -310,3 +316,50 @@ async def test_counts_beyond_what_redis_stores_are_refused(
     await setter(2**40 - 1)
     if setting == "max_concurrent":
         assert (await lane.stats()).max_concurrent == 2**40 - 1
+
+
+async def test_victim_spared_when_its_preemptor_is_cancelled(make_lane: LaneFactory) -> None:
+    """A victim in its grace keeps running when the arrival that chose it is cancelled."""
+    a = make_lane(max_concurrent=1, preemption=Preemption(min_runtime=0, grace=30))
+    b = make_lane()
+    release = asyncio.Event()
+
+    async def low() -> str:
+        await release.wait()
+        return "finished"
+
+    victim = await a.submit(low, preemptible=True)
+    await until(lambda: victim.state is JobState.RUNNING)
+    arrival = await b.submit(lambda: asyncio.sleep(0, "urgent"), priority=5)
+    await until(lambda: victim.preempt_requested)
+    assert arrival.state is JobState.QUEUED
+    assert await arrival.cancel()
+    await until(lambda: not victim.preempt_requested)
+    release.set()
+    assert await victim == "finished"
+    assert victim.state is JobState.SUCCEEDED
+
+
+async def test_victim_spared_when_its_preemptor_starts_elsewhere(make_lane: LaneFactory) -> None:
+    """A victim in its grace keeps running when its arrival starts on a slot that another
+    job's end freed."""
+    a = make_lane(max_concurrent=2, preemption=Preemption(min_runtime=0, grace=30))
+    b = make_lane()
+    release_low, release_other = asyncio.Event(), asyncio.Event()
+
+    async def low() -> str:
+        await release_low.wait()
+        return "finished"
+
+    victim = await a.submit(low, preemptible=True)
+    other = await a.submit(release_other.wait)
+    await until(lambda: victim.state is JobState.RUNNING and other.state is JobState.RUNNING)
+    arrival = await b.submit(lambda: asyncio.sleep(0, "urgent"), priority=5)
+    await until(lambda: victim.preempt_requested)
+    release_other.set()
+    await other
+    assert await arrival == "urgent"
+    await until(lambda: not victim.preempt_requested)
+    release_low.set()
+    assert await victim == "finished"
+    assert victim.state is JobState.SUCCEEDED

@@ -123,7 +123,7 @@ _NOT_LOCAL = "non local key"
 # redis-py's synchronous clients: refused with a hint to use the asyncio ones.
 _SYNC_CLIENTS = (redis.Redis, redis.cluster.RedisCluster)
 # Wake-up messages: kind -> how many space-free fields follow the job id.
-_MESSAGE_FIELDS = {"G": 1, "P": 2, "L": 1, "C": 0}
+_MESSAGE_FIELDS = {"G": 1, "P": 2, "L": 1, "C": 0, "U": 1}
 
 
 def _s(value: object) -> str:
@@ -1281,8 +1281,9 @@ class RedisLane(LaneBase):
     # -- wake-ups and heartbeats -----------------------------------------------------
 
     def _on_message(self, raw: object) -> None:
-        # "G <id> <fence>", "P <id> <fence> <grace ms>", "L <id> <fence>", "C <id>": the
-        # id may contain spaces, the numbers after it cannot, so split from the right.
+        # "G <id> <fence>", "P <id> <fence> <grace ms>", "L <id> <fence>", "C <id>",
+        # "U <id> <fence>" (a preemption called off): the id may contain spaces, the
+        # numbers after it cannot, so split from the right.
         kind, _, rest = _s(raw).partition(" ")
         trailing = _MESSAGE_FIELDS.get(kind)
         if trailing is None or not rest:
@@ -1313,6 +1314,14 @@ class RedisLane(LaneBase):
                 self._cancel_task(rec, _PREEMPT)
         elif kind == "L" and job._state is _RUNNING and rec.fence == parts[1]:
             self._cancel_task(rec, _LOST)
+        elif kind == "U" and job._state is _RUNNING and rec.fence == parts[1]:
+            # The preemption was called off (its arrival started elsewhere or was
+            # cancelled): unless the grace is already over, the job runs on.
+            if rec.cause == _PREEMPT and rec.timer is not None:
+                rec.timer.cancel()
+                rec.timer = None
+                rec.cause = None
+                job._preempt_requested = False
         elif kind == "C" and job._state is _QUEUED:
             self._end_queued(rec, JobCancelled(self._name, job.id))
 

@@ -15,6 +15,7 @@ if J.state ~= 'q' then
   record_end(now)
 else
   q_remove(J)
+  if J.pq == '1' then spare(now) end  -- its victim may be spared now
 end
 redis.call('DEL', jk(id))
 redis.call('SREM', pjk(J.o), id)

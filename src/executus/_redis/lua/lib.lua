@@ -583,15 +583,42 @@ end
 
 -- Hand free slots to the next jobs: preemption arrivals first, then the policy's order.
 -- Jobs of dead clients are dropped on the way.
+-- Call off preemptions no arrival waits for any more. Each arrival in PQ takes the slot
+-- of the next victim (a running job marked 'va') to end; one that started on a slot
+-- freed otherwise, or was cancelled, leaves a victim too many. The latest chosen victims
+-- still within their grace are spared: their mark is cleared and their owner told
+-- ('U id fence'), which stops the grace timer there. (The in-process lane's
+-- _spare_victims.)
+local function spare(now)
+  local marked = {}
+  for _, hid in ipairs(redis.call('ZRANGE', HOLD, 0, 999)) do
+    local r = redis.call('HMGET', jk(hid), 'va', 'f', 'o')
+    local va = tonumber(r[1])
+    if va then marked[#marked + 1] = {id = hid, va = va, f = r[2], o = r[3]} end
+  end
+  local surplus = #marked - redis.call('LLEN', PQ)
+  if surplus <= 0 then return end
+  table.sort(marked, function(a, b) return a.va > b.va end)  -- latest chosen first
+  for _, m in ipairs(marked) do
+    if surplus <= 0 then return end
+    if m.va + C.pgrace > now and m.o then
+      redis.call('HDEL', jk(m.id), 'va')
+      wake(m.o, 'U ' .. m.id .. ' ' .. (m.f or '0'), now)
+      surplus = surplus - 1
+    end
+  end
+end
+
 local function grant(now, caller, out)
   if C.rec > now or redis.call('ZCARD', QT) == 0 then return end
   local running = redis.call('ZCARD', HOLD)
   local budget = 256
+  local arrivals = false  -- a preemption arrival started: maybe a victim to spare
   while running < C.max and budget > 0 do
     budget = budget - 1
     local id = redis.call('LPOP', PQ)
-    if not id then id = q_pop() end
-    if not id then return end
+    if id then arrivals = true else id = q_pop() end
+    if not id then break end
     local J = jget(id)
     if J then
       J.pq = nil
@@ -606,6 +633,7 @@ local function grant(now, caller, out)
       end
     end
   end
+  if arrivals then spare(now) end
 end
 
 local function next_seq(now)
