@@ -377,8 +377,10 @@ class Lane(LaneBase):
             self._front.append(job)
             jobs[job_id] = job
             self._submitted += 1
-            if self._events.active:
-                self._emit(EventKind.SUBMITTED, job, state=_QUEUED, position=len(self._front))
+            if self._events.active:  # it starts when its victim's grace is over, at most
+                self._emit(
+                    EventKind.SUBMITTED, job, state=_QUEUED, position=len(self._front), eta=grace
+                )
             self._preempt(victim, now)
             return job
 
@@ -394,7 +396,9 @@ class Lane(LaneBase):
         jobs[job_id] = job
         self._submitted += 1
         if self._events.active:
-            self._emit(EventKind.SUBMITTED, job, state=_QUEUED, position=job.position)
+            position = len(self._front) + self._queue.position(job)
+            eta = self._estimate(position, now)
+            self._emit(EventKind.SUBMITTED, job, state=_QUEUED, position=position, eta=eta)
         return job
 
     def _refuse(self, position: int, eta: float, max_wait: float) -> None:

@@ -40,6 +40,8 @@ async def test_lifecycle_events(make_lane: MakeLane) -> None:
     await until(lambda: log.kinds("second") == ["submitted", "started", "finished"])
     submitted, started, finished = (e for e in log.events if e.job_id == "second")
     assert (submitted.state, submitted.position, submitted.key) == (JobState.QUEUED, 1, "k")
+    assert submitted.eta is not None  # a queued job's event carries its ETA
+    assert submitted.eta >= 0
     assert started.wait is not None
     assert started.wait >= 0
     assert finished.state is JobState.SUCCEEDED
