@@ -363,3 +363,30 @@ async def test_victim_spared_when_its_preemptor_starts_elsewhere(make_lane: Lane
     release_low.set()
     assert await victim == "finished"
     assert victim.state is JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["started", "queued"])
+async def test_a_submit_answered_after_its_job_ended_here_frees_it_at_once(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str, busy: bool
+) -> None:
+    """A job that ended here (withdrawn by a close) while its submit was on its way is
+    freed in Redis as soon as the reply comes, not when its lease runs out."""
+    lane = make_lane(max_concurrent=1, lease=30.0)
+    blocker = make_lane(lease=30.0)
+    if busy:
+        holder = await blocker.submit(asyncio.Event().wait)
+        await until(lambda: holder.state is JobState.RUNNING)
+    real_eval = lane._eval
+
+    async def racing(name: str, args: Any, **kw: Any) -> list[Any]:
+        if name == "submit":  # the close's withdrawal overtakes the submit in flight
+            lane._end_queued(lane._jobs[args[1]], LaneClosed("lane"))
+        return await real_eval(name, args, **kw)
+
+    lane._eval = racing  # type: ignore[method-assign]
+    handle = await lane.submit(asyncio.Event().wait, job_id="raced")
+    assert handle.state is JobState.CANCELLED
+    async with asyncio.timeout(3):  # well within the 30 s lease
+        # Polling Redis: the keys change there, with no event here to wait on.
+        while any("raced" in k for k in await held_keys(admin, namespace)):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

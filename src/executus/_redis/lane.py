@@ -1028,6 +1028,10 @@ class RedisLane(LaneBase):
                 position=int(reply[1]) if queued else 0,
                 eta=float(_s(reply[2])) if queued else 0.0,
             )
+        if handle.done():
+            # Ended here while the submit was on its way (a close without drain withdrew
+            # it before Redis had it): free what Redis has just recorded, now.
+            self._chore(self._forget_remote(job_id))
         if status == "RUN":
             rec.seq = int(reply[2])
             handle._seq = rec.seq
