@@ -390,3 +390,32 @@ async def test_a_submit_answered_after_its_job_ended_here_frees_it_at_once(
         # Polling Redis: the keys change there, with no event here to wait on.
         while any("raced" in k for k in await held_keys(admin, namespace)):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+async def test_close_without_drain_takes_back_a_job_requeued_meanwhile(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """A preempted job whose requeue lands while a close without drain runs is taken back
+    too: the close returns, the job ends with LaneClosed, and Redis keeps none of it."""
+    pre = Preemption(min_runtime=0, grace=0, requeue=True)
+    a = make_lane(max_concurrent=1, preemption=pre, lease=30.0)
+    b = make_lane(lease=30.0)
+    victim = await a.submit(asyncio.Event().wait, preemptible=True, job_id="victim")
+    await until(lambda: victim.state is JobState.RUNNING)
+    real_release = a._release
+    closers: list[asyncio.Task[None]] = []
+
+    async def release(job_id: str, fence: str, outcome: str) -> list[Any] | None:
+        if outcome == "preq" and not closers:  # the close starts as the requeue is sent
+            closers.append(asyncio.create_task(a.aclose(drain=False)))
+            await asyncio.sleep(0)
+        return await real_release(job_id, fence, outcome)
+
+    a._release = release  # type: ignore[method-assign]
+    await b.submit(asyncio.Event().wait, priority=1)  # holds the slot from now on
+    await until(lambda: bool(closers))
+    async with asyncio.timeout(5):
+        await closers[0]
+    assert victim.state is JobState.CANCELLED
+    assert isinstance(victim.exception(), LaneClosed)
+    assert not any("victim" in k for k in await held_keys(admin, namespace))

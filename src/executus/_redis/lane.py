@@ -1191,6 +1191,11 @@ class RedisLane(LaneBase):
             if self._events.active:
                 self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=run)
             self._grants(grants)  # maybe this job again, at once
+            if self._closing_hard() and job._state is _QUEUED:
+                # Requeued while a close without drain was under way (which took back
+                # the queued jobs before this one returned to the queue): take it back.
+                closed = LaneClosed(self._name, self._closed_message())
+                self._chore(self._withdraw(rec, closed))
             return None
         error: BaseException | None
         if cancelled:
