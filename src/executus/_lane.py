@@ -312,12 +312,23 @@ class Lane(LaneBase):
                 raise error from None
             raise
         except BaseException as exc:
+            delivered = self._cancel_delivered(job)
             self._ended(job, None, exc, cancelled=False)
+            if delivered:
+                task.uncancel()  # the body swallowed the lane's cancel: take it back
             raise
         else:
+            delivered = self._cancel_delivered(job)
             self._ended(job, None, None, cancelled=False)
+            if delivered:
+                task.uncancel()  # the body swallowed the lane's cancel: take it back
         finally:
             CURRENT_JOB.reset(token)
+
+    def _cancel_delivered(self, job: JobHandle[Any]) -> bool:
+        """Whether the lane has cancelled this running job's task (a cause is recorded
+        and no grace timer still holds the cancel back)."""
+        return job in self._causes and job not in self._timers
 
     def _submit(
         self,
