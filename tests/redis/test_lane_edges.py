@@ -419,3 +419,24 @@ async def test_close_without_drain_takes_back_a_job_requeued_meanwhile(
     assert victim.state is JobState.CANCELLED
     assert isinstance(victim.exception(), LaneClosed)
     assert not any("victim" in k for k in await held_keys(admin, namespace))
+
+
+async def test_a_damaged_fair_flow_does_not_hold_up_the_others(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """Under fair share, a key whose job queue was deleted from Redis while it still
+    counts as backlogged is passed over: the next key's job starts at the next release."""
+    lane = make_lane(max_concurrent=1, policy=FairShare(weights={"b": 0.25}))
+    assert await lane.run(lambda: asyncio.sleep(0, "b0"), key="b") == "b0"  # b paid 4 ahead
+    release = asyncio.Event()
+    first = await lane.submit(release.wait, key="a")
+    await until(lambda: first.state is JobState.RUNNING)
+    await lane.submit(asyncio.Event().wait, key="a")  # key a's flow: one queued job, first
+    other = await lane.submit(lambda: asyncio.sleep(0, "b ran"), key="b")  # next
+    prefix = f"{{{namespace}:lane}}:"
+    damaged = [k async for k in admin.scan_iter(match=prefix.replace("{", "[{]") + "fq:=a")]
+    assert damaged, "key a's job queue"
+    await admin.delete(*damaged)
+    release.set()
+    async with asyncio.timeout(1):  # before a heartbeat (lease / 3) could grant it
+        assert await other == "b ran"
