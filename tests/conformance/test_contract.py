@@ -1051,3 +1051,19 @@ async def test_figures_of_a_closed_lane(make_lane: MakeLane, backend: str) -> No
         # the lane's other clients (a new RedisLane object reads them).
         with pytest.raises(LaneClosed, match=r"^lane 'x' is closed$"):
             await lane.stats()
+
+
+async def test_preemption_called_off_when_its_arrival_is_cancelled(make_lane: MakeLane) -> None:
+    """A victim in its grace keeps running, and then succeeds, when the arrival that
+    chose it is cancelled."""
+    lane = await make_lane("gpu", 1, preemption=Preemption(min_runtime=0, grace=30))
+    gate = Gate()
+    victim = await started(lane, gate, preemptible=True)
+    arrival = await lane.submit(Gate(), priority=1)
+    await until(lambda: victim.preempt_requested)
+    assert await arrival.cancel()
+    await until(lambda: not victim.preempt_requested)
+    gate.release("kept")
+    async with asyncio.timeout(5):
+        assert await victim == "kept"
+    assert victim.state is JobState.SUCCEEDED
