@@ -1067,3 +1067,32 @@ async def test_preemption_called_off_when_its_arrival_is_cancelled(make_lane: Ma
     async with asyncio.timeout(5):
         assert await victim == "kept"
     assert victim.state is JobState.SUCCEEDED
+
+
+async def test_a_queued_job_sees_its_submitters_context(make_lane: MakeLane) -> None:
+    """A job that waited in the queue runs with the context variables its submitter had,
+    not those of the job whose end let it start."""
+    import contextvars
+
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
+    lane = await make_lane("gpu", 1)
+    seen: list[str] = []
+
+    async def job() -> None:
+        seen.append(user.get())
+        user.set("changed by the job")
+
+    async def submit_as(name: str, fn: Any) -> JobHandle[Any]:
+        user.set(name)
+        handle: JobHandle[Any] = await lane.submit(fn)
+        return handle
+
+    gate = Gate()
+    first = await asyncio.create_task(submit_as("alice", gate))
+    await until(lambda: gate.running)
+    second = await asyncio.create_task(submit_as("bob", job))
+    gate.release()
+    async with asyncio.timeout(5):
+        await first
+        await second
+    assert seen == ["bob"]
