@@ -174,31 +174,32 @@ async def test_sigstop_past_lease_loses_the_slot(
     await wait_for_event(log, "ready")
     zombie = next(e for e in read_log(log) if e["ev"] == "start")
     release = asyncio.Event()
-    mine: list[Interval] = []
-
-    async def job() -> None:
-        t0 = time.monotonic()
-        await release.wait()
-        mine.append(Interval("mine", t0, time.monotonic()))
 
     os.kill(proc.pid, signal.SIGSTOP)
     try:
-        handle = await lane.submit(job)
+        handle = await lane.submit(release.wait)
         await until(lambda: handle.state is JobState.RUNNING)  # the lane reclaimed the slot
         fence = int(lane._jobs[handle.id].fence or 0)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-    outcome = await wait_for_event(log, "outcome")
-    assert outcome["error"] == "LeaseLost"
-    assert "lost its lease" in outcome["msg"]
-    release.set()
-    await handle
-    assert await asyncio.to_thread(proc.wait, 10) == 0
-    runs = [*intervals(read_log(log)), Interval("mine", mine[0].start, mine[0].end, fence)]
-    assert fence > zombie["fence"]  # the fence tells the zombie's writes apart
-    assert max_overlap(runs) == 2  # the documented zombie window...
-    assert max_overlap(runs, exclude_fences=[zombie["fence"]]) <= 1  # ...and only it
-    await lane.aclose()
+    try:
+        outcome = await wait_for_event(log, "outcome")
+        assert outcome["error"] == "LeaseLost"
+        assert "lost its lease" in outcome["msg"]
+        release.set()
+        await handle
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+        # This run holds the slot from its grant (its start in the lane, the same
+        # monotonic clock as the other process's log), whenever its task first steps.
+        assert handle._t_start is not None
+        assert handle._t_end is not None
+        mine = Interval("mine", handle._t_start, handle._t_end, fence)
+        runs = [*intervals(read_log(log)), mine]
+        assert fence > zombie["fence"]  # the fence tells the zombie's writes apart
+        assert max_overlap(runs) == 2  # the documented zombie window...
+        assert max_overlap(runs, exclude_fences=[zombie["fence"]]) <= 1  # ...and only it
+    finally:
+        await lane.aclose(drain=False)
 
 
 async def test_redis_restart_without_persistence(
