@@ -111,24 +111,28 @@ async def test_processes_share_slots(
     """4 processes x 8 submitters: never more than max at once, each job ends once."""
     lane = RedisLane("lane", redis_server.url, 3, namespace=namespace, lease=2.0)
     await lane.stats()  # store max_concurrent=3 for the workers to adopt
-    common = ["--url", redis_server.url, "--ns", namespace, "--policy", policy]
-    workers = [spawn(*common, "--jobs", "6", "--duration", "0.005") for _ in range(4)]
-    for proc, _ in workers:
-        assert await asyncio.to_thread(proc.wait, 50) == 0
-    events = [e for _, log in workers for e in read_log(log)]
-    runs = intervals(events)
-    jobs = [e["job"] for e in events if e["ev"] == "start"]
-    assert len(jobs) == len(set(jobs)) == 4 * 8 * 6  # every job started exactly once
-    assert all(e["outcome"] == "ok" for e in events if e["ev"] == "end")
-    assert max_overlap(runs) <= 3
-    if policy == "fifo":
-        # Grants (fences) follow arrival (seq) order lane-wide.
-        by_fence = sorted((e for e in events if e["ev"] == "start"), key=lambda e: e["fence"])
-        seqs = [e["seq"] for e in by_fence]
-        assert seqs == sorted(seqs)
-    stats = await lane.stats()
-    assert (stats.running, stats.queued, stats.succeeded) == (0, 0, 4 * 8 * 6)
-    await lane.aclose()
+    try:
+        common = ["--url", redis_server.url, "--ns", namespace, "--policy", policy]
+        workers = [spawn(*common, "--jobs", "6", "--duration", "0.005") for _ in range(4)]
+        for proc, _ in workers:
+            assert await asyncio.to_thread(proc.wait, 50) == 0
+        events = [e for _, log in workers for e in read_log(log)]
+        runs = intervals(events)
+        jobs = [e["job"] for e in events if e["ev"] == "start"]
+        assert len(jobs) == len(set(jobs)) == 4 * 8 * 6  # every job started exactly once
+        assert all(e["outcome"] == "ok" for e in events if e["ev"] == "end")
+        assert max_overlap(runs) <= 3
+        if policy == "fifo":
+            # Grants (fences) follow arrival (seq) order lane-wide.
+            by_fence = sorted((e for e in events if e["ev"] == "start"), key=lambda e: e["fence"])
+            # A job granted before its submit's reply was read logs its seq at its end.
+            seq_of = {e["job"]: e["seq"] for e in events if e.get("seq") is not None}
+            seqs = [seq_of[e["job"]] for e in by_fence]
+            assert seqs == sorted(seqs)
+        stats = await lane.stats()
+        assert (stats.running, stats.queued, stats.succeeded) == (0, 0, 4 * 8 * 6)
+    finally:
+        await lane.aclose(drain=False)
 
 
 async def test_sigkill_returns_slots_and_drops_queued_jobs(

@@ -68,7 +68,16 @@ async def main() -> None:
                     outcome = type(e).__name__
                     raise
                 finally:
-                    emit(out, ev="end", job=ctx.id, fence=int(rec.fence or 0), outcome=outcome)
+                    # seq again: a grant can start the job before its submit's reply
+                    # (which carries the seq) has been read.
+                    emit(
+                        out,
+                        ev="end",
+                        job=ctx.id,
+                        fence=int(rec.fence or 0),
+                        seq=rec.seq,
+                        outcome=outcome,
+                    )
 
             return run
 
