@@ -850,21 +850,8 @@ class _Swarm(Generic[T, R]):
                         ),
                     )
                 except asyncio.CancelledError as exc:
-                    self._release(ks)
-                    if self._stopping and not self._fatal:
-                        self._record(
-                            ks, self._cancel_outcome(ks, index, item, t_read, t_start, pre)
-                        )
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise  # the swarm or its caller cancelled this worker
-                    if not self._stopping:  # fn raised CancelledError by itself
-                        self._record(
-                            ks,
-                            Outcome(
-                                index, item, ks.key, False, None, exc, t_read, t_start, mono(), wall
-                            ),
-                        )
+                    if self._item_cancelled(ks, index, item, t_read, t_start, pre, exc):
+                        raise
                 except BaseException as exc:  # KeyboardInterrupt, SystemExit...
                     self._release(ks)
                     self._fail(exc)
@@ -879,6 +866,35 @@ class _Swarm(Generic[T, R]):
                     )
             if not self._collect and len(self._out) >= self._out_limit and not self._stopping:
                 await self._wait_out_space()
+
+    def _item_cancelled(
+        self,
+        ks: _KeyState,
+        index: int,
+        item: T,
+        t_read: float,
+        t_start: float | None,
+        pre: int,
+        exc: asyncio.CancelledError,
+    ) -> bool:
+        """An item's run ended with ``CancelledError``: free its key's place and record
+        it. True when this worker itself is being cancelled (the swarm stops, or its
+        caller was cancelled): the caller re-raises. Otherwise ``fn`` or the lane raised
+        it by itself, and the item ends with that error.
+        """
+        self._release(ks)
+        if self._stopping and not self._fatal:
+            self._record(ks, self._cancel_outcome(ks, index, item, t_read, t_start, pre))
+        if _cancelling():
+            return True
+        if not self._stopping:
+            self._record(
+                ks,
+                Outcome(
+                    index, item, ks.key, False, None, exc, t_read, t_start, self._mono(), self._wall
+                ),
+            )
+        return False
 
     async def _run_in_lane(
         self, ks: _KeyState, index: int, item: T, t_read: float, pre: int
@@ -906,20 +922,9 @@ class _Swarm(Generic[T, R]):
         except asyncio.CancelledError as exc:
             if handle is not None and not handle.done():
                 await _end_job(handle)
-            self._release(ks)
             t_start = started[-1] if started else None
-            if self._stopping and not self._fatal:
-                self._record(ks, self._cancel_outcome(ks, index, item, t_read, t_start, pre))
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the swarm or its caller cancelled this worker
-            if not self._stopping:  # the lane raised CancelledError by itself
-                self._record(
-                    ks,
-                    Outcome(
-                        index, item, ks.key, False, None, exc, t_read, t_start, mono(), self._wall
-                    ),
-                )
+            if self._item_cancelled(ks, index, item, t_read, t_start, pre, exc):
+                raise
         except Exception as exc:
             if handle is not None:
                 pre += handle.preemptions
@@ -987,8 +992,7 @@ class _Swarm(Generic[T, R]):
                 if self._ring:
                     self._more_hands()
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if _cancelling():
                 raise  # the swarm stopped reading
             self._fail(exc)  # the input raised CancelledError by itself: an input error
             return
@@ -1057,6 +1061,13 @@ class _Swarm(Generic[T, R]):
 
     def results(self) -> list[Outcome[T, R]]:
         return self._results  # type: ignore[return-value]
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (not merely handed a
+    ``CancelledError`` raised by the code it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _end_job(handle: JobHandle[Any]) -> None:
