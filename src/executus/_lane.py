@@ -312,18 +312,22 @@ class Lane(LaneBase):
                 raise error from None
             raise
         except BaseException as exc:
-            delivered = self._cancel_delivered(job)
-            self._ended(job, None, exc, cancelled=False)
-            if delivered:
-                task.uncancel()  # the body swallowed the lane's cancel: take it back
+            self._slot_left(job, task, exc)
             raise
         else:
-            delivered = self._cancel_delivered(job)
-            self._ended(job, None, None, cancelled=False)
-            if delivered:
-                task.uncancel()  # the body swallowed the lane's cancel: take it back
+            self._slot_left(job, task, None)
         finally:
             CURRENT_JOB.reset(token)
+
+    def _slot_left(
+        self, job: JobHandle[Any], task: asyncio.Task[Any], exc: BaseException | None
+    ) -> None:
+        """A slot body left without a ``CancelledError``: end its run. If the lane had
+        cancelled the task and the body swallowed that, take the cancel back."""
+        delivered = self._cancel_delivered(job)
+        self._ended(job, None, exc, cancelled=False)
+        if delivered:
+            task.uncancel()
 
     def _cancel_delivered(self, job: JobHandle[Any]) -> bool:
         """Whether the lane has cancelled this running job's task (a cause is recorded
@@ -679,7 +683,7 @@ class Lane(LaneBase):
         elif job._state is _RUNNING:
             # A slot() body runs in the caller's task, which unwinds one lane-made
             # cancellation only (``uncancel`` once): cancel it once, record the last cause.
-            again = job._fn is None and job in self._causes and job not in self._timers
+            again = job._fn is None and self._cancel_delivered(job)
             self._causes[job] = cause
             timer = self._timers.pop(job, None)
             if timer is not None:
@@ -766,7 +770,7 @@ class Lane(LaneBase):
         self._fold()
         now = self._now()
         oldest: datetime | None = None
-        for job in self._jobs.values():  # submission order; the running ones come first
+        for job in self._jobs.values():  # submission order
             if job._state is _QUEUED:
                 oldest = self._wall(job._t_submit)
                 break
