@@ -277,16 +277,11 @@ class RedisLane(LaneBase):
                 "RedisLane supports the built-in policies FIFO, Priority and FairShare "
                 f"only (the order is computed in Redis), got {policy!r}"
             )
-        for what, text in (("name", name), ("namespace", namespace)):
-            if not _utf8(text):
-                raise ValueError(f"{what} must be encodable as UTF-8 (for Redis), got {text!r}")
+        _check_utf8("name", name)
+        _check_utf8("namespace", namespace)
         if isinstance(policy, FairShare):
             for weighted in policy.weights:
-                if not _utf8(weighted):
-                    raise ValueError(
-                        "FairShare weights' keys must be encodable as UTF-8 (for Redis), "
-                        f"got {weighted!r}"
-                    )
+                _check_utf8("FairShare weights' keys", weighted)
         check_preemption(preemption)
         if isinstance(lease, bool) or not isinstance(lease, int | float):
             raise TypeError(f"lease must be a number of seconds, got {lease!r}")
@@ -562,9 +557,7 @@ class RedisLane(LaneBase):
         try:
             if client is None:
                 raise RedisConnectionError("the lane's client is closed")
-            held = self._held
-            if held is None or held.client is not client:
-                held = self._held = _Held(client)
+            held = self._held = _Held.of(self._held, client)
             async with asyncio.timeout(self._op_timeout):
                 results = await _round_trip(held, _pack_batch(self._cfg_arg, batch), len(batch))
                 for i, (script, argv, _) in enumerate(batch):
@@ -947,10 +940,10 @@ class RedisLane(LaneBase):
         if self._closed:
             raise LaneClosed(self._name)
         check_submit_options(job_id, key, priority, preemptible, max_wait)
-        if job_id is not None and not _utf8(job_id):
-            raise ValueError(f"job_id must be encodable as UTF-8 (for Redis), got {job_id!r}")
-        if key is not None and not _utf8(key):
-            raise ValueError(f"key must be encodable as UTF-8 (for Redis), got {key!r}")
+        if job_id is not None:
+            _check_utf8("job_id", job_id)
+        if key is not None:
+            _check_utf8("key", key)
         if abs(priority) >= _MAX_STORED:
             raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
         if job_id is None:
@@ -1342,9 +1335,7 @@ class RedisLane(LaneBase):
         while True:
             blocking = self._blocking
             assert blocking is not None
-            held = self._held_blocking
-            if held is None or held.client is not blocking:
-                held = self._held_blocking = _Held(blocking)
+            held = self._held_blocking = _Held.of(self._held_blocking, blocking)
             try:
                 # The watchdog: no reply well after the server's own timeout (a
                 # half-open connection) ends the wait and closes the socket.
@@ -1456,9 +1447,7 @@ class RedisLane(LaneBase):
             with contextlib.suppress(Exception):
                 await coro
 
-        task = asyncio.get_running_loop().create_task(wrapped())
-        self._chores.add(task)
-        task.add_done_callback(self._chores.discard)
+        self._own(wrapped())
 
     # -- handle backend --------------------------------------------------------------
 
@@ -1792,6 +1781,12 @@ def _utf8(text: str) -> bool:
     return True
 
 
+def _check_utf8(name: str, text: str) -> None:
+    """Refuse a str Redis cannot be sent (``ValueError`` naming ``name``)."""
+    if not _utf8(text):
+        raise ValueError(f"{name} must be encodable as UTF-8 (for Redis), got {text!r}")
+
+
 def _bulk(arg: str | bytes) -> bytes:
     data = arg if isinstance(arg, bytes) else arg.encode("utf-8")
     return b"$%d\r\n%s\r\n" % (len(data), data)
@@ -1830,6 +1825,12 @@ class _Held:
         self.client = client
         self.idle: list[AbstractConnection] = []
         self.given_back = False
+
+    @classmethod
+    def of(cls, held: _Held | None, client: aioredis.Redis) -> _Held:
+        """``held`` if it holds ``client``'s connections, else a new set for ``client``
+        (the lane's clients change on a cluster route change)."""
+        return held if held is not None and held.client is client else cls(client)
 
     async def take(self) -> AbstractConnection:
         idle = self.idle
