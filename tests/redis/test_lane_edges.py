@@ -440,3 +440,48 @@ async def test_a_damaged_fair_flow_does_not_hold_up_the_others(
     release.set()
     async with asyncio.timeout(1):  # before a heartbeat (lease / 3) could grant it
         assert await other == "b ran"
+
+
+async def test_a_grant_names_its_submit_and_a_reused_id_ignores_an_earlier_ones(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """A grant carries the nonce of the submit it answers. When an id is submitted again
+    after a submit whose reply was lost, a late grant of the earlier submit does not
+    start the new job: its slot is handed back and the new job waits for its own."""
+    prefix = f"{{{namespace}:lane}}:"
+    lane = make_lane(max_concurrent=1, lease=30.0)
+    gate = asyncio.Event()
+    holder = await lane.submit(gate.wait)
+    # A client that stays silent (registered, never reading its wake-ups) submits
+    # "order-1": the grant it gets is pushed onto its wake-up list, where it stays.
+    await admin.zadd(prefix + "procs", {"ghost": 2**50})
+    queued = await lane._eval(
+        "submit", ["ghost", "order-1", "77", "0", "", "0", "0", "30000", "-1", "1"]
+    )
+    assert queued[0] == b"Q"
+    gate.set()
+    await holder
+    async with asyncio.timeout(5):
+        while not await admin.llen(prefix + "wake:ghost"):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    message = await admin.lpop(prefix + "wake:ghost")
+    fence = await admin.hget(prefix + "j:order-1", "f")
+    assert message == f"G order-1 {fence} 77"
+    await lane._eval("cancel", ["ghost", "order-1", "1"])  # its owner gives it up
+    assert (await lane.stats()).running == 0
+
+    # This client submits "order-1" while the slot is held, and then receives a grant
+    # that names another submit of that id (as after a lost reply): it is not taken.
+    gate = asyncio.Event()
+    holder = await lane.submit(gate.wait)
+    again = await lane.submit(lambda: asyncio.sleep(0, "mine"), job_id="order-1")
+    assert again.state is JobState.QUEUED
+    lane._on_message(f"G order-1 {fence} 77")
+    await asyncio.sleep(0.05)
+    assert again.state is JobState.QUEUED
+    assert holder.state is JobState.RUNNING
+    gate.set()
+    async with asyncio.timeout(5):
+        assert await again == "mine"
+    await holder
+    assert await held_keys(admin, namespace) == []

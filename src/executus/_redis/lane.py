@@ -123,7 +123,7 @@ _NOT_LOCAL = "non local key"
 # redis-py's synchronous clients: refused with a hint to use the asyncio ones.
 _SYNC_CLIENTS = (redis.Redis, redis.cluster.RedisCluster)
 # Wake-up messages: kind -> how many space-free fields follow the job id.
-_MESSAGE_FIELDS = {"G": 1, "P": 2, "L": 1, "C": 0, "U": 1}
+_MESSAGE_FIELDS = {"G": 2, "P": 2, "L": 1, "C": 0, "U": 1}
 
 
 def _s(value: object) -> str:
@@ -1051,12 +1051,17 @@ class RedisLane(LaneBase):
     # -- running ---------------------------------------------------------------------
 
     def _grants(self, flat: Sequence[Any]) -> None:
-        """Start this client's jobs granted in a script reply (pairs of id, fence)."""
-        for i in range(0, len(flat) - 1, 2):
-            self._granted(_s(flat[i]), _s(flat[i + 1]))
+        """Start this client's jobs granted in a script reply (id, fence, nonce)."""
+        for i in range(0, len(flat) - 2, 3):
+            self._granted(_s(flat[i]), _s(flat[i + 1]), _s(flat[i + 2]))
 
-    def _granted(self, job_id: str, fence: str) -> None:
+    def _granted(self, job_id: str, fence: str, nonce: str) -> None:
         rec = self._jobs.get(job_id)
+        if rec is not None and rec.nonce != nonce:
+            # The grant of an earlier submit with this id (its reply was lost, and the
+            # id was submitted again): not this job's. Hand that slot back (fenced).
+            self._chore(self._release(job_id, fence, "cancel"))
+            return
         if rec is None or rec.handle._state is not _QUEUED or self._closing_hard():
             if rec is not None and rec.fence == fence:
                 return  # a duplicate of a grant already taken
@@ -1283,7 +1288,7 @@ class RedisLane(LaneBase):
     # -- wake-ups and heartbeats -----------------------------------------------------
 
     def _on_message(self, raw: object) -> None:
-        # "G <id> <fence>", "P <id> <fence> <grace ms>", "L <id> <fence>", "C <id>",
+        # "G <id> <fence> <nonce>", "P <id> <fence> <grace ms>", "L <id> <fence>", "C <id>",
         # "U <id> <fence>" (a preemption called off): the id may contain spaces, the
         # numbers after it cannot, so split from the right.
         kind, _, rest = _s(raw).partition(" ")
@@ -1294,7 +1299,7 @@ class RedisLane(LaneBase):
         if len(parts) != trailing + 1:
             return
         if kind == "G":
-            self._granted(parts[0], parts[1])
+            self._granted(parts[0], parts[1], parts[2])
             return
         rec = self._jobs.get(parts[0])
         if rec is None:

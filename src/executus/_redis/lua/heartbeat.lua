@@ -4,8 +4,8 @@
 -- what it lost, grants it missed, fresh positions and ETAs, and queued jobs that are
 -- gone. Also reaps and grants, and (at most once per sweep_ms, lane-wide, guarded by
 -- SET NX PX) drops the queued jobs of dead clients.
--- Reply: {'OK', {lost ids}, {granted id, fence...}, {queued id, position, eta...},
---         {gone ids}, {grants id, fence...}, {victim id, fence, grace left ms...}}
+-- Reply: {'OK', {lost ids}, {granted id, fence, nonce...}, {queued id, position, eta...},
+--         {gone ids}, {grants id, fence, nonce...}, {victim id, fence, grace left ms...}}
 -- (victims repeat preemption requests, in case a wake-up was lost)
 local bad = enter(ARGV[1])
 if bad then return bad end
@@ -65,6 +65,7 @@ for i = 6 + 2 * nrun, #ARGV do
     redis.call('ZADD', HOLD, 'XX', now + J.l, id)
     granted[#granted + 1] = id
     granted[#granted + 1] = J.f
+    granted[#granted + 1] = J.nc or ''
   else
     local pos = position(J)
     queued[#queued + 1] = id

@@ -577,15 +577,21 @@ local function start(J, now, caller, out)
   redis.call('HDEL', jk(J.id), 'pq')
   redis.call('ZREM', QT, J.id)
   redis.call('ZADD', HOLD, now + J.l, J.id)
+  -- A grant names the submit it answers (its nonce): a job id used again after a
+  -- submit whose reply was lost must not take the grant of the earlier one.
+  local nc = J.nc or ''
   if J.o == caller then
     out[#out + 1] = J.id
     out[#out + 1] = I(f)
+    out[#out + 1] = nc
   else
-    wake(J.o, 'G ' .. J.id .. ' ' .. I(f), now)
+    wake(J.o, 'G ' .. J.id .. ' ' .. I(f) .. ' ' .. nc, now)
   end
 end
 
 -- Hand free slots to the next jobs: preemption arrivals first, then the policy's order.
+-- The caller's own jobs are appended to out as (id, fence, nonce) triples: the
+-- 'grants...' of every script's reply.
 -- Jobs of dead clients are dropped on the way.
 -- Call off preemptions no arrival waits for any more. Each arrival in PQ takes the slot
 -- of the next victim (a running job marked 'va') to end; one that started on a slot

@@ -71,12 +71,13 @@ q_push(J, false)
 grant(now, proc, out)
 local st = redis.call('HMGET', jk(id), 'state', 'f')
 if st[1] == 'r' then
-  -- started at once: it is the first pair of grants (drop it from the list)
+  -- started at once: it is the first grant (drop it from the list)
   local rest = {'RUN', st[2], J.s}
-  for i = 1, #out, 2 do
+  for i = 1, #out, 3 do
     if out[i] ~= id then
       rest[#rest + 1] = out[i]
       rest[#rest + 1] = out[i + 1]
+      rest[#rest + 1] = out[i + 2]
     end
   end
   redis.call('HINCRBY', CFG, 'n_sub', 1)
