@@ -238,7 +238,11 @@ class JobHandle(Generic[T]):
         """Cancel the job if it is queued or running.
 
         A queued job is removed at once; a running job's task is cancelled and this
-        waits until it has ended.
+        waits until it has ended (a job in a preemption's grace ends cancelled, not
+        preempted). Awaited by the job itself, from its own task (its body, or a
+        ``slot()`` block), the cancellation is raised right there: the body unwinds with
+        ``CancelledError`` and the job ends CANCELLED (a ``slot()`` block then raises
+        ``JobCancelled``).
 
         Returns:
             True when the job was queued or running and is now cancelled; False when it

@@ -698,9 +698,16 @@ class Lane(LaneBase):
         if job._state is not _RUNNING:
             return False
         task = job._task
-        self._cancel_nowait(job, _CANCEL)
         if task is asyncio.current_task():
-            return True  # a slot() body cancelling itself: it ends when it unwinds
+            # The job cancelling itself from its own task: the cancellation is raised
+            # right here (cancelling the task would also hit the caller of a slot()
+            # body that leaves without another await).
+            self._causes[job] = _CANCEL
+            timer = self._timers.pop(job, None)
+            if timer is not None:
+                timer.cancel()
+            raise asyncio.CancelledError
+        self._cancel_nowait(job, _CANCEL)
         with contextlib.suppress(Exception):  # the outcome is read from the state
             await job
         if task is not None and job._fn is not None and not task.done():

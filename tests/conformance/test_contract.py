@@ -1096,3 +1096,51 @@ async def test_a_queued_job_sees_its_submitters_context(make_lane: MakeLane) -> 
         await first
         await second
     assert seen == ["bob"]
+
+
+async def test_a_job_cancelling_itself_ends_cancelled(make_lane: MakeLane) -> None:
+    """A job awaiting cancel() on its own handle is cancelled right there: the body
+    unwinds from that await, the job ends CANCELLED, and nothing else is cancelled."""
+    lane = await make_lane("x", 1)
+    handles: list[JobHandle[object]] = []
+    after: list[str] = []
+
+    async def quits() -> str:
+        await asyncio.sleep(0)
+        await handles[0].cancel()
+        after.append("ran on")  # pragma: no cover - must not run
+        return "done"
+
+    handles.append(await lane.submit(quits))
+    with pytest.raises(JobCancelled):
+        await handles[0]
+    assert handles[0].state is JobState.CANCELLED
+    assert after == []
+
+    # A slot() body doing the same leaves its block with JobCancelled, and the caller's
+    # task carries no cancellation on (its next await runs normally).
+    with pytest.raises(JobCancelled):
+        async with lane.slot() as held:
+            await held.cancel()
+    assert held.state is JobState.CANCELLED
+    await asyncio.sleep(0.01)
+    assert await lane.run(value("next")) == "next"
+    await stats_until(lane, lambda s: (s.running, s.cancelled, s.succeeded) == (0, 2, 1))
+
+
+async def test_cancel_during_a_preemption_grace_cancels(make_lane: MakeLane) -> None:
+    """Cancelling a victim during its grace ends it CANCELLED (not requeued, not run
+    again), and cancel() returns True."""
+    lane = await make_lane("gpu", 1, preemption=Preemption(min_runtime=0, grace=30, requeue=True))
+    victim_gate = Gate()
+    victim = await started(lane, victim_gate, preemptible=True)
+    arrival_gate = Gate()
+    arrival = await lane.submit(arrival_gate, priority=1)
+    await until(lambda: victim.preempt_requested)
+    async with asyncio.timeout(5):
+        assert await victim.cancel() is True
+    assert victim.state is JobState.CANCELLED
+    assert victim_gate.started == 1
+    await until(lambda: arrival_gate.running)
+    arrival_gate.release("urgent")
+    assert await arrival == "urgent"

@@ -1270,10 +1270,22 @@ class RedisLane(LaneBase):
         if self._events.active:
             self._emit(EventKind.CANCELLED, job, state=JobState.CANCELLED)
 
+    def _stop_grace(self, rec: _Local) -> bool:
+        """Call off a preemption whose grace still runs (a cancel takes its place, or
+        the preemption is no longer needed); whether there was one."""
+        if rec.cause == _PREEMPT and rec.timer is not None:
+            rec.timer.cancel()
+            rec.timer = None
+            rec.cause = None
+            return True
+        return False
+
     def _cancel_task(self, rec: _Local, cause: str) -> None:
         job = rec.handle
         if job._state is not _RUNNING or rec.finishing:
             return
+        if cause == _CANCEL:  # a cancel during a grace ends the job cancelled
+            self._stop_grace(rec)
         if rec.cause is None or cause in (_LOST, _CLOSE):
             rec.cause = cause
         task = job._task
@@ -1324,10 +1336,7 @@ class RedisLane(LaneBase):
         elif kind == "U" and job._state is _RUNNING and rec.fence == parts[1]:
             # The preemption was called off (its arrival started elsewhere or was
             # cancelled): unless the grace is already over, the job runs on.
-            if rec.cause == _PREEMPT and rec.timer is not None:
-                rec.timer.cancel()
-                rec.timer = None
-                rec.cause = None
+            if self._stop_grace(rec):
                 job._preempt_requested = False
         elif kind == "C" and job._state is _QUEUED:
             self._end_queued(rec, JobCancelled(self._name, job.id))
@@ -1481,9 +1490,14 @@ class RedisLane(LaneBase):
             return job._state is JobState.CANCELLED
         if job._state is not _RUNNING:
             return False
-        self._cancel_task(rec, _CANCEL)
         if job._task is asyncio.current_task():
-            return True  # a slot() body cancelling itself: it ends when it unwinds
+            # The job cancelling itself from its own task: the cancellation is raised
+            # right here (cancelling the task would also hit the caller of a slot()
+            # body that leaves without another await).
+            self._stop_grace(rec)
+            rec.cause = _CANCEL
+            raise asyncio.CancelledError
+        self._cancel_task(rec, _CANCEL)
         with contextlib.suppress(Exception):
             await job
         return job._state is JobState.CANCELLED
