@@ -465,7 +465,7 @@ async def test_a_grant_names_its_submit_and_a_reused_id_ignores_an_earlier_ones(
         while not await admin.llen(prefix + "wake:ghost"):  # noqa: ASYNC110
             await asyncio.sleep(0.005)
     message = await admin.lpop(prefix + "wake:ghost")
-    fence = await admin.hget(prefix + "j:order-1", "f")
+    fence = str(await admin.hget(prefix + "j:order-1", "f"))
     assert message == f"G order-1 {fence} 77"
     await lane._eval("cancel", ["ghost", "order-1", "1"])  # its owner gives it up
     assert (await lane.stats()).running == 0
