@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from executus import Preemption
 from executus.config import (
     ChainSource,
     ConfigError,
@@ -13,9 +16,13 @@ from executus.config import (
     Lanes,
     MappingSource,
     ReloadResult,
+    Source,
     TomlSource,
+    get_bool,
     get_duration,
+    get_float,
     get_int,
+    get_str,
     parse_duration,
 )
 
@@ -167,3 +174,297 @@ def test_chain_source_passes_over_a_blank_value() -> None:
     assert get_int(src, "LANE_A_MAX_CONCURRENT", 1) == 4
     assert src.where("LANE_A_MAX_CONCURRENT") == "lanes.a.max_concurrent in mapping"
     assert Lanes(src).settings("a").max_concurrent == 4
+
+
+# -- numbers, arrays and tables in a file -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [("1.5", '"1.5s"'), ("30", '"30s"'), ("1e-5", '"0.01ms"'), ("0.00001", '"0.00001"')],
+)
+def test_toml_numbers_are_seconds_like_the_equivalent_strings(
+    tmp_path: Path, number: str, text: str
+) -> None:
+    """A duration written as a TOML int or float reads as the same seconds as its string."""
+    settings = []
+    for value in (number, text):
+        path = tmp_path / "bot.toml"
+        path.write_text(
+            f"timeout = {value}\n[lanes.a]\npolicy = 'priority'\naging = {value}\n"
+            f"preempt_min_runtime = {value}\npreempt_grace = {value}\n"
+        )
+        src = TomlSource(path)
+        a = Lanes(src).settings("a")
+        settings.append(
+            (get_duration(src, "TIMEOUT"), a.aging, a.preempt_min_runtime, a.preempt_grace)
+        )
+    assert settings[0] == settings[1]
+    assert settings[0][0] == parse_duration(text.strip('"'))
+
+
+_EXPECTED = {
+    "get_int": "an integer",
+    "get_float": "a finite number",
+    "get_bool": "a boolean (true/false, yes/no, on/off, 1/0)",
+    "get_duration": 'a duration such as "1500ms", "30s", "5m", "1h" or seconds',
+}
+
+_DURATION = 'expected a duration such as "1500ms", "30s", "5m", "1h" or seconds'
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("true", f"{_DURATION}, got 'true'"),
+        ("-1", f"{_DURATION}, got '-1'"),
+        ("-0.5", f"{_DURATION}, got '-0.5'"),
+        ("[1]", f"{_DURATION}, got an array [1]"),
+        ("[1, 2]", f"{_DURATION}, got an array [1, 2]"),
+        ("{ s = 1 }", "expected a single value, got a table {'s': 1}"),
+    ],
+    ids=["bool", "negative-int", "negative-float", "array-of-one", "array", "table"],
+)
+def test_a_bad_toml_duration_names_key_value_and_file(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    """A bool, a negative number, an array or a table as a lane's duration is refused by name."""
+    path = tmp_path / "bot.toml"
+    path.write_text(f"[lanes.a]\npreempt_grace = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        Lanes(TomlSource(path))
+    assert str(e.value) == (
+        f"config key 'LANE_A_PREEMPT_GRACE' (lanes.a.preempt_grace in {path}): {problem}"
+    )
+    assert e.value.key == "LANE_A_PREEMPT_GRACE"
+
+
+def test_an_array_is_not_a_number_for_the_helpers(tmp_path: Path) -> None:
+    """get_int/float/bool/duration refuse an array (also in a chain); get_str reads it joined."""
+    path = tmp_path / "bot.toml"
+    path.write_text("n = [2]\nnames = ['a', 'b']\n")
+    src = ChainSource(EnvSource(environ={}), TomlSource(path))
+    for helper in (get_int, get_float, get_bool, get_duration):
+        with pytest.raises(ConfigError) as e:
+            helper(src, "N")
+        expected = _EXPECTED[helper.__name__]
+        assert (
+            str(e.value) == f"config key 'N' (n in {path}): expected {expected}, got an array [2]"
+        )
+        assert (e.value.key, e.value.value) == ("N", "2")
+    assert get_str(src, "NAMES") == "a,b"
+
+
+def test_a_lane_policy_written_as_an_array_is_refused() -> None:
+    """policy = ["fifo"] is not taken for "fifo"."""
+    with pytest.raises(ConfigError) as e:
+        Lanes(MappingSource({"lanes": {"a": {"policy": ["fifo"]}}}, name="defaults"))
+    assert str(e.value) == (
+        "config key 'LANE_A_POLICY' (lanes.a.policy in defaults): expected one of fifo, "
+        "priority, fair_share, got an array ['fifo']"
+    )
+
+
+# -- where a bad value comes from -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("helper", [get_int, get_float, get_bool, get_duration])
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [
+        (EnvSource(environ={"EXECUTUS_K": "x"}), "$EXECUTUS_K"),
+        (EnvSource(prefix="", environ={"k": "x"}), "$k"),
+        (MappingSource({"k": "x"}, name="defaults"), "k in defaults"),
+        (MappingSource({"lanes": {"k": {}}, "k": "x"}), "k in mapping"),
+        (
+            ChainSource(
+                EnvSource(environ={"EXECUTUS_K": " "}),
+                MappingSource({}, name="first"),
+                MappingSource({"k": "x"}, name="second"),
+            ),
+            "k in second",
+        ),
+        (ChainSource(ChainSource(EnvSource(environ={"EXECUTUS_K": "x"}))), "$EXECUTUS_K"),
+    ],
+    ids=["env", "env-no-prefix", "named-mapping", "mapping", "chain", "nested-chain"],
+)
+def test_every_helper_names_where_a_bad_value_is_set(
+    helper: Callable[[Source, str], object], source: Source, where: str
+) -> None:
+    """Each typed helper names the variable or mapping a bad value came from, in any chain."""
+    with pytest.raises(ConfigError) as e:
+        helper(source, "K")
+    assert (
+        str(e.value) == f"config key 'K' ({where}): expected {_EXPECTED[helper.__name__]}, got 'x'"
+    )
+    assert (e.value.key, e.value.value) == ("K", "x")
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message", "key"),
+    [
+        (
+            {"x": object},
+            "config key 'X' (x in defaults): unsupported value type type, got <class 'object'>",
+            "X",
+        ),
+        (
+            {"lanes": {"a": 3}},
+            "config key 'LANE_A' (lanes.a in defaults) must be a table of lane settings, got 3",
+            "LANE_A",
+        ),
+        (
+            {"lanes": {"a": {"policy": "fair_share", "weights": {"bob": [1]}}}},
+            "config key 'LANE_A_WEIGHTS' (lanes.a.weights in defaults): a table value must map "
+            "names to scalars, got 'bob' = [1]",
+            "LANE_A_WEIGHTS",
+        ),
+        ({"bot": {1: 2}}, "config keys must be str, got 1 in 'bot' of defaults", None),
+    ],
+    ids=["value-type", "lane-not-a-table", "nested-weights", "key-not-str"],
+)
+def test_a_malformed_mapping_is_refused_naming_it(
+    mapping: dict[str, object], message: str, key: str | None
+) -> None:
+    """Errors about a mapping's shape name the mapping and the key as lanes read it."""
+    with pytest.raises(ConfigError) as e:
+        MappingSource(mapping, name="defaults")
+    assert str(e.value) == message
+    assert e.value.key == key
+
+
+def test_an_unknown_blank_setting_in_a_chain_names_its_variable() -> None:
+    """A misspelt lane variable set blank is reported with the variable, not a bare key."""
+    src = ChainSource(
+        EnvSource(environ={"EXECUTUS_LANE_A_MAX_CONCURENT": ""}), MappingSource({"workers": 1})
+    )
+    with pytest.raises(ConfigError) as e:
+        Lanes(src)
+    assert str(e.value) == (
+        "unknown lane setting 'LANE_A_MAX_CONCURENT' ($EXECUTUS_LANE_A_MAX_CONCURENT); "
+        f"a lane setting is LANE_<NAME>_<SETTING> with SETTING one of {_FIELDS}"
+    )
+
+
+# -- reload: all or nothing ---------------------------------------------------------------------
+
+
+def test_chain_reload_keeps_every_file_when_one_is_broken(tmp_path: Path) -> None:
+    """ChainSource.reload takes no file's new settings unless every file parses."""
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    one.write_text("workers = 1\n")
+    two.write_text("threads = 1\n")
+    src = ChainSource(TomlSource(one), ChainSource(TomlSource(two)))
+    one.write_text("workers = 2\n")
+    two.write_text("threads = [\n")
+    with pytest.raises(ConfigError, match=rf"^config file '{two}' is not valid TOML: "):
+        src.reload()
+    assert (src.get("WORKERS"), src.get("THREADS")) == ("1", "1")
+    two.write_text("threads = 2\n")
+    src.reload()
+    assert (src.get("WORKERS"), src.get("THREADS")) == ("2", "2")
+
+
+async def test_a_refused_reload_leaves_the_file_source_as_it_was(tmp_path: Path) -> None:
+    """When Lanes.reload refuses a file, the TomlSource keeps the settings it read before."""
+    path = tmp_path / "bot.toml"
+    path.write_text("workers = 1\n[lanes.a]\nmax_concurrent = 2\n")
+    src = TomlSource(path)
+    lanes = Lanes(src)
+    a = lanes.get("a")
+    path.write_text("workers = 9\n[lanes.a]\nmax_concurrent = 0\n")
+    with pytest.raises(ConfigError, match=r"^config key 'LANE_A_MAX_CONCURRENT' .* must be >= 1, "):
+        await lanes.reload()
+    assert (get_int(src, "WORKERS"), src.get("LANE_A_MAX_CONCURRENT")) == (1, "2")
+    assert (a.max_concurrent, lanes.settings("a").max_concurrent) == (2, 2)
+    await lanes.aclose()
+
+
+async def test_reload_puts_back_what_it_changed_when_a_lane_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane that fails to take a new limit undoes the reload: earlier lanes get theirs back."""
+    path = tmp_path / "bot.toml"
+    path.write_text("[lanes.a]\nmax_concurrent = 2\n[lanes.b]\nmax_concurrent = 2\n")
+    src = TomlSource(path)
+    lanes = Lanes(src)
+    a, b = lanes.get("a"), lanes.get("b")
+
+    async def unreachable(n: int) -> None:
+        raise RuntimeError("backend unreachable")
+
+    monkeypatch.setattr(b, "set_max_concurrent", unreachable)
+    path.write_text(
+        "[lanes.a]\nmax_concurrent = 3\npreempt_grace = 1\n[lanes.b]\nmax_concurrent = 5\n"
+    )
+    with pytest.raises(RuntimeError, match=r"^backend unreachable$"):
+        await lanes.reload()
+    assert (a.max_concurrent, a.preemption, b.max_concurrent) == (2, None, 2)
+    assert (lanes.settings("a").max_concurrent, src.get("LANE_A_MAX_CONCURRENT")) == (2, "2")
+    monkeypatch.undo()
+    assert await lanes.reload() == ReloadResult(
+        applied=(("a", "max_concurrent"), ("a", "preemption"), ("b", "max_concurrent"))
+    )
+    assert (a.max_concurrent, a.preemption, b.max_concurrent) == (3, Preemption(grace=1), 5)
+    await lanes.aclose()
+
+
+async def test_a_removed_setting_falls_back_to_the_next_source_then_the_default(
+    tmp_path: Path,
+) -> None:
+    """Removing a setting from the first file reloads the second file's, then the code's."""
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    one.write_text("[lanes.a]\nmax_concurrent = 3\npreempt_grace = '1s'\n")
+    two.write_text("[lanes.a]\nmax_concurrent = 4\n")
+    lanes = Lanes(ChainSource(TomlSource(one), TomlSource(two)))
+    a = lanes.get("a", max_concurrent=2, preemption=Preemption(min_runtime=5))
+    assert (a.max_concurrent, a.preemption) == (3, Preemption(grace=1))
+    one.write_text("")
+    assert await lanes.reload() == ReloadResult(
+        applied=(("a", "max_concurrent"), ("a", "preemption"))
+    )
+    assert (a.max_concurrent, a.preemption) == (4, Preemption(min_runtime=5))
+    two.write_text("")
+    assert await lanes.reload() == ReloadResult(applied=(("a", "max_concurrent"),))
+    assert (a.max_concurrent, a.preemption) == (2, Preemption(min_runtime=5))
+    await lanes.aclose()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The URL of a private redis-server on a free port (skipped without the backend)."""
+    pytest.importorskip("executus.redis", reason="executus.redis is not available")
+    from tests.redis.conftest import running_server
+
+    with running_server("redis", tmp_path) as server:
+        yield server.url
+
+
+@pytest.mark.redis
+async def test_reload_refuses_a_limit_a_redis_lane_cannot_store(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A limit a RedisLane refuses is a ConfigError naming it; lanes changed before revert."""
+    path = tmp_path / "bot.toml"
+    head = f"redis_url = '{redis_url}'\nredis_namespace = 'cfgedges'\n"
+    path.write_text(head + "[lanes.a]\nmax_concurrent = 2\n[lanes.b]\nmax_concurrent = 2\n")
+    lanes = Lanes(TomlSource(path))
+    a = lanes.get("a")
+    lanes.get("b")
+    try:
+        assert await a.run(lambda: asyncio.sleep(0, "ok")) == "ok"
+        path.write_text(
+            head + f"[lanes.a]\nmax_concurrent = 3\n[lanes.b]\nmax_concurrent = {2**40}\n"
+        )
+        with pytest.raises(ConfigError) as e:
+            await lanes.reload()
+        assert str(e.value) == (
+            f"config key 'LANE_B_MAX_CONCURRENT' (lanes.b.max_concurrent in {path}): lane 'b' "
+            f"cannot take max_concurrent {2**40}: max_concurrent must be < 2**40 for a "
+            f"RedisLane, got {2**40}"
+        )
+        assert (e.value.key, e.value.value) == ("LANE_B_MAX_CONCURRENT", str(2**40))
+        assert (await a.stats()).max_concurrent == 2
+        assert lanes.settings("a").max_concurrent == 2
+    finally:
+        await lanes.aclose()

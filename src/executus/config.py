@@ -17,7 +17,9 @@ Sources provided here:
 
 Typed helpers (``get_str``, ``get_int``, ``get_float``, ``get_bool``,
 ``get_duration``) accept a ``None`` source, return the default when the key is absent
-and raise ``ConfigError`` naming the key and the bad value when it is malformed.
+and raise ``ConfigError`` naming the key, where it is set and the bad value when it is
+malformed. A number in a mapping or TOML file reads as its string would (``lease = 1.5``
+is ``"1.5"``: 1.5 seconds); an array is a value only ``get_str`` reads (``"a,b"``).
 
 ``Lanes`` builds lanes by name from a source and reloads their limits live::
 
@@ -40,9 +42,18 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, time
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    overload,
+    runtime_checkable,
+)
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -188,65 +199,98 @@ class EnvSource:
         return f"EnvSource(prefix={self.prefix!r})"
 
 
-def _render(value: object, path: str) -> str:
-    """A TOML or mapping value as the string a ``Source`` returns."""
+def _render(value: object, path: str, key: str, source_name: str) -> str:
+    """A TOML or mapping value as the string a ``Source`` returns.
+
+    ``path`` (the dotted path), ``key`` (the flat key) and ``source_name`` are how errors
+    name the value.
+    """
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return repr(value)
+    if isinstance(value, float):
+        return _plain_float(value)
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, list | tuple):
-        return ",".join(_render(v, path) for v in value)
+        return ",".join(_render(v, path, key, source_name) for v in value)
     if isinstance(value, Mapping):
         # A table read as one value ("weights"): "alice=3,bob=1".
         parts = []
         for k, v in value.items():
             if isinstance(v, Mapping | list | tuple):
                 raise ConfigError(
-                    f"config key {path!r}: a table value must map names to scalars, "
-                    f"got {k!r} = {v!r}",
-                    key=normalize_key(path),
+                    f"config key {key!r} ({path} in {source_name}): a table value must map "
+                    f"names to scalars, got {k!r} = {v!r}",
+                    key=key,
                 )
-            parts.append(f"{k}={_render(v, path)}")
+            parts.append(f"{k}={_render(v, path, key, source_name)}")
         return ",".join(parts)
     raise ConfigError(
-        f"config key {path!r}: unsupported value type {type(value).__name__}, got {value!r}",
-        key=normalize_key(path),
+        f"config key {key!r} ({path} in {source_name}): unsupported value type "
+        f"{type(value).__name__}, got {value!r}",
+        key=key,
     )
+
+
+def _plain_float(value: float) -> str:
+    """A float as decimal digits without an exponent (``1e-05`` as ``"0.00001"``), so it
+    reads as the same number wherever a number is accepted, durations included.
+
+    The digits are those of ``repr`` (the shortest that round-trip), so the text parses
+    back to exactly ``value``. Infinities and NaN keep their ``repr`` (every helper
+    refuses them).
+    """
+    text = repr(value)
+    if "e" not in text or not math.isfinite(value):
+        return text
+    return format(Decimal(text), "f")
 
 
 # Inside a lane's table, these sub-tables are one value each, not more keys.
 _TABLE_VALUES = frozenset({"WEIGHTS"})
 
 
-def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str, tuple[str, str]]:
-    """Flatten nested tables into ``{KEY: (value, dotted path)}``.
+class _Flat(NamedTuple):
+    """One flattened setting of a mapping or TOML file."""
+
+    value: str  # as ``get`` returns it
+    path: str  # the dotted path it was written at (``lanes.ollama.policy``)
+    array: list[Any] | None  # the array it was written as, if it was one
+
+
+def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str, _Flat]:
+    """Flatten nested tables into ``{KEY: _Flat(value, dotted path, array)}``.
 
     ``lanes.<name>.<field>`` becomes ``LANE_<NAME>_<FIELD>`` (one variable names one
     lane, hence the singular), every other ``a.b.c`` becomes ``A_B_C``. Two paths that
     flatten to one key are an error, and so is an unknown field in a lane's table: once
     flattened, ``[lanes.x_preempt] grace`` would read as lane ``x``'s ``PREEMPT_GRACE``.
-    ``source_name`` is how errors refer to the source.
+    A table given to a lane setting that takes one value (``lease = {s = 1}``) is an
+    error too. ``source_name`` is how errors refer to the source.
     """
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[str, _Flat] = {}
 
     def put(flat: str, value: object, path: str) -> None:
         if flat in out:
             raise ConfigError(
-                f"config keys {out[flat][1]!r} and {path!r} both mean {flat!r}",
+                f"config keys {out[flat].path!r} and {path!r} both mean {flat!r}",
                 key=flat,
             )
-        out[flat] = (_render(value, path), path)
+        array = list(value) if isinstance(value, list | tuple) else None
+        out[flat] = _Flat(_render(value, path, flat, source_name), path, array)
 
     def walk(
         table: Mapping[Any, Any], flat: str, path: str, depth_in_lane: int, lane: str = ""
     ) -> None:
         for k, v in table.items():
             if not isinstance(k, str):
-                raise ConfigError(f"config keys must be str, got {k!r} in {path or 'root'!r}")
+                raise ConfigError(
+                    f"config keys must be str, got {k!r} in {path or 'root'!r} of {source_name}"
+                )
             sub_path = f"{path}.{k}" if path else k
             if not flat and normalize_key(k) == "LANES" and isinstance(v, Mapping):
                 for name, lane_table in v.items():
@@ -254,8 +298,8 @@ def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str,
                     lane_flat = f"LANE_{normalize_key(str(name))}"
                     if not isinstance(lane_table, Mapping):
                         raise ConfigError(
-                            f"config key {lane_path!r} must be a table of lane settings, "
-                            f"got {lane_table!r}",
+                            f"config key {lane_flat!r} ({lane_path} in {source_name}) must be "
+                            f"a table of lane settings, got {lane_table!r}",
                             key=lane_flat,
                         )
                     walk(lane_table, lane_flat, lane_path, 1, lane_flat)
@@ -264,6 +308,12 @@ def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str,
             if isinstance(v, Mapping) and not (
                 depth_in_lane == 1 and normalize_key(k) in _TABLE_VALUES
             ):
+                if lane and sub_flat[len(lane) + 1 :] in _SINGLE_VALUED:
+                    raise ConfigError(
+                        f"config key {sub_flat!r} ({sub_path} in {source_name}): expected a "
+                        f"single value, got a table {dict(v)!r}",
+                        key=sub_flat,
+                    )
                 walk(v, sub_flat, sub_path, depth_in_lane + 1 if depth_in_lane else 0, lane)
             else:
                 if lane and sub_flat[len(lane) + 1 :] not in _LANE_FIELDS:
@@ -284,14 +334,18 @@ class MappingSource:
 
     Flat keys are normalised (``"lane_ollama_policy"`` is ``LANE_OLLAMA_POLICY``);
     nested tables flatten as in ``TomlSource``. Non-string values are rendered as
-    strings (``True`` as ``"true"``, ``3`` as ``"3"``, lists comma-separated).
+    strings (``True`` as ``"true"``, ``3`` as ``"3"``, ``1e-05`` as ``"0.00001"``, lists
+    comma-separated). A list is one value for ``get_str`` only: the other helpers and
+    lane settings refuse it (``[2]`` is not the number 2).
 
     Args:
         mapping: the settings.
         name: how error messages refer to this source (default ``"mapping"``).
 
     Raises:
-        ConfigError: two keys mean the same normalised key.
+        ConfigError: two keys mean the same normalised key, a key is not a str, a value
+            has a type no config file has, or a lane's table holds an unknown setting or a
+            table where a setting takes one value. The message names the source.
 
     Example::
 
@@ -308,7 +362,7 @@ class MappingSource:
     def get(self, key: str) -> str | None:
         """The value of ``key``, or None."""
         hit = self._data.get(normalize_key(key))
-        return None if hit is None else hit[0]
+        return None if hit is None else hit.value
 
     def keys(self) -> Iterator[str]:
         """Every key this source sets."""
@@ -317,7 +371,7 @@ class MappingSource:
     def where(self, key: str) -> str:
         """Where ``key`` is set, e.g. ``"lanes.ollama.policy in mapping"``."""
         hit = self._data.get(normalize_key(key))
-        path = normalize_key(key) if hit is None else hit[1]
+        path = normalize_key(key) if hit is None else hit.path
         return f"{path} in {self.name}"
 
     def __repr__(self) -> str:
@@ -342,7 +396,8 @@ class TomlSource(MappingSource):
         path: the TOML file.
 
     Raises:
-        ConfigError: the file cannot be read or is not valid TOML.
+        ConfigError: the file cannot be read or is not valid TOML, or holds a setting
+            ``MappingSource`` refuses.
     """
 
     __slots__ = ("path",)
@@ -360,13 +415,17 @@ class TomlSource(MappingSource):
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(self.path)!r} is not valid TOML: {e}") from e
 
+    def _read(self) -> dict[str, _Flat]:
+        """The file's settings, read and flattened now (nothing is changed)."""
+        return _flatten(self._load(), self.name)
+
     def reload(self) -> None:
         """Read the file again. On error nothing changes.
 
         Raises:
             ConfigError: the file cannot be read or parsed.
         """
-        self._data = _flatten(self._load(), self.name)
+        self._data = self._read()
 
     def __repr__(self) -> str:
         return f"TomlSource({str(self.path)!r})"
@@ -413,23 +472,75 @@ class ChainSource:
                     seen.add(nk)
                     yield nk
 
-    def where(self, key: str) -> str:
-        """Where the winning value of ``key`` comes from."""
+    def _winner(self, key: str) -> Source | None:
+        """The source whose value of ``key`` wins (as in ``get``), or None."""
         for source in self.sources:
             value = source.get(key)
             if value is not None and value.strip():
-                return _where(source, key)
-        return repr(normalize_key(key))
+                return source
+        return None
+
+    def where(self, key: str) -> str:
+        """Where the winning value of ``key`` comes from; when no source sets it to a
+        non-blank value, where the first source that has it (blank) reads it."""
+        source = self._winner(key)
+        if source is None:
+            source = next((s for s in self.sources if s.get(key) is not None), None)
+        return repr(normalize_key(key)) if source is None else _where(source, key)
 
     def reload(self) -> None:
-        """Reload every source that can reload (e.g. ``TomlSource``)."""
-        for source in self.sources:
-            reload = getattr(source, "reload", None)
-            if callable(reload):
-                reload()
+        """Reload every source that can reload (e.g. ``TomlSource``), all or nothing.
+
+        Every ``TomlSource`` in the chain (in nested chains too) rereads its file first;
+        only when all of them parsed do they take their new settings, so a broken file
+        leaves every file's old settings in force. Other sources with a ``reload()``
+        method are reloaded after the files have been read; they cannot be undone.
+
+        Raises:
+            ConfigError: a file cannot be read or parsed (no file's settings changed).
+        """
+        _reload_source(self)
 
     def __repr__(self) -> str:
         return f"ChainSource({', '.join(map(repr, self.sources))})"
+
+
+def _reload_source(source: object) -> Callable[[], None]:
+    """Reload ``source`` all or nothing and return a function that puts the files' old
+    settings back.
+
+    Files (``TomlSource``, alone or in chains) are read first and swapped in together
+    once every one of them parsed; other sources with a ``reload()`` (which cannot be
+    undone) are reloaded in between, so one that fails also leaves the files unchanged.
+    """
+    files: list[TomlSource] = []
+    others: list[Callable[[], object]] = []
+
+    def collect(s: object) -> None:
+        # A subclass that overrides reload() keeps its own (it is called as is).
+        if isinstance(s, ChainSource) and type(s).reload is ChainSource.reload:
+            for member in s.sources:
+                collect(member)
+        elif isinstance(s, TomlSource) and type(s).reload is TomlSource.reload:
+            files.append(s)
+        else:
+            reload = getattr(s, "reload", None)
+            if callable(reload):
+                others.append(reload)
+
+    collect(source)
+    fresh = [(f, f._read()) for f in files]
+    for reload in others:
+        reload()
+    old = [(f, f._data) for f in files]
+    for f, data in fresh:
+        f._data = data
+
+    def undo() -> None:
+        for f, data in reversed(old):
+            f._data = data
+
+    return undo
 
 
 # -- typed helpers --------------------------------------------------------------------------
@@ -455,6 +566,37 @@ def _bad(source: Source, key: str, value: str, expected: str) -> ConfigError:
     )
 
 
+def _array(source: Source, key: str) -> list[Any] | None:
+    """The array a mapping or TOML file wrote the winning value of ``key`` as, or None
+    (a list renders as ``"a,b"``, which ``[2]`` must not pass for the number 2)."""
+    if isinstance(source, ChainSource):
+        winner = source._winner(key)
+        return None if winner is None else _array(winner, key)
+    if isinstance(source, MappingSource):
+        hit = source._data.get(normalize_key(key))
+        return None if hit is None else hit.array
+    return None
+
+
+def _single(source: Source | None, key: str, expected: str) -> str | None:
+    """``_raw``, refusing a value written as an array: the helpers other than
+    ``get_str`` read one value."""
+    value = _raw(source, key)
+    if value is None:
+        return None
+    assert source is not None
+    array = _array(source, normalize_key(key))
+    if array is not None:
+        key = normalize_key(key)
+        raise ConfigError(
+            f"config key {key!r} ({_where(source, key)}): expected {expected}, "
+            f"got an array {array!r}",
+            key=key,
+            value=value,
+        )
+    return value
+
+
 def _parsed(
     source: Source | None, key: str, default: T | None, parse: Callable[[str], T], expected: str
 ) -> T | None:
@@ -463,7 +605,7 @@ def _parsed(
     ``parse`` raises ``ValueError`` for a value it refuses; the ``ConfigError`` then
     says ``expected``.
     """
-    value = _raw(source, key)
+    value = _single(source, key, expected)
     if value is None:
         return default
     assert source is not None
@@ -658,6 +800,11 @@ _LANE_FIELDS = (
 )
 # Longest first, so "X_PREEMPT_GRACE" is lane X's PREEMPT_GRACE, not lane X_PREEMPT's GRACE.
 _FIELDS_BY_LENGTH = tuple(sorted(_LANE_FIELDS, key=len, reverse=True))
+# Settings that take one value: a table there is an error, not more keys. (PREEMPT also
+# heads the PREEMPT_* settings, so [lanes.x.preempt] grace = "5s" is PREEMPT_GRACE.)
+_SINGLE_VALUED = frozenset(
+    f for f in _LANE_FIELDS if not any(g.startswith(f + "_") for g in _LANE_FIELDS)
+)
 
 
 def lane_token(name: str) -> str:
@@ -762,15 +909,16 @@ def _read_lane(source: Source, token: str, *, redis: bool) -> LaneSettings:
     eta_window = get_int(source, key("ETA_WINDOW"))
     at_least("ETA_WINDOW", eta_window, 1)
 
-    policy_raw = get_str(source, key("POLICY"))
+    policy_expected = "one of fifo, priority, fair_share"
+    policy_raw = _single(source, key("POLICY"), policy_expected)
     policy: str | None = None
     if policy_raw is not None:
         policy = _POLICIES.get(policy_raw.lower())
         if policy is None:
-            raise _bad(source, key("POLICY"), policy_raw, "one of fifo, priority, fair_share")
+            raise _bad(source, key("POLICY"), policy_raw, policy_expected)
 
     weights: tuple[tuple[str, float], ...] | None = None
-    weights_raw = get_str(source, key("WEIGHTS"))
+    weights_raw = _single(source, key("WEIGHTS"), _WEIGHTS_EXPECTED)
     if weights_raw is not None:
         weights = _parse_weights(source, key("WEIGHTS"), weights_raw)
     default_weight = get_float(source, key("DEFAULT_WEIGHT"))
@@ -831,10 +979,13 @@ def _read_lane(source: Source, token: str, *, redis: bool) -> LaneSettings:
     )
 
 
+_WEIGHTS_EXPECTED = 'comma-separated name=weight pairs with weights > 0, such as "alice=3,bob=1"'
+
+
 def _parse_weights(source: Source, key: str, raw: str) -> tuple[tuple[str, float], ...]:
     """``"alice=3, bob=1"`` -> ``(("alice", 3.0), ("bob", 1.0))``; weights must be > 0."""
     out: dict[str, float] = {}
-    expected = 'comma-separated name=weight pairs with weights > 0, such as "alice=3,bob=1"'
+    expected = _WEIGHTS_EXPECTED
     for part in raw.split(","):
         if not part.strip():
             continue
@@ -944,6 +1095,45 @@ class _Effective:
     redis_url: str | None
     redis_namespace: str | None = None
     redis_cluster: bool = False
+
+
+# The settings a reload changes on a live lane, and the config keys that set each.
+_LIVE_SETTINGS = {
+    "max_concurrent": ("MAX_CONCURRENT",),
+    "preemption": ("PREEMPT", "PREEMPT_MIN_RUNTIME", "PREEMPT_GRACE", "PREEMPT_REQUEUE"),
+    "eta_window": ("ETA_WINDOW",),
+}
+
+
+def _live_changes(old: _Effective, new: _Effective) -> list[tuple[str, Any, Any]]:
+    """``(setting, old, new)`` for each live-changeable setting that differs, in the
+    order they are applied (a Redis lane adopting its stored limit keeps it)."""
+    out = []
+    if new.max_concurrent is not None and new.max_concurrent != old.max_concurrent:
+        out.append(("max_concurrent", old.max_concurrent, new.max_concurrent))
+    if new.preemption != old.preemption:
+        out.append(("preemption", old.preemption, new.preemption))
+    if new.eta_window != old.eta_window:
+        out.append(("eta_window", old.eta_window, new.eta_window))
+    return out
+
+
+async def _put_back(done: list[tuple[Any, str, Any]]) -> None:
+    """Undo the settings a failed reload changed, newest first (best effort: one that
+    cannot be put back is logged and the rest are still tried)."""
+    for lane, what, value in reversed(done):
+        if what == "max_concurrent" and value is None:
+            continue  # a Redis lane that adopted the stored limit: nothing known to restore
+        try:
+            await getattr(lane, f"set_{what}")(value)
+        except Exception:
+            logger.warning(
+                "lane %r: could not put %s back to %r after a failed reload",
+                lane.name,
+                what,
+                value,
+                exc_info=True,
+            )
 
 
 _REDIS_MODULE = "executus.redis"
@@ -1200,42 +1390,63 @@ class Lanes:
         URL, ``REDIS_CLUSTER``) cannot change under queued jobs: it is logged and
         reported in ``pending_restart`` and applies to lanes built afterwards, as a
         database reports settings that need a restart (PostgreSQL's ``pending_restart``).
+        A setting removed from config falls back to the next source of a chain, then to
+        the default given to ``get``, then to the built-in one.
 
-        Reloading is all or nothing with respect to errors: when the new config is
-        invalid, ``ConfigError`` is raised and no lane or lane setting changes. Sources
-        with a ``reload()`` method (``TomlSource``, ``ChainSource``) are re-read first.
+        Reloading is all or nothing:
+
+        1. The source is re-read (``TomlSource`` rereads its file, ``ChainSource`` each of
+           its files, see ``ChainSource.reload``) and the whole configuration validated.
+           When anything is invalid, ``ConfigError`` is raised and nothing changes: no
+           lane, no lane setting, and the source keeps the settings it read before.
+        2. Then the changes are applied, lane by lane in the order the lanes were built:
+           ``max_concurrent``, then preemption, then the ETA window. If a lane refuses a
+           value (a ``RedisLane`` keeps counts below ``2**40``: ``ConfigError``) or its
+           backend fails (``LaneUnavailable``), the lanes changed so far get their old
+           values back (one that cannot is logged), the source its old settings, and the
+           error is raised.
 
         Returns:
             What was applied and what waits for a restart.
 
         Raises:
-            ConfigError: the new configuration is invalid (nothing was changed).
+            ConfigError: the new configuration is invalid, or a lane refuses a value
+                from it (nothing was changed).
         """
         from ._policies import FIFO
 
         if self._reload_lock is None:
             self._reload_lock = asyncio.Lock()
         async with self._reload_lock:
-            source_reload = getattr(self.source, "reload", None)
-            if callable(source_reload):
-                source_reload()
-            snap = self._load()
-            self._snapshot = snap
+            undo_source = _reload_source(self.source)
+            try:
+                snap = self._load()
+                plan = [
+                    (entry, self._effective(token, entry.defaults, snap))
+                    for token, entry in self._lanes.items()
+                ]
+            except BaseException:
+                undo_source()
+                raise
+            old_snapshot = self._snapshot
+            self._snapshot = snap  # a lane built meanwhile (a RedisLane awaits) gets it too
+            done: list[tuple[Any, str, Any]] = []  # (lane, setting, old value) to put back
+            try:
+                for entry, new in plan:
+                    for what, old_value, new_value in _live_changes(entry.applied, new):
+                        await self._set(entry.lane, what, new_value)
+                        done.append((entry.lane, what, old_value))
+            except BaseException:
+                self._snapshot = old_snapshot
+                undo_source()
+                await _put_back(done)
+                raise
             applied: list[tuple[str, str]] = []
             pending: list[tuple[str, str]] = []
-            for token, entry in list(self._lanes.items()):
-                new = self._effective(token, entry.defaults, snap)
+            for entry, new in plan:
                 old = entry.applied
                 name = entry.lane.name
-                if new.max_concurrent is not None and new.max_concurrent != old.max_concurrent:
-                    await entry.lane.set_max_concurrent(new.max_concurrent)
-                    applied.append((name, "max_concurrent"))
-                if new.preemption != old.preemption:
-                    await entry.lane.set_preemption(new.preemption)
-                    applied.append((name, "preemption"))
-                if new.eta_window != old.eta_window:
-                    await entry.lane.set_eta_window(new.eta_window)
-                    applied.append((name, "eta_window"))
+                applied.extend((name, what) for what, _, _ in _live_changes(old, new))
                 for what, a, b in (
                     ("policy", old.policy or FIFO(), new.policy or FIFO()),
                     ("lease", old.lease, new.lease),
@@ -1254,19 +1465,35 @@ class Lanes:
                             what,
                         )
                 # Remember what is live: the applied values, the old un-appliable ones.
-                entry.applied = _Effective(
+                entry.applied = replace(
+                    old,
                     max_concurrent=new.max_concurrent
                     if new.max_concurrent is not None
                     else old.max_concurrent,
-                    policy=old.policy,
                     preemption=new.preemption,
                     eta_window=new.eta_window,
-                    lease=old.lease,
-                    redis_url=old.redis_url,
-                    redis_namespace=old.redis_namespace,
-                    redis_cluster=old.redis_cluster,
                 )
             return ReloadResult(tuple(applied), tuple(pending))
+
+    async def _set(self, lane: Any, what: str, value: Any) -> None:
+        """``lane.set_<what>(value)``; a value the lane refuses is a ConfigError naming
+        the setting and where config sets it."""
+        try:
+            await getattr(lane, f"set_{what}")(value)
+        except (TypeError, ValueError, ArithmeticError) as e:
+            token = lane_token(lane.name)
+            keys = [_lane_key(token, suffix) for suffix in _LIVE_SETTINGS[what]]
+            source = self.source
+            key = next((k for k in keys if _raw(source, k) is not None), None)
+            if key is None or source is None:  # the code's default (config no longer sets it)
+                origin = f"config key {keys[0]!r} is not set; the default given to Lanes.get"
+            else:
+                origin = f"config key {key!r} ({_where(source, key)})"
+            raise ConfigError(
+                f"{origin}: lane {lane.name!r} cannot take {what} {value!r}: {e}",
+                key=keys[0] if key is None else key,
+                value=None if key is None else _raw(source, key),
+            ) from e
 
     # -- closing ---------------------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ import redis
 from click.testing import CliRunner
 from rich.console import Console
 
+from executus._redis.keys import LaneKeys
 from executus.cli import _redis_demo, cli
 from executus.cli._app import safe_url
 from executus.cli._demo import DemoSettings
 from executus.cli._redis_demo import RedisDemo, run_redis_demo
+from executus.cli._top import read_lane, render_lanes
 from tests.redis.helpers import RedisServer
 
 
@@ -138,3 +140,50 @@ def test_redis_demo_waits_for_workers_draining_their_queue(
     code, text = _demo_with_fake_worker(fake, 600, monkeypatch, redis_server, namespace)
     assert code == 0, text
     assert "1/1 processes finished" in text
+
+
+def _write_lane(client: redis.Redis, namespace: str, running: list[str], queued: list[str]) -> None:
+    """Store lane 'gpu' as a RedisLane keeps it: one running job per entry of ``running``
+    (its key; leases in that order) and one queued job per entry of ``queued``."""
+    keys = LaneKeys(namespace, "gpu")
+    sec, usec = client.time()
+    now = int(sec) * 1000 + int(usec) // 1000
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(keys.cfg, mapping={"v": 1, "max": len(running) or 1, "pol": "fifo", "pon": 0})
+    for i, key in enumerate(running):
+        pipe.zadd(keys.prefix + "hold", {f"r{i}": now + 600_000 + i})
+        pipe.hset(keys.job(f"r{i}"), "ek", "=" + key)
+    for i, key in enumerate(queued):
+        pipe.zadd(keys.prefix + "qt", {f"q{i}": now - 1000 + i})
+        pipe.hset(keys.job(f"q{i}"), "ek", "=" + key)
+    pipe.execute()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("queued", "note"),
+    [
+        ([], "keys of the first 1000 running jobs"),
+        (["carol"] * 1001, "keys of the first 1000 running and 1000 queued jobs"),
+    ],
+)
+def test_top_says_when_more_than_1000_running_jobs_leave_keys_uncounted(
+    redis_server: RedisServer, namespace: str, queued: list[str], note: str
+) -> None:
+    """With over 1000 running jobs, the by-key counts are marked truncated and the note says so."""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        _write_lane(client, namespace, ["alice"] * 700 + ["bob"] * 500, queued)
+        snap = read_lane(client, namespace, "gpu")
+    finally:
+        client.close()
+    assert snap is not None
+    assert (snap.running, snap.queued, snap.keys_truncated) == (1200, len(queued), True)
+    expected = {"alice": (700, 0), "bob": (300, 0)}  # bob's last 200 leases are not read
+    if queued:
+        expected["carol"] = (0, 1000)
+    assert {kl.key: (kl.running, kl.queued) for kl in snap.keys} == expected
+    out = io.StringIO()
+    Console(file=out, width=200).print(render_lanes([snap], title="top"))
+    [row] = [line for line in out.getvalue().splitlines() if "keys of the first" in line]
+    assert row.split() == ["gpu", *f"({note})".split()]

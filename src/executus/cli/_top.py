@@ -41,7 +41,9 @@ __all__ = [
 
 _POLICIES = {"fifo": "fifo", "prio": "priority", "fair": "fair-share"}
 _SHORT = {"priority": "prio", "fair-share": "fair"}
-_KEY_LIMIT = 1000  # queued jobs per lane whose key is looked up (the rest are counted)
+# Running jobs, and queued jobs, per lane whose key is looked up (the rest are counted):
+# a snapshot reads at most 2 * _KEY_LIMIT job hashes per lane.
+_KEY_LIMIT = 1000
 
 # What the readers take: a client of one server, or of a Redis Cluster.
 Client = redis.Redis | redis.cluster.RedisCluster
@@ -78,8 +80,10 @@ class LaneSnapshot:
         mean_runtime: mean seconds of the recent runs (the ETA's window), or None.
         processes: clients whose liveness has not lapsed.
         submitted, succeeded, failed, cancelled, preempted, rejected: lane-wide counters.
-        keys: per key, busiest first.
-        keys_truncated: more jobs were queued than were looked up by key.
+        keys: per key, busiest first. They count at most 1000 running jobs (those whose
+            leases end soonest) and 1000 queued jobs (the longest waiting).
+        keys_truncated: ``keys`` leaves jobs out: more than 1000 jobs were running, or
+            more than 1000 were queued (``running`` and ``queued`` say which).
     """
 
     namespace: str
@@ -247,7 +251,7 @@ def _read_lane(client: redis.Redis, namespace: str, name: str) -> LaneSnapshot |
         preempted=c[4],
         rejected=c[5],
         keys=tuple(key_loads),
-        keys_truncated=int(queued) > len(queue),
+        keys_truncated=int(running) > len(hold_ids) or int(queued) > len(queue),
     )
 
 
@@ -269,6 +273,16 @@ def _secs(value: float | None) -> str:
     if value < 600:
         return f"{value:.0f}s"
     return f"{value / 60:.0f}m"
+
+
+def _truncation(snap: LaneSnapshot) -> str:
+    """What a truncated snapshot's keys count: "keys of the first 1000 running jobs"."""
+    parts = [
+        f"{_KEY_LIMIT} {what}"
+        for what, count in (("running", snap.running), ("queued", snap.queued))
+        if count > _KEY_LIMIT
+    ]
+    return f"keys of the first {' and '.join(parts) or str(_KEY_LIMIT)} jobs"
 
 
 def render_lanes(snapshots: Iterable[LaneSnapshot], *, title: str, keys_per_lane: int = 6) -> Group:
@@ -318,7 +332,7 @@ def render_lanes(snapshots: Iterable[LaneSnapshot], *, title: str, keys_per_lane
         if more > 0 or snap.keys_truncated:
             note = f"+{more} keys" if more > 0 else ""
             if snap.keys_truncated:
-                note += " (keys of the first 1000 queued jobs)"
+                note += f" ({_truncation(snap)})"
             keys.add_row(snap.name, Text(note.strip(), style="dim"), "", "", "")
     return Group(table, keys)
 
