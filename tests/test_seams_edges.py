@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import math
 import re
 from pathlib import Path
@@ -11,12 +12,24 @@ from typing import Any
 
 import pytest
 
-from executus import Lane
-from executus.identity import Forbidden, Member, RoleAdmins, StaticMembers, is_admin, resolve
+from executus import Lane, NotQueued
+from executus.deliver import CallbackDeliverer
+from executus.dispatchguard import DispatchGuard
+from executus.identity import (
+    Forbidden,
+    LaneOps,
+    Member,
+    RoleAdmins,
+    StaticAdmins,
+    StaticMembers,
+    is_admin,
+    resolve,
+)
+from executus.pendingattach import PendingAttachments
 from executus.progress import ProgressReporter
 from executus.testing import ManualClock
 
-from .helpers import Gate, value
+from .helpers import Gate, settle, value
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -135,3 +148,161 @@ async def test_a_failing_progress_formatter_leaves_the_job_outcome_alone(
             await run_with_progress(lane, bad, reporter)
     assert "progress reporting for job" in caplog.text
     assert "formatter broke" in caplog.text
+
+
+# -- LaneOps: cancelling an ended job ------------------------------------------------------------
+
+
+def _ops(lane: Lane, **options: Any) -> LaneOps:
+    """LaneOps with 'ops' as the only admin and display names for alice and bob."""
+    members = StaticMembers([Member("alice", "Alice"), Member("bob", "Bob")])
+    return LaneOps(lane, StaticAdmins({"ops"}), members, **options)
+
+
+async def _answers(ops: LaneOps, job_id: str) -> list[object]:
+    """What alice (the owner), ops (an admin) and bob get when cancelling ``job_id``."""
+    answers: list[object] = []
+    for user in ("alice", "ops", "bob"):
+        try:
+            answers.append(await ops.cancel(user, job_id))
+        except (Forbidden, NotQueued) as e:
+            answers.append(f"{type(e).__name__}: {e}")
+    return answers
+
+
+async def _ended_jobs(ops: LaneOps, n: int) -> None:
+    """Submit ``n`` jobs through ``ops`` and let each end."""
+    for i in range(n):
+        assert await (await ops.submit(value(i), key="carol")) == i
+
+
+async def test_laneops_cancel_of_an_ended_job_does_not_depend_on_the_sweep(
+    clock: ManualClock,
+) -> None:
+    """An ended job's owner and an admin get False, others Forbidden, before and after a sweep."""
+    expected = [
+        False,
+        False,
+        "Forbidden: Bob may not cancel job 'a1' of Alice: only its owner or an admin may",
+    ]
+    async with Lane("gpu", 1, clock=clock) as lane:
+        ops = _ops(lane)
+        for job_id in ("a1", "a2"):
+            assert await (await ops.submit(value(job_id), job_id=job_id, key="alice")) == job_id
+        assert await _answers(ops, "a1") == expected
+        await _ended_jobs(ops, 64)  # the table fills up: ended jobs are swept out of it
+        assert ops.jobs() == []
+        assert await _answers(ops, "a1") == expected  # asked again
+        assert await _answers(ops, "a2") == [
+            False,
+            False,
+            "Forbidden: Bob may not cancel job 'a2' of Alice: only its owner or an admin may",
+        ]
+
+
+async def test_laneops_forgets_ended_jobs_beyond_remember_ended(clock: ManualClock) -> None:
+    """Past the remember_ended most recent ended jobs, an old job's owner is unknown."""
+    async with Lane("gpu", 1, clock=clock) as lane:
+        ops = _ops(lane, remember_ended=8)
+        assert ops.remember_ended == 8
+        assert await (await ops.submit(value("x"), job_id="a1", key="alice")) == "x"
+        await _ended_jobs(ops, 200)
+        assert len(ops._ended) <= 8
+        assert len(ops._jobs) <= 64
+        assert await _answers(ops, "a1") == [
+            "Forbidden: Alice may not cancel job 'a1': its owner is unknown, and only an "
+            "admin may cancel it",
+            "NotQueued: job 'a1' is not queued in lane 'gpu' (unknown)",
+            "Forbidden: Bob may not cancel job 'a1': its owner is unknown, and only an admin "
+            "may cancel it",
+        ]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "8", 2.5])
+async def test_laneops_refuses_a_bad_remember_ended(clock: ManualClock, bad: object) -> None:
+    """remember_ended must be an int >= 1."""
+    lane = Lane("gpu", 1, clock=clock)
+    message = f"remember_ended must be an int >= 1, got {bad!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _ops(lane, remember_ended=bad)
+
+
+# -- ProgressReporter: nothing after the terminal update --------------------------------------
+
+
+async def test_no_timer_or_flush_after_the_terminal_update(clock: ManualClock) -> None:
+    """A throttled flush queued behind a slow delivery arms no timer after the final update."""
+    sent: list[str] = []
+    slow = asyncio.Event()
+
+    async def deliver(target: str, message: str) -> None:
+        if message == "step 2/3":
+            await slow.wait()
+        sent.append(message)
+
+    r = ProgressReporter("t", CallbackDeliverer(deliver), interval=2.0, clock=clock)
+    await r.started()
+    await r.step(1, 3)  # throttled: a timer is armed for the end of the interval
+    go = asyncio.Event()
+
+    async def step_two() -> None:
+        await go.wait()
+        await r.step(2, 3)  # due by then: delivered at once, slowly
+
+    stepper = asyncio.create_task(step_two())
+    await settle()
+    go.set()  # step_two resumes before the flush that the timer starts below
+    clock.advance(2.0)  # the timer fires: its flush queues behind step 2's delivery
+    await settle()
+    final = asyncio.create_task(r.done())  # queues behind that flush
+    await settle()
+    slow.set()
+    await stepper
+    await final
+    assert sent == ["started", "step 2/3", "done"]
+    assert clock.pending_timers == 0
+    clock.advance(10.0)
+    await settle()
+    assert sent == ["started", "step 2/3", "done"]
+    assert (r.delivered, clock.pending_timers) == (3, 0)
+
+
+# -- DispatchGuard and PendingAttachments: settings are read-only --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"), [("ttl", 0), ("ttl", math.nan), ("max_seen", -1), ("mode", "drop")]
+)
+async def test_dispatch_guard_settings_are_read_only(
+    clock: ManualClock, name: str, bad: object
+) -> None:
+    """A guard's ttl, max_seen and mode cannot be changed after it was built."""
+    guard = DispatchGuard(ttl=60, max_seen=10, mode="reject", clock=clock)
+    with pytest.raises(
+        AttributeError, match=rf"^property '{name}' of 'DispatchGuard' object has no setter$"
+    ):
+        setattr(guard, name, bad)
+    assert (guard.ttl, guard.max_seen, guard.mode) == (60.0, 10, "reject")
+    assert guard.remember("e1")
+    clock.advance(60)
+    assert guard.remember("e1")  # expiry still works
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [("ttl", -5), ("ttl", "300"), ("max_per_key", 0), ("max_total", math.nan), ("overflow", "x")],
+)
+def test_pending_attachments_settings_are_read_only(
+    clock: ManualClock, name: str, bad: object
+) -> None:
+    """The ttl, bounds and overflow of PendingAttachments cannot be changed after it was built."""
+    pending = PendingAttachments[str](ttl=30, max_per_key=2, max_total=5, clock=clock)
+    with pytest.raises(
+        AttributeError, match=rf"^property '{name}' of 'PendingAttachments' object has no setter$"
+    ):
+        setattr(pending, name, bad)
+    settings = (pending.ttl, pending.max_per_key, pending.max_total, pending.overflow)
+    assert settings == (30.0, 2, 5, "drop_oldest")
+    assert pending.add("alice", "a") == []
+    clock.advance(30)
+    assert pending.claim("alice") == []  # expiry still works

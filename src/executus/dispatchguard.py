@@ -149,6 +149,9 @@ class DispatchGuard:
       directly when the holder leaves, so no third arrival can slip in between;
     - seen ids are ordered by expiry, as the TTL is constant and the clock monotonic.
 
+    The settings (``ttl``, ``max_seen``, ``mode``) are read-only: they are checked once,
+    here, and the expiry order above relies on the TTL never changing.
+
     Args:
         ttl: seconds an event id is remembered (> 0).
         max_seen: at most this many ids are remembered (>= 1).
@@ -157,6 +160,9 @@ class DispatchGuard:
             cancellation) is forgotten, so a redelivery of it is admitted (a retry); by
             default it stays seen.
         clock: the time source for the TTL (anything with ``monotonic()``).
+
+    Raises:
+        ValueError: ``ttl``, ``max_seen`` or ``mode`` is out of range or of the wrong type.
 
     Example::
 
@@ -180,13 +186,28 @@ class DispatchGuard:
             raise ValueError(f"max_seen must be an int >= 1, got {max_seen!r}")
         if mode not in ("reject", "coalesce"):
             raise ValueError(f"mode must be 'reject' or 'coalesce', got {mode!r}")
-        self.ttl = float(ttl)
-        self.max_seen = max_seen
-        self.mode: Mode = mode
+        self._ttl = float(ttl)
+        self._max_seen = max_seen
+        self._mode: Mode = mode
         self.forget_failed = forget_failed
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._seen: OrderedDict[str, float] = OrderedDict()  # id -> expiry, oldest first
         self._busy: dict[str, _KeyState] = {}
+
+    @property
+    def ttl(self) -> float:
+        """Seconds an event id is remembered."""
+        return self._ttl
+
+    @property
+    def max_seen(self) -> int:
+        """The most event ids remembered at once."""
+        return self._max_seen
+
+    @property
+    def mode(self) -> Mode:
+        """``"reject"`` or ``"coalesce"``: what a second arrival for a busy key gets."""
+        return self._mode
 
     # -- deduplication --------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ yours when its key is your user id); an admin may cancel any job and change the 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -228,12 +229,21 @@ class LaneOps:
       queued) and change ``max_concurrent``;
     - everything else raises ``Forbidden``.
 
-    Ended jobs are forgotten as the facade goes, so memory follows the live jobs.
+    Ended jobs leave the table of live jobs as the facade goes, but the owners of the
+    last ``remember_ended`` of them are kept, so cancelling an ended job gets the same
+    answer whenever it is asked: False for its owner or an admin, ``Forbidden`` for
+    anyone else. Once a job has dropped out of that memory it is treated like a job
+    submitted to the lane directly. Memory is bounded by the live jobs plus
+    ``remember_ended`` ended ones.
 
     Args:
         lane: a ``Lane`` or ``RedisLane``.
         admins: who is an admin (None: nobody).
         members: how users are named in error messages (None: by id).
+        remember_ended: how many ended jobs' owners are remembered (>= 1).
+
+    Raises:
+        ValueError: ``remember_ended`` is not an int >= 1.
 
     Example::
 
@@ -247,21 +257,67 @@ class LaneOps:
         lane: Any,
         admins: AdminPolicy | None = None,
         members: MemberResolver | None = None,
+        *,
+        remember_ended: int = 1024,
     ) -> None:
+        if (
+            isinstance(remember_ended, bool)
+            or not isinstance(remember_ended, int)
+            or remember_ended < 1
+        ):
+            raise ValueError(f"remember_ended must be an int >= 1, got {remember_ended!r}")
         self.lane = lane
         self.admins = admins
         self.members = members
+        # Tracked jobs: the live ones, and ended ones the sweep has not reached yet.
         self._jobs: dict[str, JobHandle[Any]] = {}
         self._prune_at = 64
+        # The owners (keys) of recently ended jobs, oldest first: a cancel of an ended
+        # job must not depend on whether the sweep has run yet.
+        self._ended: OrderedDict[str, str | None] = OrderedDict()
+        self._remember_ended = remember_ended
 
     def _name(self, user: str) -> str:
         return resolve(self.members, user).display_name
 
+    @property
+    def remember_ended(self) -> int:
+        """How many ended jobs' owners are remembered."""
+        return self._remember_ended
+
+    def _remember(self, handle: JobHandle[Any]) -> None:
+        """Keep the owner of the ended job ``handle``, forgetting the oldest over the bound."""
+        self._ended[handle.id] = handle.key
+        self._ended.move_to_end(handle.id)
+        if len(self._ended) > self._remember_ended:
+            self._ended.popitem(last=False)
+
     def _prune(self) -> None:
         # Amortised O(1): sweep ended jobs when the table doubles since the last sweep.
+        # A swept job moves to the bounded memory of ended jobs (O(1) each).
         if len(self._jobs) >= self._prune_at:
-            self._jobs = {k: h for k, h in self._jobs.items() if not h.done()}
+            live: dict[str, JobHandle[Any]] = {}
+            for job_id, handle in self._jobs.items():
+                if handle.done():
+                    self._remember(handle)
+                else:
+                    live[job_id] = handle
+            self._jobs = live
             self._prune_at = max(64, 2 * len(self._jobs))
+
+    def _untrack(self, handle: JobHandle[Any]) -> None:
+        """Move ``handle`` from the live table to the ended memory once it has ended."""
+        if handle.done() and self._jobs.get(handle.id) is handle:
+            del self._jobs[handle.id]
+            self._remember(handle)
+
+    def _refuse_cancel(self, user: str, job_id: str, owner: str | None) -> Forbidden:
+        return Forbidden(
+            user,
+            "cancel",
+            f"{self._name(user)} may not cancel job {job_id!r} of "
+            f"{self._name(owner) if owner else 'no one'}: only its owner or an admin may",
+        )
 
     async def submit(
         self, fn: Callable[[], Awaitable[T]], *, key: str | None = None, **options: Any
@@ -276,6 +332,7 @@ class LaneOps:
         handle: JobHandle[T] = await self.lane.submit(fn, key=key, **options)
         self._prune()
         self._jobs[handle.id] = handle
+        self._ended.pop(handle.id, None)  # a reused id names the new job now
         return handle
 
     def jobs(self, key: str | None = None) -> list[JobHandle[Any]]:
@@ -287,17 +344,22 @@ class LaneOps:
 
         Returns:
             True when the job was queued or running and is now cancelled; False when it
-            had already ended.
+            had already ended (for as long as its owner is remembered: see the class).
 
         Raises:
             Forbidden: the job is not ``user``'s and ``user`` is not an admin, or the job
-                was not submitted through this facade (its owner is unknown) and
-                ``user`` is not an admin.
+                was not submitted through this facade (or ended too long ago: its owner
+                is unknown) and ``user`` is not an admin.
             NotQueued: an admin cancelled an untracked job that is not queued.
         """
         admin = is_admin(self.admins, user)
         handle = self._jobs.get(job_id)
         if handle is None:
+            if job_id in self._ended:
+                owner = self._ended[job_id]
+                if not admin and owner != user:
+                    raise self._refuse_cancel(user, job_id, owner)
+                return False
             if not admin:
                 raise Forbidden(
                     user,
@@ -308,15 +370,9 @@ class LaneOps:
             await self.lane.cancel(job_id)  # NotQueued unless queued
             return True
         if not admin and handle.key != user:
-            raise Forbidden(
-                user,
-                "cancel",
-                f"{self._name(user)} may not cancel job {job_id!r} of "
-                f"{self._name(handle.key) if handle.key else 'no one'}: only its owner "
-                "or an admin may",
-            )
+            raise self._refuse_cancel(user, job_id, handle.key)
         cancelled = await handle.cancel()
-        self._jobs.pop(job_id, None)
+        self._untrack(handle)
         return cancelled
 
     async def cancel_key(self, user: str, key: str) -> int:
@@ -339,7 +395,7 @@ class LaneOps:
         for handle in self.jobs(key):
             if await handle.cancel():
                 count += 1
-            self._jobs.pop(handle.id, None)
+            self._untrack(handle)
         return count
 
     async def set_max_concurrent(self, user: str, n: int) -> None:

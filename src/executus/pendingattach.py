@@ -70,12 +70,19 @@ class PendingAttachments(Generic[T]):
     order: the TTL is constant and the clock monotonic), and each key's deque lists
     that key's sequence numbers in the same order; a key with no items has no deque.
 
+    The settings (``ttl``, ``max_per_key``, ``max_total``, ``overflow``) are read-only:
+    they are checked once, here, and the expiry order above relies on the TTL never
+    changing.
+
     Args:
         ttl: seconds an item stays claimable (> 0).
         max_per_key: most items held for one key (>= 1).
         max_total: most items held overall (>= 1).
         overflow: ``"drop_oldest"`` or ``"reject"`` (see the module docs).
         clock: the time source for the TTL (anything with ``monotonic()``).
+
+    Raises:
+        ValueError: a setting is out of range or of the wrong type.
     """
 
     def __init__(
@@ -94,14 +101,34 @@ class PendingAttachments(Generic[T]):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if overflow not in ("drop_oldest", "reject"):
             raise ValueError(f"overflow must be 'drop_oldest' or 'reject', got {overflow!r}")
-        self.ttl = float(ttl)
-        self.max_per_key = max_per_key
-        self.max_total = max_total
-        self.overflow: Overflow = overflow
+        self._ttl = float(ttl)
+        self._max_per_key = max_per_key
+        self._max_total = max_total
+        self._overflow: Overflow = overflow
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._items: OrderedDict[int, tuple[Hashable, T, float]] = OrderedDict()
         self._by_key: dict[Hashable, deque[int]] = {}
         self._seq = 0
+
+    @property
+    def ttl(self) -> float:
+        """Seconds an item stays claimable after it was added."""
+        return self._ttl
+
+    @property
+    def max_per_key(self) -> int:
+        """The most items held for one key."""
+        return self._max_per_key
+
+    @property
+    def max_total(self) -> int:
+        """The most items held overall."""
+        return self._max_total
+
+    @property
+    def overflow(self) -> Overflow:
+        """``"drop_oldest"`` or ``"reject"``: what happens over a bound."""
+        return self._overflow
 
     def _expire(self, now: float) -> None:
         items = self._items

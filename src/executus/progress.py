@@ -297,12 +297,19 @@ class ProgressReporter:
         task.add_done_callback(self._flushers.discard)
 
     async def _flush(self, *, force: bool = False) -> None:
-        """Deliver the newest pending text, if any (one delivery at a time)."""
+        """Deliver the newest pending text, if any (one delivery at a time).
+
+        Once a terminal update was made, whatever is pending is that update, and it is
+        delivered at once by whichever flush gets the lock first. A throttled flush that
+        queued for the lock before the terminal update (a timer that had fired) must not
+        arm a new timer then: the terminal update has cancelled the timer for good, and
+        nothing may wake the reporter after its final delivery.
+        """
         async with self._lock:
             text = self._pending
             if text is None:
                 return
-            if not force and self._last_at is not None:
+            if not force and self._final is None and self._last_at is not None:
                 due = self._last_at + self._interval - self._clock.monotonic()
                 if due > 0:  # another delivery got in first: wait for the next slot
                     if self._timer is None:
