@@ -1,15 +1,17 @@
-"""Tests for fanout edge cases: lane errors, input errors, repeated cancellation, validation."""
+"""Tests for fanout edge cases: lane errors, input errors, repeated cancellation, validation,
+closing an async input the swarm stops reading early."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from executus import JobPreempted, Lane
-from executus._fanout import fanout, grid
+from executus._fanout import fanout, fanout_iter, grid
 from executus._job import JobHandle
 
 from .helpers import settle
@@ -187,3 +189,213 @@ async def test_grid_names_an_axis_that_is_not_iterable() -> None:
         await grid(5, [1, 2], fn)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^cols must be an iterable of values, got None$"):
         await grid([1], None, fn)  # type: ignore[arg-type]
+
+
+# -- closing an async input the swarm stops reading early ----------------------------------
+
+
+async def _numbers(events: list[str], n: int = 1000) -> AsyncIterator[int]:
+    """Yield 0..n-1; record "finally" in ``events`` when the generator's cleanup runs."""
+    try:
+        for i in range(n):
+            yield i
+    finally:
+        events.append("finally")
+
+
+async def fail_at_one(x: int) -> int:
+    """Return x after one suspension; item 1 fails."""
+    await asyncio.sleep(0)
+    if x == 1:
+        raise ValueError("item 1 failed")
+    return x
+
+
+async def test_fail_fast_closes_the_async_input_before_returning() -> None:
+    """A fail-fast stop closes an async generator input before fanout returns."""
+    events: list[str] = []
+    source = _numbers(events)
+    outcomes = await fanout(source, fail_at_one, max_concurrent=1, read_ahead=1, fail_fast=True)
+    assert events == ["finally"]
+    assert str(outcomes[1].error) == "item 1 failed"
+    assert len(outcomes) < 10  # reading stopped early
+
+
+async def test_fanout_iter_break_inside_aclosing_closes_the_async_input() -> None:
+    """Breaking out of fanout_iter inside aclosing closes its async input by the exit."""
+    events: list[str] = []
+    source = _numbers(events, 10_000)
+    async with contextlib.aclosing(
+        fanout_iter(source, settle_and_return, max_concurrent=2, read_ahead=4)
+    ) as it:
+        async for o in it:
+            assert o.ok
+            break
+        assert events == []
+    assert events == ["finally"]
+
+
+async def test_cancelling_fanout_closes_the_async_input() -> None:
+    """Cancelling the task running fanout closes its async input before CancelledError."""
+    events: list[str] = []
+    source = _numbers(events)
+
+    async def fn(x: int) -> int:
+        await asyncio.Event().wait()
+        return x
+
+    task = asyncio.create_task(fanout(source, fn, max_concurrent=1, read_ahead=1))
+    await settle(10)
+    assert events == []
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["finally"]
+
+
+async def test_cancelling_again_while_the_input_closes_is_passed_on_to_it() -> None:
+    """A second cancel during the input's slow cleanup reaches it; fanout waits for it."""
+    events: list[str] = []
+    cleaning = asyncio.Event()
+    release = asyncio.Event()
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            for i in range(1000):
+                yield i
+        finally:
+            cleaning.set()
+            try:
+                await release.wait()  # a slow cleanup: cancelled below
+            except asyncio.CancelledError:
+                events.append("cleanup cancelled")
+                raise
+            finally:
+                events.append("finally")
+
+    async def fn(x: int) -> int:
+        await asyncio.Event().wait()
+        return x
+
+    items = source()
+    task = asyncio.create_task(fanout(items, fn, max_concurrent=1, read_ahead=1))
+    try:
+        await settle(10)
+        task.cancel()
+        await settle(20)
+        assert cleaning.is_set()
+        assert not task.done()  # fanout waits for the input's cleanup
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert events == ["cleanup cancelled", "finally"]
+    finally:
+        release.set()  # never leave the input's cleanup waiting on the way out
+
+
+class _Numbers:
+    """An async iterator over 0..n-1 (without aclose) that fails at ``fail_at``."""
+
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        self.n = n
+        self.fail_at = fail_at
+        self.next = 0
+
+    def __aiter__(self) -> _Numbers:
+        return self
+
+    async def __anext__(self) -> int:
+        i = self.next
+        if i == self.fail_at:
+            raise RuntimeError("input broke")
+        if i >= self.n:
+            raise StopAsyncIteration
+        self.next = i + 1
+        return i
+
+
+class _Closable(_Numbers):
+    """``_Numbers`` with an ``aclose()`` that counts its calls."""
+
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        super().__init__(n, fail_at)
+        self.closes = 0
+
+    async def aclose(self) -> None:
+        self.closes += 1
+
+
+async def test_async_input_is_closed_once_and_only_when_stopped_early() -> None:
+    """aclose() runs once for an input stopped early, never for one that ended by itself."""
+    events: list[str] = []
+    outcomes = await fanout(_numbers(events, 5), settle_and_return, max_concurrent=2)
+    assert [o.value for o in outcomes] == [0, 1, 2, 3, 4]
+    assert events == ["finally"]
+
+    exhausted = _Closable(5)
+    outcomes = await fanout(exhausted, settle_and_return, max_concurrent=2)
+    assert [o.value for o in outcomes] == [0, 1, 2, 3, 4]
+
+    broken = _Closable(5, fail_at=2)
+    with pytest.raises(RuntimeError, match=r"^input broke$"):
+        await fanout(broken, settle_and_return, max_concurrent=2)
+
+    stopped = _Closable(1000)
+    outcomes = await fanout(stopped, fail_at_one, max_concurrent=1, read_ahead=1, fail_fast=True)
+    assert str(outcomes[1].error) == "item 1 failed"
+    assert (exhausted.closes, broken.closes, stopped.closes) == (0, 0, 1)
+
+    unclosable = _Numbers(1000)  # no aclose(): stopping early leaves it as it is
+    outcomes = await fanout(unclosable, fail_at_one, max_concurrent=1, read_ahead=1, fail_fast=True)
+    assert str(outcomes[1].error) == "item 1 failed"
+
+
+class _Fatal(BaseException):
+    """An error that is not an item's (like KeyboardInterrupt): fanout raises it."""
+
+
+@pytest.mark.parametrize("ending", ["fail_fast", "fatal"])
+async def test_input_aclose_error_is_reported_and_the_outcome_kept(ending: str) -> None:
+    """An error from the input's aclose() goes to the loop's exception handler; fanout's
+    results, or its own error, stay what they were."""
+    broken_close = OSError("connection reset while closing")
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            for i in range(1000):
+                yield i
+        finally:
+            raise broken_close
+
+    fatal = _Fatal("stop everything")
+
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0)
+        if x == 1:
+            raise ValueError("item 1 failed") if ending == "fail_fast" else fatal
+        return x
+
+    contexts: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    try:
+        items = source()
+        if ending == "fail_fast":
+            outcomes = await fanout(items, fn, max_concurrent=1, read_ahead=1, fail_fast=True)
+            assert [o.value for o in outcomes[:1]] == [0]
+            assert str(outcomes[1].error) == "item 1 failed"
+            assert all(o.cancelled for o in outcomes[2:])
+        else:
+            with pytest.raises(_Fatal) as info:
+                await fanout(items, fn, max_concurrent=1, read_ahead=1)
+            assert info.value is fatal
+    finally:
+        loop.set_exception_handler(previous)
+    assert contexts == [
+        {
+            "message": "fanout's async input raised an error in aclose()",
+            "exception": broken_close,
+            "input": items,
+        }
+    ]

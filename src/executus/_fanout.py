@@ -30,6 +30,9 @@ Invariants (checked by the tests that record concurrency):
 3. Every item read gets exactly one ``Outcome`` (ok, failed or cancelled), unless the
    caller abandons the swarm (cancels ``fanout`` or closes ``fanout_iter``).
 4. When ``fanout``/``fanout_iter`` returns or raises, no task it started is left.
+5. An async input the swarm stopped reading before it ended is closed (``aclose()``,
+   as ``async for`` inside ``contextlib.aclosing`` would) by then too, once its reader
+   has ended; an input that ended by itself (exhausted, or it raised) is left alone.
 """
 
 from __future__ import annotations
@@ -481,7 +484,8 @@ class _Swarm(Generic[T, R]):
         else:
             raise TypeError(f"items must be an iterable or an async iterable, got {items!r}")
         self._index = 0
-        self._exhausted = False
+        self._exhausted = False  # nothing more will be read (the reader has ended)
+        self._input_ended = False  # the async input ended by itself: no aclose() needed
 
         # Scheduling state.
         self._keys: dict[Hashable, _KeyState] = {}
@@ -985,7 +989,15 @@ class _Swarm(Generic[T, R]):
                 try:
                     item = await anext(ait)
                 except StopAsyncIteration:
+                    self._input_ended = True
                     break
+                except BaseException as exc:
+                    # The input raised, so it is finished; unless what came out of it is
+                    # this task's own cancellation passing through (aclose() closes it).
+                    self._input_ended = not (
+                        isinstance(exc, asyncio.CancelledError) and _cancelling()
+                    )
+                    raise
                 if self._stopping:
                     return
                 self._read_one(item)
@@ -1034,7 +1046,12 @@ class _Swarm(Generic[T, R]):
         await self._finished
 
     async def aclose(self) -> None:
-        """Cancel every task still running and wait until all have ended."""
+        """Cancel every task still running and wait until all have ended; then close an
+        async input the swarm stopped reading before it ended.
+
+        Cancelled while cleaning up: finish cleaning (passing the cancel on to what is
+        still running), then raise ``CancelledError``.
+        """
         self._stopping = True
         self._wake_all()
         if self._out_space is not None and not self._out_space.done():
@@ -1042,17 +1059,48 @@ class _Swarm(Generic[T, R]):
         pending = set(self._tasks)
         for task in pending:
             task.cancel()
-        cancelled_again = False
-        while pending:
-            try:
-                _, pending = await asyncio.wait(pending)
-            except asyncio.CancelledError:
-                # Cancelled while cleaning up: finish cleaning, then re-raise.
+        cancelled_again = await _wait_ended(pending)
+        # The reader has ended, so the input is not running: it can be closed. Once only:
+        # the flag is set before the first await. aclose() runs in a task of its own so
+        # that a cancel of this task (asyncio.wait raising) is told apart from a
+        # CancelledError that aclose() raises by itself; Task.cancelling() cannot tell,
+        # as the caller of fanout may be cancelled already.
+        ait = self._ait
+        aclose = getattr(ait, "aclose", None)
+        if ait is not None and not self._input_ended and aclose is not None:
+            self._input_ended = True
+            assert self._loop is not None
+            closing = self._loop.create_task(self._close_input(ait, aclose))
+            if await _wait_ended({closing}):
                 cancelled_again = True
-                for task in pending:
-                    task.cancel()
         if cancelled_again:
             raise asyncio.CancelledError
+
+    async def _close_input(self, ait: object, aclose: Callable[[], Awaitable[object]]) -> None:
+        """Await the input's ``aclose()``; report what it raises instead of raising it.
+
+        The swarm's own outcome (its results, or its fatal error) stays the outcome of
+        ``fanout``: a failure to close the input is reported to the loop's exception
+        handler, as asyncio does for async generators it fails to close at shutdown.
+        """
+        try:
+            await aclose()
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise  # the caller was cancelled again: aclose() ended with that cancel
+            self._report_close_error(ait, exc)  # aclose() raised it by itself
+        except Exception as exc:
+            self._report_close_error(ait, exc)
+
+    def _report_close_error(self, ait: object, exc: BaseException) -> None:
+        assert self._loop is not None
+        self._loop.call_exception_handler(
+            {
+                "message": "fanout's async input raised an error in aclose()",
+                "exception": exc,
+                "input": ait,
+            }
+        )
 
     def finish_progress(self) -> None:
         if self._ticker_task is not None:
@@ -1068,6 +1116,24 @@ def _cancelling() -> bool:
     ``CancelledError`` raised by the code it awaited)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def _wait_ended(pending: set[asyncio.Task[None]]) -> bool:
+    """Wait until every task in ``pending`` has ended, even if cancelled meanwhile.
+
+    A cancel of the waiting task is passed on to the tasks still running rather than
+    cutting the wait short. Returns True when such a cancel arrived (the caller raises
+    ``CancelledError`` once its own cleanup is done).
+    """
+    cancelled = False
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            cancelled = True
+            for task in pending:
+                task.cancel()
+    return cancelled
 
 
 async def _end_job(handle: JobHandle[Any]) -> None:
@@ -1112,7 +1178,10 @@ async def fanout(
     propagate: each item's ``Outcome`` holds its value or its error.
 
     Args:
-        items: an iterable or an async iterable of items.
+        items: an iterable or an async iterable of items. An async input that the swarm
+            stops reading before it ends (``fail_fast``, an error, the caller cancelled)
+            is closed with its ``aclose()``, if it has one, before ``fanout`` returns or
+            raises; an error from ``aclose()`` goes to the loop's exception handler.
         fn: called as ``fn(item)``; must return an awaitable (an ``async def``).
         key: ``key(item)`` gives the item's key (hashable); None puts every item under
             the key None.
@@ -1222,8 +1291,9 @@ def fanout_iter(
     With ``fail_fast``, unread items of a sized input are not reported (reading stops).
 
     Leaving the loop early (``break``, an exception) stops the swarm: its items are
-    cancelled and its tasks end. Use ``contextlib.aclosing`` to have that happen at once
-    rather than when the generator is collected.
+    cancelled, its tasks end and an async input not read to its end is closed (as with
+    ``fanout``). Use ``contextlib.aclosing`` to have that happen at once rather than when
+    the generator is collected.
 
     Yields:
         Outcomes in completion order (``outcome.index`` is the input position).
