@@ -97,7 +97,7 @@ def test_mapping_source_refuses_colliding_keys() -> None:
     """Two spellings of one key in a mapping are an error naming both."""
     with pytest.raises(ConfigError) as e:
         MappingSource({"a_b": 1, "a": {"b": 2}})
-    assert str(e.value) == "config keys 'a_b' and 'a.b' both mean 'A_B'"
+    assert str(e.value) == "config keys 'a_b' and 'a.b' both mean 'A_B' in mapping"
 
 
 def test_toml_source_reads_tables(tmp_path: Path) -> None:
@@ -389,21 +389,23 @@ def test_field_suffixes_resolve_longest_first() -> None:
         ),
         (
             {"LANE_A_WEIGHTS": "alice=3"},
-            "config key 'LANE_A_WEIGHTS' applies only to policy 'fair_share', but "
-            "'LANE_A_POLICY' is not set",
+            "config key 'LANE_A_WEIGHTS' ($EXECUTUS_LANE_A_WEIGHTS) applies only to policy "
+            "'fair_share', but 'LANE_A_POLICY' is not set",
         ),
         (
             {"LANE_A_POLICY": "fifo", "LANE_A_AGING": "10s"},
-            "config key 'LANE_A_AGING' applies only to policy 'priority', but "
-            "'LANE_A_POLICY' is 'fifo'",
+            "config key 'LANE_A_AGING' ($EXECUTUS_LANE_A_AGING) applies only to policy "
+            "'priority', but 'LANE_A_POLICY' is 'fifo'",
         ),
         (
             {"LANE_A_PREEMPT": "false", "LANE_A_PREEMPT_GRACE": "1s"},
-            "config key 'LANE_A_PREEMPT_GRACE' is set but 'LANE_A_PREEMPT' is false",
+            "config key 'LANE_A_PREEMPT_GRACE' ($EXECUTUS_LANE_A_PREEMPT_GRACE) is set but "
+            "'LANE_A_PREEMPT' is false",
         ),
         (
             {"LANE_A_LEASE": "10s"},
-            "config key 'LANE_A_LEASE' applies only to Redis lanes, and REDIS_URL is not set",
+            "config key 'LANE_A_LEASE' ($EXECUTUS_LANE_A_LEASE) applies only to Redis lanes, "
+            "and REDIS_URL is not set",
         ),
     ],
 )
@@ -430,7 +432,8 @@ def test_redis_url_without_redis_backend_is_a_clear_error(
     with pytest.raises(ConfigError) as e:
         Lanes(env(REDIS_URL="redis://127.0.0.1:1/0"))
     assert str(e.value).startswith(
-        "REDIS_URL is set, but Redis lanes are unavailable: cannot import executus.redis ("
+        "REDIS_URL ($EXECUTUS_REDIS_URL) is set, but Redis lanes are unavailable: cannot "
+        "import executus.redis ("
     )
     assert str(e.value).endswith("); install executus[redis] or unset REDIS_URL")
     assert e.value.key == "REDIS_URL"

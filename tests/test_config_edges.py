@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -344,6 +348,227 @@ def test_an_unknown_blank_setting_in_a_chain_names_its_variable() -> None:
         "unknown lane setting 'LANE_A_MAX_CONCURENT' ($EXECUTUS_LANE_A_MAX_CONCURENT); "
         f"a lane setting is LANE_<NAME>_<SETTING> with SETTING one of {_FIELDS}"
     )
+
+
+# -- where a conflicting setting is set -----------------------------------------------------------
+
+_CONFLICTS = pytest.mark.parametrize(
+    ("settings", "key", "problem"),
+    [
+        (
+            {"weights": "alice=3"},
+            "LANE_A_WEIGHTS",
+            "applies only to policy 'fair_share', but 'LANE_A_POLICY' is not set",
+        ),
+        (
+            {"policy": "priority", "default_weight": "2"},
+            "LANE_A_DEFAULT_WEIGHT",
+            "applies only to policy 'fair_share', but 'LANE_A_POLICY' is 'priority'",
+        ),
+        (
+            {"policy": "fifo", "aging": "10s"},
+            "LANE_A_AGING",
+            "applies only to policy 'priority', but 'LANE_A_POLICY' is 'fifo'",
+        ),
+        (
+            {"preempt": "false", "preempt_min_runtime": "1s"},
+            "LANE_A_PREEMPT_MIN_RUNTIME",
+            "is set but 'LANE_A_PREEMPT' is false",
+        ),
+        (
+            {"preempt": "off", "preempt_grace": "1s"},
+            "LANE_A_PREEMPT_GRACE",
+            "is set but 'LANE_A_PREEMPT' is false",
+        ),
+        (
+            {"preempt": "no", "preempt_requeue": "yes"},
+            "LANE_A_PREEMPT_REQUEUE",
+            "is set but 'LANE_A_PREEMPT' is false",
+        ),
+        (
+            {"lease": "10s"},
+            "LANE_A_LEASE",
+            "applies only to Redis lanes, and REDIS_URL is not set",
+        ),
+    ],
+    ids=[
+        "weights",
+        "default-weight",
+        "aging",
+        "preempt-min-runtime",
+        "preempt-grace",
+        "preempt-requeue",
+        "lease",
+    ],
+)
+
+
+@_CONFLICTS
+def test_a_conflicting_lane_setting_names_its_variable(
+    settings: dict[str, str], key: str, problem: str
+) -> None:
+    """A lane setting that another setting rules out names the variable that sets it."""
+    src = EnvSource(environ={f"EXECUTUS_LANE_A_{k.upper()}": v for k, v in settings.items()})
+    message = f"config key {key!r} ($EXECUTUS_{key}) {problem}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$") as e:
+        Lanes(src)
+    assert e.value.key == key
+
+
+@_CONFLICTS
+def test_a_conflicting_lane_setting_names_its_path_in_the_file(
+    tmp_path: Path, settings: dict[str, str], key: str, problem: str
+) -> None:
+    """A lane setting that another setting rules out names its path in the TOML file."""
+    path = tmp_path / "bot.toml"
+    path.write_text("[lanes.a]\n" + "".join(f'{k} = "{v}"\n' for k, v in settings.items()))
+    where = f"lanes.a.{key.removeprefix('LANE_A_').lower()} in {path}"
+    message = f"config key {key!r} ({where}) {problem}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$") as e:
+        Lanes(TomlSource(path))
+    assert e.value.key == key
+
+
+def test_a_conflicting_setting_in_a_chain_names_the_source_that_sets_it(tmp_path: Path) -> None:
+    """PREEMPT=false in the environment and a grace in the file: the file's grace is named."""
+    path = tmp_path / "bot.toml"
+    path.write_text('[lanes.a]\npreempt_grace = "5s"\n')
+    src = ChainSource(EnvSource(environ={"EXECUTUS_LANE_A_PREEMPT": "false"}), TomlSource(path))
+    message = (
+        f"config key 'LANE_A_PREEMPT_GRACE' (lanes.a.preempt_grace in {path}) is set but "
+        "'LANE_A_PREEMPT' is false"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Lanes(src)
+
+
+def test_a_conflicting_setting_from_a_get_only_source_quotes_the_key() -> None:
+    """A source without where() is named by the key, as the typed helpers do."""
+    lanes = Lanes(DictSource({"LANE_A_LEASE": "10s"}))
+    with pytest.raises(
+        ConfigError,
+        match=(
+            r"^config key 'LANE_A_LEASE' \('LANE_A_LEASE'\) applies only to Redis lanes, "
+            r"and REDIS_URL is not set$"
+        ),
+    ):
+        lanes.get("a")
+
+
+def test_redis_cluster_without_a_url_names_its_path_in_the_file(tmp_path: Path) -> None:
+    """redis_cluster in a file without redis_url names its path, like the environment's."""
+    path = tmp_path / "bot.toml"
+    path.write_text("redis_cluster = true\n")
+    message = (
+        f"config key 'REDIS_CLUSTER' (redis_cluster in {path}) applies only to Redis lanes, "
+        "and REDIS_URL is not set (got 'true')"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Lanes(TomlSource(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "first", "second", "key"),
+    [
+        ("a_b = 1\n[a]\nb = 2\n", "a_b", "a.b", "A_B"),
+        (
+            '[lanes.x]\nmax_concurrent = 1\n"max-concurrent" = 2\n',
+            "lanes.x.max_concurrent",
+            "lanes.x.max-concurrent",
+            "LANE_X_MAX_CONCURRENT",
+        ),
+    ],
+    ids=["top-level", "lane-table"],
+)
+def test_colliding_keys_in_a_toml_file_name_the_file(
+    tmp_path: Path, text: str, first: str, second: str, key: str
+) -> None:
+    """Two spellings of one key in a TOML file are refused naming both and the file."""
+    path = tmp_path / "bot.toml"
+    path.write_text(text)
+    message = f"config keys {first!r} and {second!r} both mean {key!r} in {path}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$") as e:
+        TomlSource(path)
+    assert e.value.key == key
+
+
+def test_colliding_keys_in_a_named_mapping_name_the_mapping() -> None:
+    """Two spellings of one key in a mapping are refused naming the mapping."""
+    with pytest.raises(
+        ConfigError, match=r"^config keys 'a_b' and 'a\.b' both mean 'A_B' in defaults$"
+    ):
+        MappingSource({"a_b": 1, "a": {"b": 2}}, name="defaults")
+
+
+def test_colliding_keys_on_toml_reload_name_the_file(tmp_path: Path) -> None:
+    """A collision written into the file before reload() is refused naming the file."""
+    path = tmp_path / "bot.toml"
+    path.write_text("a_b = 1\n")
+    src = TomlSource(path)
+    path.write_text("a_b = 1\n[a]\nb = 2\n")
+    message = f"config keys 'a_b' and 'a.b' both mean 'A_B' in {path}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        src.reload()
+    assert src.get("A_B") == "1"
+
+
+@pytest.fixture
+def without_redis(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make ``import executus.redis`` fail; returns the ImportError's text."""
+    monkeypatch.setitem(sys.modules, "executus.redis", None)
+    with pytest.raises(ImportError) as e:
+        importlib.import_module("executus.redis")
+    return str(e.value)
+
+
+def _unavailable(where: str, reason: str) -> str:
+    return (
+        f"REDIS_URL ({where}) is set, but Redis lanes are unavailable: cannot import "
+        f"executus.redis ({reason}); install executus[redis] or unset REDIS_URL"
+    )
+
+
+def test_redis_url_without_the_backend_names_its_variable(without_redis: str) -> None:
+    """REDIS_URL from the environment without executus.redis names $EXECUTUS_REDIS_URL."""
+    src = EnvSource(environ={"EXECUTUS_REDIS_URL": "redis://127.0.0.1:1/0"})
+    message = _unavailable("$EXECUTUS_REDIS_URL", without_redis)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$") as e:
+        Lanes(src)
+    assert e.value.key == "REDIS_URL"
+
+
+def test_redis_url_without_the_backend_names_its_path_in_the_file(
+    tmp_path: Path, without_redis: str
+) -> None:
+    """redis_url in a TOML file without executus.redis names the file."""
+    path = tmp_path / "bot.toml"
+    path.write_text('redis_url = "redis://127.0.0.1:1/0"\n')
+    message = _unavailable(f"redis_url in {path}", without_redis)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Lanes(TomlSource(path))
+
+
+@pytest.mark.parametrize("in_file", [False, True], ids=["env", "toml"])
+def test_redis_url_with_a_backend_lacking_redis_lane_names_where_it_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_file: bool
+) -> None:
+    """An executus.redis without RedisLane is refused naming where REDIS_URL is set."""
+    monkeypatch.setitem(sys.modules, "executus.redis", ModuleType("executus.redis"))
+    url = "redis://127.0.0.1:1/0"
+    path = tmp_path / "bot.toml"
+    path.write_text(f'redis_url = "{url}"\n')
+    if in_file:
+        src: Source = TomlSource(path)
+        where = f"redis_url in {path}"
+    else:
+        src = EnvSource(environ={"EXECUTUS_REDIS_URL": url})
+        where = "$EXECUTUS_REDIS_URL"
+    message = (
+        f"REDIS_URL ({where}) is set, but executus.redis has no RedisLane; "
+        "install executus[redis] or unset REDIS_URL"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Lanes(src)
 
 
 # -- reload: all or nothing ---------------------------------------------------------------------

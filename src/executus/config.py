@@ -277,7 +277,7 @@ def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str,
     def put(flat: str, value: object, path: str) -> None:
         if flat in out:
             raise ConfigError(
-                f"config keys {out[flat].path!r} and {path!r} both mean {flat!r}",
+                f"config keys {out[flat].path!r} and {path!r} both mean {flat!r} in {source_name}",
                 key=flat,
             )
         array = list(value) if isinstance(value, list | tuple) else None
@@ -934,8 +934,8 @@ def _read_lane(source: Source, token: str, *, redis: bool) -> LaneSettings:
         if value is not None and policy != wanted:
             got = "is not set" if policy is None else f"is {policy!r}"
             raise ConfigError(
-                f"config key {key(suffix)!r} applies only to policy {wanted!r}, "
-                f"but {key('POLICY')!r} {got}",
+                f"config key {key(suffix)!r} ({_where(source, key(suffix))}) applies only "
+                f"to policy {wanted!r}, but {key('POLICY')!r} {got}",
                 key=key(suffix),
             )
 
@@ -951,7 +951,8 @@ def _read_lane(source: Source, token: str, *, redis: bool) -> LaneSettings:
         ):
             if value is not None:
                 raise ConfigError(
-                    f"config key {key(suffix)!r} is set but {key('PREEMPT')!r} is false",
+                    f"config key {key(suffix)!r} ({_where(source, key(suffix))}) is set but "
+                    f"{key('PREEMPT')!r} is false",
                     key=key(suffix),
                 )
 
@@ -959,7 +960,8 @@ def _read_lane(source: Source, token: str, *, redis: bool) -> LaneSettings:
     at_least("LEASE", lease, 0, strict=True)
     if lease is not None and not redis:
         raise ConfigError(
-            f"config key {key('LEASE')!r} applies only to Redis lanes, and REDIS_URL is not set",
+            f"config key {key('LEASE')!r} ({_where(source, key('LEASE'))}) applies only to "
+            "Redis lanes, and REDIS_URL is not set",
             key=key("LEASE"),
         )
 
@@ -1209,7 +1211,7 @@ class Lanes:
                 value=raw,
             )
         if redis_url is not None:
-            self._redis_lane_class()  # fail at load when executus.redis is missing
+            self._redis_lane_class(source)  # fail at load when executus.redis is missing
         configured = _configured_tokens(source)
         lanes = {}
         # Live lanes are re-read too: a source without keys() may set them unlisted.
@@ -1220,19 +1222,21 @@ class Lanes:
         return _Snapshot(redis_url, namespace, bool(cluster), lanes)
 
     @staticmethod
-    def _redis_lane_class() -> Any:
+    def _redis_lane_class(source: Source | None) -> Any:
+        """``executus.redis.RedisLane``; errors name where ``source`` sets REDIS_URL."""
+        where = repr("REDIS_URL") if source is None else _where(source, "REDIS_URL")
         try:
             module = importlib.import_module(_REDIS_MODULE)
         except ImportError as e:
             raise ConfigError(
-                f"REDIS_URL is set, but Redis lanes are unavailable: cannot import "
+                f"REDIS_URL ({where}) is set, but Redis lanes are unavailable: cannot import "
                 f"{_REDIS_MODULE} ({e}); install executus[redis] or unset REDIS_URL",
                 key="REDIS_URL",
             ) from e
         cls = getattr(module, "RedisLane", None)
         if cls is None:
             raise ConfigError(
-                f"REDIS_URL is set, but {_REDIS_MODULE} has no RedisLane; "
+                f"REDIS_URL ({where}) is set, but {_REDIS_MODULE} has no RedisLane; "
                 "install executus[redis] or unset REDIS_URL",
                 key="REDIS_URL",
             )
@@ -1357,7 +1361,7 @@ class Lanes:
                 eta_window=eff.eta_window,
                 **kwargs,
             )
-        cls = self._redis_lane_class()
+        cls = self._redis_lane_class(self.source)
         kwargs = {"policy": eff.policy, "preemption": eff.preemption}
         if eff.lease is not None:
             kwargs["lease"] = eff.lease
