@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from executus import JobState, LaneUnavailable, current_job
+from executus import JobState, LaneUnavailable, Preemption, current_job
 from executus.redis import RedisLane
 
 from .helpers import Interval, RedisServer, TcpProxy, max_overlap
@@ -247,6 +247,44 @@ async def test_redis_restart_without_persistence(
     assert sorted(started) == sorted(set(started))  # each started once
     # granted (fences increase) in the original arrival order, across both clients
     assert sorted(started, key=fences.__getitem__) == ["run0", "run1", "q0", "q1", "q2", "q3"]
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_a_job_reregistered_after_a_restart_is_requeued_and_runs_again(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    """A job running across a Redis restart (re-registered by its client) that is then
+    preempted with requeue is granted again and runs again, as before the restart."""
+    pre = Preemption(min_runtime=0, grace=0, requeue=True)
+    a = RedisLane("lane", private_redis.url, 1, namespace=namespace, lease=2.0, preemption=pre)
+    b = RedisLane("lane", private_redis.url, namespace=namespace, lease=2.0)
+    runs: list[int] = []
+
+    async def victim() -> str:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            await asyncio.Event().wait()  # runs until preempted
+        return "again"
+
+    handle = await a.submit(victim, preemptible=True)
+    await until(lambda: runs == [0])
+    old_epoch = a._epoch
+    await asyncio.to_thread(private_redis.restart)
+    await until(lambda: a._epoch != old_epoch)
+    assert (await a.stats()).running == 1  # re-registered
+    # New grants (and preemptions) wait until every client could re-register.
+    admin = aioredis.Redis.from_url(private_redis.url)
+    rec = int(await admin.hget(f"{{{namespace}:lane}}:cfg", "rec") or 0)
+    async with asyncio.timeout(10):
+        while (await admin.time())[0] * 1000 <= rec:  # noqa: ASYNC110 - the server's clock
+            await asyncio.sleep(0.05)
+    await admin.aclose()
+    urgent = await b.submit(lambda: asyncio.sleep(0, "urgent"), priority=1)
+    async with asyncio.timeout(10):
+        assert await urgent == "urgent"
+        assert await handle == "again"
+    assert (runs, handle.preemptions) == ([0, 1], 1)
     await a.aclose()
     await b.aclose()
 

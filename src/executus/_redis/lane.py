@@ -742,6 +742,7 @@ class RedisLane(LaneBase):
                 str(r.seq or 0),
                 _ms(now - (job._t_start or now)),
                 _ms(now - job._t_submit),
+                r.nonce,  # a requeue of it is granted by this nonce again
             ]
         queued = sorted(
             (r for r in self._jobs.values() if r.handle._state is _QUEUED and r.seq is not None),
@@ -1057,9 +1058,10 @@ class RedisLane(LaneBase):
 
     def _granted(self, job_id: str, fence: str, nonce: str) -> None:
         rec = self._jobs.get(job_id)
-        if rec is not None and rec.nonce != nonce:
+        if rec is not None and nonce and rec.nonce != nonce:
             # The grant of an earlier submit with this id (its reply was lost, and the
-            # id was submitted again): not this job's. Hand that slot back (fenced).
+            # id was submitted again): not this job's. Hand that slot back (fenced). (A
+            # job another client re-registered after a restart has no nonce.)
             self._chore(self._release(job_id, fence, "cancel"))
             return
         if rec is None or rec.handle._state is not _QUEUED or self._closing_hard():

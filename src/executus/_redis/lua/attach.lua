@@ -5,7 +5,8 @@
 --   n_weights, n_weights pairs (key, weight),
 --   preemption ('' adopts | 0 | 1), min_runtime_ms, grace_ms, requeue (0/1),
 --   eta window ('' adopts), fence floor, n_running,
---   n_running x (id, fence, ek, priority, preemptible, seq, run_age_ms, sub_age_ms),
+--   n_running x (id, fence, ek, priority, preemptible, seq, run_age_ms, sub_age_ms,
+--   nonce),
 --   then queued x (id, ek, priority, preemptible, seq, sub_age_ms, nonce).
 -- Reply: {'OK', epoch, {max, pol, aging, dw, pon, pmin, pgrace, preq, win}, {grants}}
 --      | {'POLICY', stored policy}
@@ -61,7 +62,7 @@ if known ~= C.epoch then
       redis.call('HSET', jk(id), 'o', proc, 'ek', ARGV[i + 2], 'p', ARGV[i + 3],
         'x', ARGV[i + 4], 's', ARGV[i + 5], 'sub', I(now - tonumber(ARGV[i + 7])),
         'l', I(lease), 'm', string.format('%016d', seq) .. id, 'qs', '0', 'state', 'r',
-        'f', ARGV[i + 1], 'st', I(now - tonumber(ARGV[i + 6])), 'nc', '')
+        'f', ARGV[i + 1], 'st', I(now - tonumber(ARGV[i + 6])), 'nc', ARGV[i + 8])
       redis.call('ZADD', HOLD, now + lease, id)
       redis.call('SADD', pjk(proc), id)
       if tonumber(ARGV[i + 1]) > (tonumber(redis.call('HGET', CFG, 'fence')) or 0) then
@@ -71,7 +72,7 @@ if known ~= C.epoch then
         redis.call('HSET', CFG, 'seq', I(seq))
       end
     end
-    i = i + 8
+    i = i + 9
   end
   while i + 6 <= #ARGV do
     local id = ARGV[i]
