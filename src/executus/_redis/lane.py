@@ -1060,8 +1060,8 @@ class RedisLane(LaneBase):
         rec = self._jobs.get(job_id)
         if rec is not None and nonce and rec.nonce != nonce:
             # The grant of an earlier submit with this id (its reply was lost, and the
-            # id was submitted again): not this job's. Hand that slot back (fenced). (A
-            # job another client re-registered after a restart has no nonce.)
+            # id was submitted again): not this job's. Hand that slot back (fenced). A
+            # grant that names no nonce is not checked.
             self._chore(self._release(job_id, fence, "cancel"))
             return
         if rec is None or rec.handle._state is not _QUEUED or self._closing_hard():
@@ -1497,7 +1497,8 @@ class RedisLane(LaneBase):
             # right here (cancelling the task would also hit the caller of a slot()
             # body that leaves without another await).
             self._stop_grace(rec)
-            rec.cause = _CANCEL
+            if rec.cause is None:  # a lost lease or a close keeps its own outcome
+                rec.cause = _CANCEL
             raise asyncio.CancelledError
         self._cancel_task(rec, _CANCEL)
         with contextlib.suppress(Exception):
