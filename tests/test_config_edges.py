@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -693,3 +694,204 @@ async def test_reload_refuses_a_limit_a_redis_lane_cannot_store(
         assert lanes.settings("a").max_concurrent == 2
     finally:
         await lanes.aclose()
+
+
+# -- review: plain floats, reloads cancelled or failing midway ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(1e16, "10000000000000000.0"), (1.2345678901234568e17, "123456789012345680.0")],
+)
+def test_a_large_float_reads_as_a_float_not_an_integer(value: float, text: str) -> None:
+    """A float written without its exponent keeps a point, so get_int refuses it as it does 2.0."""
+    src = MappingSource({"n": value}, name="defaults")
+    assert (src.get("N"), get_float(src, "N")) == (text, value)
+    with pytest.raises(
+        ConfigError,
+        match=rf"^config key 'N' \(n in defaults\): expected an integer, got '{re.escape(text)}'$",
+    ):
+        get_int(src, "N")
+
+
+def test_a_lane_limit_written_as_a_large_float_is_refused(tmp_path: Path) -> None:
+    """max_concurrent = 1e16 in a file is a float, not the integer 10**16."""
+    path = tmp_path / "bot.toml"
+    path.write_text("[lanes.a]\nmax_concurrent = 1e16\n")
+    message = (
+        f"config key 'LANE_A_MAX_CONCURRENT' (lanes.a.max_concurrent in {path}): expected an "
+        "integer, got '10000000000000000.0'"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Lanes(TomlSource(path))
+
+
+class Stall:
+    """Makes a lane's ``set_max_concurrent`` make its change, then wait (as a RedisLane
+    awaits its reply) on the calls given a value in ``stall_on``."""
+
+    def __init__(self, lane: Any, *stall_on: int) -> None:
+        self.lane, self.stall_on = lane, set(stall_on)
+        self.real = lane.set_max_concurrent
+        self.stalled = asyncio.Event()
+        self.release = asyncio.Event()
+        lane.set_max_concurrent = self
+
+    async def __call__(self, n: int) -> None:
+        await self.real(n)
+        if n in self.stall_on:
+            self.stall_on.discard(n)
+            self.stalled.set()
+            await self.release.wait()
+
+
+async def test_a_reload_cancelled_midway_puts_back_the_lane_it_was_changing(
+    tmp_path: Path,
+) -> None:
+    """Cancelling reload while a lane takes its new limit puts back that lane and earlier ones."""
+    path = tmp_path / "bot.toml"
+    path.write_text("[lanes.a]\nmax_concurrent = 2\n[lanes.b]\nmax_concurrent = 2\n")
+    src = TomlSource(path)
+    lanes = Lanes(src)
+    a, b = lanes.get("a"), lanes.get("b")
+    stall = Stall(b, 5)
+    path.write_text("[lanes.a]\nmax_concurrent = 3\n[lanes.b]\nmax_concurrent = 5\n")
+    reload = asyncio.create_task(lanes.reload())
+    await stall.stalled.wait()
+    reload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reload
+    assert (a.max_concurrent, b.max_concurrent) == (2, 2)
+    assert (src.get("LANE_B_MAX_CONCURRENT"), lanes.settings("b").max_concurrent) == ("2", 2)
+    assert await lanes.reload() == ReloadResult(
+        applied=(("a", "max_concurrent"), ("b", "max_concurrent"))
+    )
+    assert (a.max_concurrent, b.max_concurrent) == (3, 5)
+    await lanes.aclose()
+
+
+async def test_a_reload_cancelled_again_while_putting_back_still_puts_back_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second cancellation during the put-back stops one lane's, not the earlier lanes'."""
+    path = tmp_path / "bot.toml"
+    path.write_text("[lanes.a]\nmax_concurrent = 2\n[lanes.b]\nmax_concurrent = 2\n")
+    lanes = Lanes(TomlSource(path))
+    a, b, c = lanes.get("a"), lanes.get("b"), lanes.get("c")
+    stall = Stall(b, 2)  # b's put-back waits
+
+    async def unreachable(n: int) -> None:
+        raise RuntimeError("backend unreachable")
+
+    monkeypatch.setattr(c, "set_max_concurrent", unreachable)
+    path.write_text(
+        "[lanes.a]\nmax_concurrent = 3\n[lanes.b]\nmax_concurrent = 5\n"
+        "[lanes.c]\nmax_concurrent = 4\n"
+    )
+    reload = asyncio.create_task(lanes.reload())
+    await stall.stalled.wait()
+    reload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reload
+    assert (a.max_concurrent, c.max_concurrent) == (2, 1)
+    await lanes.aclose()
+
+
+async def test_a_failed_reload_puts_back_what_the_lane_itself_was_set_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit and preemption set on a lane at run time are what a failed reload puts back."""
+    path = tmp_path / "bot.toml"
+    path.write_text("[lanes.a]\nmax_concurrent = 2\n[lanes.b]\nmax_concurrent = 2\n")
+    lanes = Lanes(TomlSource(path))
+    a, b = lanes.get("a"), lanes.get("b")
+    await a.set_max_concurrent(7)
+    await a.set_preemption(Preemption(grace=2))
+
+    async def unreachable(n: int) -> None:
+        raise RuntimeError("backend unreachable")
+
+    monkeypatch.setattr(b, "set_max_concurrent", unreachable)
+    path.write_text(
+        "[lanes.a]\nmax_concurrent = 3\npreempt_grace = 1\n[lanes.b]\nmax_concurrent = 5\n"
+    )
+    with pytest.raises(RuntimeError, match=r"^backend unreachable$"):
+        await lanes.reload()
+    assert (a.max_concurrent, a.preemption) == (7, Preemption(grace=2))
+    await lanes.aclose()
+
+
+async def test_a_lane_built_during_a_failed_reload_gets_the_kept_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane get() builds while reload awaits ends with the config kept when the reload fails."""
+    path = tmp_path / "bot.toml"
+    path.write_text(
+        "[lanes.a]\nmax_concurrent = 2\n[lanes.b]\nmax_concurrent = 2\n"
+        "[lanes.c]\nmax_concurrent = 2\n"
+    )
+    lanes = Lanes(TomlSource(path))
+    a, b = lanes.get("a"), lanes.get("b")
+    stall = Stall(a, 3)
+
+    async def unreachable(n: int) -> None:
+        raise RuntimeError("backend unreachable")
+
+    monkeypatch.setattr(b, "set_max_concurrent", unreachable)
+    path.write_text(
+        "[lanes.a]\nmax_concurrent = 3\n[lanes.b]\nmax_concurrent = 5\n"
+        "[lanes.c]\nmax_concurrent = 4\npreempt_grace = 1\n"
+    )
+    reload = asyncio.create_task(lanes.reload())
+    await stall.stalled.wait()
+    c = lanes.get("c")
+    stall.release.set()
+    with pytest.raises(RuntimeError, match=r"^backend unreachable$"):
+        await reload
+    assert (a.max_concurrent, c.max_concurrent, c.preemption) == (2, 2, None)
+    monkeypatch.undo()
+    assert await lanes.reload() == ReloadResult(
+        applied=(
+            ("a", "max_concurrent"),
+            ("b", "max_concurrent"),
+            ("c", "max_concurrent"),
+            ("c", "preemption"),
+        )
+    )
+    assert (c.max_concurrent, c.preemption) == (4, Preemption(grace=1))
+    await lanes.aclose()
+
+
+@pytest.mark.redis
+async def test_a_failed_reload_puts_back_the_stored_settings_a_redis_lane_adopted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A RedisLane that adopted the stored limit and preemption gets them back, not None."""
+    from executus.redis import RedisLane
+
+    stored = RedisLane(
+        "a", redis_url, 4, preemption=Preemption(min_runtime=10), namespace="cfgedges"
+    )
+    assert await stored.run(lambda: asyncio.sleep(0, "ok")) == "ok"
+    await stored.aclose()
+    path = tmp_path / "bot.toml"
+    head = f"redis_url = '{redis_url}'\nredis_namespace = 'cfgedges'\n"
+    path.write_text(head + "[lanes.b]\nmax_concurrent = 2\n")
+    lanes = Lanes(TomlSource(path))
+    lanes.get("a")
+    lanes.get("b")
+    try:
+        path.write_text(
+            head + "[lanes.a]\nmax_concurrent = 3\npreempt_grace = 1\n"
+            f"[lanes.b]\nmax_concurrent = {2**40}\n"
+        )
+        with pytest.raises(ConfigError, match=r"^config key 'LANE_B_MAX_CONCURRENT' "):
+            await lanes.reload()
+    finally:
+        await lanes.aclose()
+    check = RedisLane("a", redis_url, namespace="cfgedges")
+    try:
+        assert (await check.stats()).max_concurrent == 4
+        assert check.preemption == Preemption(min_runtime=10)
+    finally:
+        await check.aclose()

@@ -242,12 +242,14 @@ def _plain_float(value: float) -> str:
 
     The digits are those of ``repr`` (the shortest that round-trip), so the text parses
     back to exactly ``value``. Infinities and NaN keep their ``repr`` (every helper
-    refuses them).
+    refuses them). A float keeps a decimal point (``1e16`` as ``"10000000000000000.0"``),
+    as ``repr`` writes ``2.0``: an integer setting refuses it.
     """
     text = repr(value)
     if "e" not in text or not math.isfinite(value):
         return text
-    return format(Decimal(text), "f")
+    plain = format(Decimal(text), "f")
+    return plain if "." in plain else f"{plain}.0"
 
 
 # Inside a lane's table, these sub-tables are one value each, not more keys.
@@ -1120,12 +1122,20 @@ def _live_changes(old: _Effective, new: _Effective) -> list[tuple[str, Any, Any]
     return out
 
 
+def _live_value(lane: Any, what: str, applied: Any) -> Any:
+    """The value of setting ``what`` that ``lane`` has now (set on the lane itself
+    perhaps, not by config), or ``applied`` when the lane does not say (the ETA window)."""
+    if what in ("max_concurrent", "preemption"):
+        return getattr(lane, what)
+    return applied
+
+
 async def _put_back(done: list[tuple[Any, str, Any]]) -> None:
     """Undo the settings a failed reload changed, newest first (best effort: one that
-    cannot be put back is logged and the rest are still tried)."""
+    cannot be put back is logged and the rest are still tried; a cancellation meanwhile
+    is raised once every one was tried)."""
+    interrupted: BaseException | None = None
     for lane, what, value in reversed(done):
-        if what == "max_concurrent" and value is None:
-            continue  # a Redis lane that adopted the stored limit: nothing known to restore
         try:
             await getattr(lane, f"set_{what}")(value)
         except Exception:
@@ -1136,6 +1146,10 @@ async def _put_back(done: list[tuple[Any, str, Any]]) -> None:
                 value,
                 exc_info=True,
             )
+        except BaseException as e:  # cancelled again: the other lanes still get theirs
+            interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
 
 
 _REDIS_MODULE = "executus.redis"
@@ -1406,9 +1420,11 @@ class Lanes:
         2. Then the changes are applied, lane by lane in the order the lanes were built:
            ``max_concurrent``, then preemption, then the ETA window. If a lane refuses a
            value (a ``RedisLane`` keeps counts below ``2**40``: ``ConfigError``) or its
-           backend fails (``LaneUnavailable``), the lanes changed so far get their old
-           values back (one that cannot is logged), the source its old settings, and the
-           error is raised.
+           backend fails (``LaneUnavailable``), or the reload is cancelled, the lanes
+           changed so far, the one being changed included, get back the values they had
+           (a limit set on a lane itself too; one that cannot is logged), the source its
+           old settings, and the error is raised. A lane ``get`` built from the new
+           settings meanwhile gets the old ones.
 
         Returns:
             What was applied and what waits for a restart.
@@ -1434,15 +1450,26 @@ class Lanes:
                 raise
             old_snapshot = self._snapshot
             self._snapshot = snap  # a lane built meanwhile (a RedisLane awaits) gets it too
-            done: list[tuple[Any, str, Any]] = []  # (lane, setting, old value) to put back
+            # (lane, setting, value to put back), recorded before the change is awaited: a
+            # change cancelled or failing midway (a RedisLane's reply lost) may be made.
+            done: list[tuple[Any, str, Any]] = []
             try:
                 for entry, new in plan:
-                    for what, old_value, new_value in _live_changes(entry.applied, new):
-                        await self._set(entry.lane, what, new_value)
-                        done.append((entry.lane, what, old_value))
+                    changes = _live_changes(entry.applied, new)
+                    if changes and entry.applied.redis_url is not None:
+                        # A RedisLane knows the stored settings it adopted once attached.
+                        await entry.lane.stats()
+                    for what, old_value, new_value in changes:
+                        done.append((entry.lane, what, _live_value(entry.lane, what, old_value)))
+                        try:
+                            await self._set(entry.lane, what, new_value)
+                        except ConfigError:
+                            done.pop()  # refused before anything changed
+                            raise
             except BaseException:
                 self._snapshot = old_snapshot
                 undo_source()
+                done += self._undo_built_meanwhile(plan, old_snapshot)
                 await _put_back(done)
                 raise
             applied: list[tuple[str, str]] = []
@@ -1478,6 +1505,35 @@ class Lanes:
                     eta_window=new.eta_window,
                 )
             return ReloadResult(tuple(applied), tuple(pending))
+
+    def _undo_built_meanwhile(
+        self, plan: list[tuple[_Entry, _Effective]], snap: _Snapshot
+    ) -> list[tuple[Any, str, Any]]:
+        """The live settings to put back on lanes ``get`` built from a reload's new
+        config while it awaited, which then failed: those of ``snap``, the config kept.
+        (Their policy and lease cannot change: the next reload reports them.)"""
+        planned = {id(entry) for entry, _ in plan}
+        out: list[tuple[Any, str, Any]] = []
+        for token, entry in self._lanes.items():
+            if id(entry) in planned:
+                continue
+            old = self._effective(token, entry.defaults, snap)
+            if entry.applied.redis_url is not None and old.preemption is None:
+                # None would turn a RedisLane's preemption off, not give back the stored
+                # one this lane replaced (unknown here): leave it.
+                old = replace(old, preemption=entry.applied.preemption)
+            out += [
+                (entry.lane, what, value) for what, _, value in _live_changes(entry.applied, old)
+            ]
+            entry.applied = replace(
+                entry.applied,
+                max_concurrent=old.max_concurrent
+                if old.max_concurrent is not None
+                else entry.applied.max_concurrent,
+                preemption=old.preemption,
+                eta_window=old.eta_window,
+            )
+        return out
 
     async def _set(self, lane: Any, what: str, value: Any) -> None:
         """``lane.set_<what>(value)``; a value the lane refuses is a ConfigError naming
