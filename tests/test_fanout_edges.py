@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -399,3 +399,37 @@ async def test_input_aclose_error_is_reported_and_the_outcome_kept(ending: str) 
             "input": items,
         }
     ]
+
+
+async def test_fanout_iter_left_to_the_collector_leaves_its_input_to_its_owner() -> None:
+    """A fanout_iter dropped without aclosing does not close the input its caller holds, so
+    the caller's own aclosing of that input neither collides with nor reports anything."""
+    events: list[str] = []
+    release = asyncio.Event()
+
+    async def source() -> AsyncGenerator[int, None]:
+        try:
+            for i in range(1000):
+                yield i
+        finally:
+            events.append("cleanup")
+            await release.wait()  # a cleanup that awaits (closing a connection)
+            events.append("closed")
+
+    contexts: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    try:
+        async with contextlib.aclosing(source()) as items:
+            async for o in fanout_iter(items, settle_and_return, max_concurrent=1, read_ahead=1):
+                assert o.ok
+                break  # the generator is collected here; the loop closes it
+            await settle(20)
+            assert events == []  # the swarm has stopped; the input is still its owner's
+            release.set()
+    finally:
+        release.set()
+        loop.set_exception_handler(previous)
+    assert events == ["cleanup", "closed"]
+    assert contexts == []

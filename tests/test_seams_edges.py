@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from executus import Lane, NotQueued
+from executus import JobState, Lane, NotQueued
 from executus.deliver import CallbackDeliverer
 from executus.dispatchguard import DispatchGuard
 from executus.identity import (
@@ -216,6 +216,35 @@ async def test_laneops_forgets_ended_jobs_beyond_remember_ended(clock: ManualClo
             "Forbidden: Bob may not cancel job 'a1': its owner is unknown, and only an admin "
             "may cancel it",
         ]
+
+
+@pytest.mark.parametrize("swept", [False, True])
+async def test_laneops_admin_cancels_a_direct_job_reusing_an_ended_jobs_id(
+    clock: ManualClock, swept: bool
+) -> None:
+    """An admin's cancel of an ended job's id reaches a queued job submitted to the lane
+    directly under that id since; its owner still gets False, others Forbidden."""
+    async with Lane("gpu", 1, clock=clock) as lane:
+        ops = _ops(lane)
+        assert await (await ops.submit(value("x"), job_id="a1", key="alice")) == "x"
+        if swept:
+            await _ended_jobs(ops, 64)
+        blocker = Gate()
+        await lane.submit(blocker, key="carol")  # holds the only slot
+        await settle()
+        try:
+            direct = await lane.submit(value("y"), job_id="a1", key="dave")  # queued
+            assert await ops.cancel("alice", "a1") is False
+            with pytest.raises(Forbidden) as info:
+                await ops.cancel("bob", "a1")
+            assert str(info.value) == (
+                "Bob may not cancel job 'a1' of Alice: only its owner or an admin may"
+            )
+            assert await ops.cancel("ops", "a1") is True
+            assert direct.state is JobState.CANCELLED
+            assert await ops.cancel("ops", "a1") is False  # nothing of that id is queued now
+        finally:
+            blocker.release()
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, "8", 2.5])

@@ -32,7 +32,8 @@ Invariants (checked by the tests that record concurrency):
 4. When ``fanout``/``fanout_iter`` returns or raises, no task it started is left.
 5. An async input the swarm stopped reading before it ended is closed (``aclose()``,
    as ``async for`` inside ``contextlib.aclosing`` would) by then too, once its reader
-   has ended; an input that ended by itself (exhausted, or it raised) is left alone.
+   has ended; an input that ended by itself (exhausted, or it raised) is left alone, and
+   so is the input of a ``fanout_iter`` that the event loop closes (see ``_iterate``).
 """
 
 from __future__ import annotations
@@ -1045,9 +1046,10 @@ class _Swarm(Generic[T, R]):
         self._check_finished()
         await self._finished
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, close_input: bool = True) -> None:
         """Cancel every task still running and wait until all have ended; then close an
-        async input the swarm stopped reading before it ended.
+        async input the swarm stopped reading before it ended (unless ``close_input`` is
+        False: the input is then left to its owner).
 
         Cancelled while cleaning up: finish cleaning (passing the cancel on to what is
         still running), then raise ``CancelledError``.
@@ -1067,7 +1069,7 @@ class _Swarm(Generic[T, R]):
         # as the caller of fanout may be cancelled already.
         ait = self._ait
         aclose = getattr(ait, "aclose", None)
-        if ait is not None and not self._input_ended and aclose is not None:
+        if close_input and ait is not None and not self._input_ended and aclose is not None:
             self._input_ended = True
             assert self._loop is not None
             closing = self._loop.create_task(self._close_input(ait, aclose))
@@ -1116,6 +1118,24 @@ def _cancelling() -> bool:
     ``CancelledError`` raised by the code it awaited)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def _no_items() -> AsyncGenerator[None, None]:
+    yield None  # never iterated: only the type of its aclose() awaitable is used
+
+
+# The type of an async generator's ``aclose()`` awaitable (``types`` does not name it).
+_ACLOSE_AWAITABLE = type(_no_items().aclose())
+
+
+def _closed_by_loop() -> bool:
+    """Whether the running task is the event loop closing an async generator itself: the
+    task runs the generator's ``aclose()`` awaitable, not code that awaits it. asyncio
+    does that for a generator collected while suspended (its asyncgen finalizer) and in
+    ``shutdown_asyncgens()``; a consumer's ``aclose()`` or ``contextlib.aclosing`` runs
+    in the consumer's own task."""
+    task = asyncio.current_task()
+    return task is not None and type(task.get_coro()) is _ACLOSE_AWAITABLE
 
 
 async def _wait_ended(pending: set[asyncio.Task[None]]) -> bool:
@@ -1291,9 +1311,11 @@ def fanout_iter(
     With ``fail_fast``, unread items of a sized input are not reported (reading stops).
 
     Leaving the loop early (``break``, an exception) stops the swarm: its items are
-    cancelled, its tasks end and an async input not read to its end is closed (as with
-    ``fanout``). Use ``contextlib.aclosing`` to have that happen at once rather than when
-    the generator is collected.
+    cancelled and its tasks end. Use ``contextlib.aclosing`` (or ``aclose()``) to have
+    that happen at once rather than when the generator is collected; closed so, it also
+    closes an async input not read to its end (as ``fanout`` does). A generator left to
+    the garbage collector leaves its input to the input's owner: closing it from the
+    event loop's finalizer could collide with the owner's own ``aclose()``.
 
     Yields:
         Outcomes in completion order (``outcome.index`` is the input position).
@@ -1351,7 +1373,15 @@ async def _iterate(swarm: _Swarm[T, R]) -> AsyncGenerator[Outcome[T, R], None]:
                 waiter.cancel()
                 swarm._out_waiter = None
     finally:
-        await swarm.aclose()
+        # A generator the consumer dropped without closing it is closed later by the
+        # event loop, in a task of its own that runs alongside the consumer: the input
+        # may be the consumer's (an async generator it holds and closes itself, e.g. with
+        # contextlib.aclosing), and closing it from here then collides with that close
+        # ("aclose(): asynchronous generator is already running"). So only a close by
+        # the consumer closes the input; otherwise the swarm stops and leaves the input
+        # to its owner, and an async generator nobody holds is closed by asyncio's own
+        # finalizer when it is collected, as the dropped generator was.
+        await swarm.aclose(close_input=not _closed_by_loop())
     if swarm._fatal is not None:
         raise swarm._fatal
     swarm.finish_progress()

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from ._errors import NotQueued
 from ._job import JobHandle
 
 __all__ = [
@@ -345,6 +346,8 @@ class LaneOps:
         Returns:
             True when the job was queued or running and is now cancelled; False when it
             had already ended (for as long as its owner is remembered: see the class).
+            An admin cancelling an ended job's id cancels a job submitted to the lane
+            directly under that id since, if it is queued (True).
 
         Raises:
             Forbidden: the job is not ``user``'s and ``user`` is not an admin, or the job
@@ -354,11 +357,23 @@ class LaneOps:
         """
         admin = is_admin(self.admins, user)
         handle = self._jobs.get(job_id)
+        if handle is not None and handle.done():
+            self._untrack(handle)  # answered below as after its sweep
+            handle = None
         if handle is None:
             if job_id in self._ended:
                 owner = self._ended[job_id]
                 if not admin and owner != user:
                     raise self._refuse_cancel(user, job_id, owner)
+                if admin:
+                    # The lane accepts an ended job's id again: a job submitted to it
+                    # directly since may be queued under this id, and an admin may cancel
+                    # that one (as for any untracked job). Nothing queued: the job ended.
+                    try:
+                        await self.lane.cancel(job_id)
+                    except NotQueued:
+                        return False
+                    return True
                 return False
             if not admin:
                 raise Forbidden(
