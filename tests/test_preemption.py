@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from executus import (
+    FairShare,
     JobPreempted,
     JobState,
     Lane,
@@ -261,3 +262,34 @@ async def test_set_preemption_none_disables_it() -> None:
     await lane.submit(Gate(), priority=5)
     assert not victim.preempt_requested
     await lane.aclose(drain=False)
+
+
+async def test_a_preemptor_preempted_in_turn_is_requeued_under_fair_share() -> None:
+    """Under FairShare, a job that started as a preemptor and is then preempted with
+    requeue goes back to its key's queue, ahead of that key's lower priorities, and
+    every job runs to its end."""
+    lane = Lane("gpu", 1, policy=FairShare(), preemption=Preemption(min_runtime=0, requeue=True))
+    first, second, third = Gate(), Gate(), Gate()
+    low = await lane.submit(first, key="a", preemptible=True)
+    await settle()
+    mid = await lane.submit(second, key="a", priority=1, preemptible=True)
+    await settle()
+    assert (low.state, mid.state) == (JobState.QUEUED, JobState.RUNNING)
+    top = await lane.submit(third, key="b", priority=2)
+    await settle()
+    assert (low.state, mid.state, top.state) == (
+        JobState.QUEUED,
+        JobState.QUEUED,
+        JobState.RUNNING,
+    )
+    assert (mid.position, low.position) == (1, 2)
+    third.release("top")
+    assert await top == "top"
+    await settle()
+    assert mid.state is JobState.RUNNING
+    second.release("mid")
+    assert await mid == "mid"
+    await settle()
+    first.release("low")
+    assert await low == "low"
+    assert (low.preemptions, mid.preemptions) == (1, 1)

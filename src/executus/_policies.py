@@ -349,6 +349,16 @@ def _slot_key(tag: float, order: int) -> int:
     return (bits << _ORDER_BITS) | order
 
 
+def _within_key(job: JobHandle[Any]) -> int:
+    """A job's order among its key's queued jobs (priority first, then arrival), made
+    once: a requeued job keeps its place."""
+    qkey = job._qkey
+    if qkey is None:
+        p = job.priority
+        qkey = job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
+    return qkey  # type: ignore[no-any-return]
+
+
 class _FairShareState(PolicyState):
     """Start-time fair queueing (Goyal, Vin and Cheng, 1996) with unit job cost.
 
@@ -416,11 +426,7 @@ class _FairShareState(PolicyState):
         n = flow.n
         self._slots.insert(self._key(flow.tag(flow.head + n), flow.order), flow)
         flow.n = n + 1
-        qkey = job._qkey
-        if qkey is None:
-            p = job.priority
-            qkey = job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
-        flow.queue.insert(qkey, job)
+        flow.queue.insert(_within_key(job), job)
         self._len += 1
 
     def requeue(self, job: JobHandle[Any], now: float) -> None:
@@ -430,7 +436,9 @@ class _FairShareState(PolicyState):
             flow.head -= 1
             self._slots.insert(self._key(flow.tag(flow.head), flow.order), flow)
             flow.n += 1
-            flow.queue.insert(job._qkey, job)
+            # A job that started as a preemptor never went through push: its order
+            # within the key is made here.
+            flow.queue.insert(_within_key(job), job)
             self._len += 1
             return
         if flow is not None:
