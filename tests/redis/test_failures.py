@@ -257,8 +257,9 @@ async def test_a_job_reregistered_after_a_restart_is_requeued_and_runs_again(
     """A job running across a Redis restart (re-registered by its client) that is then
     preempted with requeue is granted again and runs again, as before the restart."""
     pre = Preemption(min_runtime=0, grace=0, requeue=True)
-    a = RedisLane("lane", private_redis.url, 1, namespace=namespace, lease=2.0, preemption=pre)
-    b = RedisLane("lane", private_redis.url, namespace=namespace, lease=2.0)
+    # A lease long enough that a slow restart does not end the running job (LeaseLost).
+    a = RedisLane("lane", private_redis.url, 1, namespace=namespace, lease=5.0, preemption=pre)
+    b = RedisLane("lane", private_redis.url, namespace=namespace, lease=5.0)
     runs: list[int] = []
 
     async def victim() -> str:
@@ -267,26 +268,30 @@ async def test_a_job_reregistered_after_a_restart_is_requeued_and_runs_again(
             await asyncio.Event().wait()  # runs until preempted
         return "again"
 
-    handle = await a.submit(victim, preemptible=True)
-    await until(lambda: runs == [0])
-    old_epoch = a._epoch
-    await asyncio.to_thread(private_redis.restart)
-    await until(lambda: a._epoch != old_epoch)
-    assert (await a.stats()).running == 1  # re-registered
-    # New grants (and preemptions) wait until every client could re-register.
-    admin = aioredis.Redis.from_url(private_redis.url)
-    rec = int(await admin.hget(f"{{{namespace}:lane}}:cfg", "rec") or 0)
-    async with asyncio.timeout(10):
-        while (await admin.time())[0] * 1000 <= rec:  # noqa: ASYNC110 - the server's clock
-            await asyncio.sleep(0.05)
-    await admin.aclose()
-    urgent = await b.submit(lambda: asyncio.sleep(0, "urgent"), priority=1)
-    async with asyncio.timeout(10):
-        assert await urgent == "urgent"
-        assert await handle == "again"
-    assert (runs, handle.preemptions) == ([0, 1], 1)
-    await a.aclose()
-    await b.aclose()
+    try:
+        handle = await a.submit(victim, preemptible=True)
+        await until(lambda: runs == [0])
+        old_epoch = a._epoch
+        await asyncio.to_thread(private_redis.restart)
+        await until(lambda: a._epoch != old_epoch)
+        assert (await a.stats()).running == 1  # re-registered
+        # New grants (and preemptions) wait until every client could re-register.
+        admin = aioredis.Redis.from_url(private_redis.url)
+        try:
+            rec = int(await admin.hget(f"{{{namespace}:lane}}:cfg", "rec") or 0)
+            async with asyncio.timeout(15):
+                while (await admin.time())[0] * 1000 <= rec:  # noqa: ASYNC110 - server clock
+                    await asyncio.sleep(0.05)
+        finally:
+            await admin.aclose()
+        urgent = await b.submit(lambda: asyncio.sleep(0, "urgent"), priority=1)
+        async with asyncio.timeout(10):
+            assert await urgent == "urgent"
+            assert await handle == "again"
+        assert (runs, handle.preemptions) == ([0, 1], 1)
+    finally:
+        await a.aclose(drain=False)
+        await b.aclose(drain=False)
 
 
 async def test_connection_cuts_lose_nothing(redis_server: RedisServer, namespace: str) -> None:

@@ -175,6 +175,8 @@ class _Local:
         "nonce",
         "on_grant_cancel",
         "position",
+        "regrant",
+        "releasing",
         "renewed",
         "seq",
         "timer",
@@ -197,6 +199,11 @@ class _Local:
         self.granted: asyncio.Future[None] | None = None  # slot() waiting for its grant
         self.on_grant_cancel: BaseException | None = None
         self.timer: asyncio.TimerHandle | None = None
+        # A run's release is on its way; a grant that arrives meanwhile (another
+        # client's script granted the job again once the release requeued it) waits in
+        # ``regrant`` (fence, nonce) until the release's reply says what happened.
+        self.releasing = False
+        self.regrant: tuple[str, str] | None = None
 
 
 class RedisLane(LaneBase):
@@ -1064,6 +1071,11 @@ class RedisLane(LaneBase):
             # grant that names no nonce is not checked.
             self._chore(self._release(job_id, fence, "cancel"))
             return
+        if rec is not None and rec.releasing and rec.fence != fence:
+            # Granted again before this client has read its release's reply (a requeue
+            # that another client's script granted at once): settled by ``_finish``.
+            rec.regrant = (fence, nonce)
+            return
         if rec is None or rec.handle._state is not _QUEUED or self._closing_hard():
             if rec is not None and rec.fence == fence:
                 return  # a duplicate of a grant already taken
@@ -1171,13 +1183,24 @@ class RedisLane(LaneBase):
             # (fenced, so harmless) without making the job's waiters wait for Redis.
             self._chore(self._release(job.id, fence, "cancel"))
         else:
-            reply = await self._release(job.id, fence, outcome)
+            rec.releasing = True
+            try:
+                reply = await self._release(job.id, fence, outcome)
+            finally:
+                rec.releasing = False
             if reply is not None and _s(reply[0]) == "REQ":
                 requeued = True
                 grants = reply[3:]
                 self._estimate(rec, int(reply[1]), float(_s(reply[2])))
+        regrant, rec.regrant = rec.regrant, None
+        if regrant is not None and not requeued:
+            # Not requeued here, so that grant is not this run's to take: hand it back.
+            self._chore(self._release(job.id, regrant[0], "cancel"))
+            regrant = None
         if job._state is not _RUNNING:
             self._grants(grants)
+            if regrant is not None:
+                self._granted(job.id, *regrant)
             return job._exc
         now = time.monotonic()
         rec.fence = None
@@ -1191,6 +1214,8 @@ class RedisLane(LaneBase):
             if self._events.active:
                 self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=run)
             self._grants(grants)  # maybe this job again, at once
+            if regrant is not None:
+                self._granted(job.id, *regrant)  # granted again by another client
             if self._closing_hard() and job._state is _QUEUED:
                 # Requeued while a close without drain was under way (which took back
                 # the queued jobs before this one returned to the queue): take it back.
