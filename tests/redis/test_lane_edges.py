@@ -485,3 +485,47 @@ async def test_a_grant_names_its_submit_and_a_reused_id_ignores_an_earlier_ones(
         assert await again == "mine"
     await holder
     assert await held_keys(admin, namespace) == []
+
+
+async def test_a_requeue_granted_by_another_client_before_the_reply_runs_again(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """A preempted job that its release requeues, and that another client's script grants
+    again before this client has read that release's reply, runs again (the grant is not
+    handed back as stale)."""
+    pre = Preemption(min_runtime=0, grace=0, requeue=True)
+    a = make_lane(max_concurrent=1, preemption=pre, lease=30.0)  # heartbeats 10 s apart
+    b = make_lane(lease=30.0)
+    runs: list[int] = []
+
+    async def victim() -> str:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            await asyncio.Event().wait()  # runs until preempted
+        return "again"
+
+    handle = await a.submit(victim, preemptible=True)
+    await until(lambda: runs == [0])
+    job_key = f"{{{namespace}:lane}}:j:{handle.id}"
+    first_fence = await admin.hget(job_key, "f")
+    real_eval = a._eval
+
+    async def reply_late(name: str, args: Any, **options: Any) -> list[Any]:
+        reply = await real_eval(name, args, **options)
+        if name == "release" and args[1] == handle.id and reply[0] in (b"REQ", "REQ"):
+            # Hold the reply until the other client's job has ended and its script has
+            # granted this job again (its wake-up then reaches this client first).
+            async with asyncio.timeout(5):
+                while await admin.hget(job_key, "f") in (None, first_fence):  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.1)  # the wake-up is read meanwhile
+        return reply
+
+    a._eval = reply_late  # type: ignore[method-assign]
+    urgent = await b.submit(lambda: asyncio.sleep(0, "urgent"), priority=1)
+    async with asyncio.timeout(5):
+        assert await urgent == "urgent"
+        assert await handle == "again"
+    assert (runs, handle.preemptions) == ([0, 1], 1)
+    await until(lambda: not a._jobs)
+    assert await held_keys(admin, namespace) == []
