@@ -458,6 +458,20 @@ class TcpProxy:
                 await t
 
 
+class BlocksOnce:
+    """A job body that runs until it is cancelled on its first run and returns
+    ``"again"`` on every later one (a preempted, requeued job); ``runs`` numbers its runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+
+    async def __call__(self) -> str:
+        self.runs.append(len(self.runs))
+        if len(self.runs) == 1:
+            await asyncio.Event().wait()  # runs until preempted
+        return "again"
+
+
 @dataclass(frozen=True)
 class Interval:
     """One run of a job: when it held its slot, and with which fence."""

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from executus import JobState, LaneUnavailable, Preemption, current_job
 from executus.redis import RedisLane
 
-from .helpers import Interval, RedisServer, TcpProxy, max_overlap
+from .helpers import BlocksOnce, Interval, RedisServer, TcpProxy, max_overlap
 
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(60)]
 
@@ -260,13 +260,8 @@ async def test_a_job_reregistered_after_a_restart_is_requeued_and_runs_again(
     # A lease long enough that a slow restart does not end the running job (LeaseLost).
     a = RedisLane("lane", private_redis.url, 1, namespace=namespace, lease=5.0, preemption=pre)
     b = RedisLane("lane", private_redis.url, namespace=namespace, lease=5.0)
-    runs: list[int] = []
-
-    async def victim() -> str:
-        runs.append(len(runs))
-        if len(runs) == 1:
-            await asyncio.Event().wait()  # runs until preempted
-        return "again"
+    victim = BlocksOnce()
+    runs = victim.runs
 
     try:
         handle = await a.submit(victim, preemptible=True)

@@ -20,7 +20,7 @@ from executus import (
 )
 from executus.redis import RedisLane
 
-from .helpers import RedisServer
+from .helpers import BlocksOnce, RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
@@ -496,13 +496,8 @@ async def test_a_requeue_granted_by_another_client_before_the_reply_runs_again(
     pre = Preemption(min_runtime=0, grace=0, requeue=True)
     a = make_lane(max_concurrent=1, preemption=pre, lease=30.0)  # heartbeats 10 s apart
     b = make_lane(lease=30.0)
-    runs: list[int] = []
-
-    async def victim() -> str:
-        runs.append(len(runs))
-        if len(runs) == 1:
-            await asyncio.Event().wait()  # runs until preempted
-        return "again"
+    victim = BlocksOnce()
+    runs = victim.runs
 
     handle = await a.submit(victim, preemptible=True)
     await until(lambda: runs == [0])
