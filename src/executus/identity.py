@@ -361,28 +361,28 @@ class LaneOps:
             self._untrack(handle)  # answered below as after its sweep
             handle = None
         if handle is None:
-            if job_id in self._ended:
-                owner = self._ended[job_id]
-                if not admin and owner != user:
-                    raise self._refuse_cancel(user, job_id, owner)
-                if admin:
-                    # The lane accepts an ended job's id again: a job submitted to it
-                    # directly since may be queued under this id, and an admin may cancel
-                    # that one (as for any untracked job). Nothing queued: the job ended.
-                    try:
-                        await self.lane.cancel(job_id)
-                    except NotQueued:
-                        return False
-                    return True
-                return False
+            remembered = job_id in self._ended
             if not admin:
-                raise Forbidden(
-                    user,
-                    "cancel",
-                    f"{self._name(user)} may not cancel job {job_id!r}: its owner is "
-                    "unknown, and only an admin may cancel it",
-                )
-            await self.lane.cancel(job_id)  # NotQueued unless queued
+                if not remembered:
+                    raise Forbidden(
+                        user,
+                        "cancel",
+                        f"{self._name(user)} may not cancel job {job_id!r}: its owner is "
+                        "unknown, and only an admin may cancel it",
+                    )
+                owner = self._ended[job_id]
+                if owner != user:
+                    raise self._refuse_cancel(user, job_id, owner)
+                return False
+            # An admin cancels what is queued under this id: an untracked job, or one
+            # submitted to the lane directly since the remembered one ended (the lane
+            # accepts an ended job's id again).
+            try:
+                await self.lane.cancel(job_id)
+            except NotQueued:
+                if remembered:
+                    return False  # the job ended, and nothing took its id
+                raise
             return True
         if not admin and handle.key != user:
             raise self._refuse_cancel(user, job_id, handle.key)
