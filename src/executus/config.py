@@ -1122,6 +1122,19 @@ def _live_changes(old: _Effective, new: _Effective) -> list[tuple[str, Any, Any]
     return out
 
 
+def _with_live(applied: _Effective, new: _Effective) -> _Effective:
+    """``applied`` with the live-changeable settings of ``new`` taken (a limit of None:
+    the lane kept the one it had), the others as they were (they need a restart)."""
+    return replace(
+        applied,
+        max_concurrent=new.max_concurrent
+        if new.max_concurrent is not None
+        else applied.max_concurrent,
+        preemption=new.preemption,
+        eta_window=new.eta_window,
+    )
+
+
 def _live_value(lane: Any, what: str, applied: Any) -> Any:
     """The value of setting ``what`` that ``lane`` has now (set on the lane itself
     perhaps, not by config), or ``applied`` when the lane does not say (the ETA window)."""
@@ -1496,14 +1509,7 @@ class Lanes:
                             what,
                         )
                 # Remember what is live: the applied values, the old un-appliable ones.
-                entry.applied = replace(
-                    old,
-                    max_concurrent=new.max_concurrent
-                    if new.max_concurrent is not None
-                    else old.max_concurrent,
-                    preemption=new.preemption,
-                    eta_window=new.eta_window,
-                )
+                entry.applied = _with_live(old, new)
             return ReloadResult(tuple(applied), tuple(pending))
 
     def _undo_built_meanwhile(
@@ -1525,14 +1531,7 @@ class Lanes:
             out += [
                 (entry.lane, what, value) for what, _, value in _live_changes(entry.applied, old)
             ]
-            entry.applied = replace(
-                entry.applied,
-                max_concurrent=old.max_concurrent
-                if old.max_concurrent is not None
-                else entry.applied.max_concurrent,
-                preemption=old.preemption,
-                eta_window=old.eta_window,
-            )
+            entry.applied = _with_live(entry.applied, old)
         return out
 
     async def _set(self, lane: Any, what: str, value: Any) -> None:
