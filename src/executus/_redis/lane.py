@@ -1067,10 +1067,10 @@ class RedisLane(LaneBase):
         rec = self._jobs.get(job_id)
         if rec is not None and nonce and rec.nonce != nonce:
             # The grant of an earlier submit with this id (its reply was lost, and the
-            # id was submitted again): not this job's. Hand that slot back (fenced). A
-            # grant that names no nonce is not checked.
-            self._chore(self._release(job_id, fence, "cancel"))
-            return
+            # id was submitted again): not this job's, handed back below like any grant
+            # of a job this client does not hold. A grant that names no nonce (a job
+            # stored without one) is not checked.
+            rec = None
         if rec is not None and rec.releasing and rec.fence != fence:
             # Granted again before this client has read its release's reply (a requeue
             # that another client's script granted at once): settled by ``_finish``.
