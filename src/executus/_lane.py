@@ -676,6 +676,14 @@ class Lane(LaneBase):
         if self._drained and len(self._jobs) <= 1:
             self._wake_drained()
 
+    def _stop_for(self, job: JobHandle[Any], cause: str) -> None:
+        """Record why a running job is being stopped (the last cause wins); a grace
+        still running is over."""
+        self._causes[job] = cause
+        timer = self._timers.pop(job, None)
+        if timer is not None:
+            timer.cancel()
+
     def _cancel_nowait(self, job: JobHandle[Any], cause: str) -> None:
         """Cancel a queued job now, or ask a running job's task to stop."""
         if job._state is _QUEUED:
@@ -684,10 +692,7 @@ class Lane(LaneBase):
             # A slot() body runs in the caller's task, which unwinds one lane-made
             # cancellation only (``uncancel`` once): cancel it once, record the last cause.
             again = job._fn is None and self._cancel_delivered(job)
-            self._causes[job] = cause
-            timer = self._timers.pop(job, None)
-            if timer is not None:
-                timer.cancel()
+            self._stop_for(job, cause)
             if not again:
                 self._cancel_task(job)
 
@@ -702,10 +707,7 @@ class Lane(LaneBase):
             # The job cancelling itself from its own task: the cancellation is raised
             # right here (cancelling the task would also hit the caller of a slot()
             # body that leaves without another await).
-            self._causes[job] = _CANCEL
-            timer = self._timers.pop(job, None)
-            if timer is not None:
-                timer.cancel()
+            self._stop_for(job, _CANCEL)
             raise asyncio.CancelledError
         self._cancel_nowait(job, _CANCEL)
         with contextlib.suppress(Exception):  # the outcome is read from the state
