@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 class Gate:
@@ -55,3 +56,20 @@ def value(v: object) -> Callable[[], Awaitable[object]]:
         return v
 
     return body
+
+
+async def granted_not_entered(lane: Any, **options: Any) -> asyncio.Task[None]:
+    """A task waiting in ``lane.slot(**options)`` that has been granted the slot (the
+    lane's only one, freed by a job that ends) but has not resumed to enter it."""
+    gate = Gate()
+    first = await lane.submit(gate)
+
+    async def user() -> None:
+        async with lane.slot(**options):
+            raise AssertionError("must not run")
+
+    task = asyncio.create_task(user())
+    await settle()
+    gate.release()
+    await first  # the slot is granted; the waiting task has not resumed yet
+    return task

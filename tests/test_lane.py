@@ -22,7 +22,7 @@ from executus import (
     current_job,
 )
 from executus.testing import ManualClock
-from tests.helpers import Gate, settle, value
+from tests.helpers import Gate, granted_not_entered, settle, value
 
 # -- construction ----------------------------------------------------------------------
 
@@ -379,18 +379,8 @@ async def test_cancelling_a_waiting_slot_withdraws_it() -> None:
 async def test_slot_granted_then_cancelled_before_resuming_gives_it_back() -> None:
     """A slot granted to a task that is cancelled before it resumes is released."""
     lane = Lane("x", 1)
-    gate = Gate()
-    first = await lane.submit(gate)
-
-    async def user() -> None:
-        async with lane.slot():
-            raise AssertionError("must not run")
-
-    task = asyncio.create_task(user())
-    await settle()
-    gate.release()  # grants the slot to the waiting task on the next step ...
-    await first
-    task.cancel()  # ... which is cancelled before it resumes
+    task = await granted_not_entered(lane)
+    task.cancel()  # cancelled before it resumes
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await lane.stats()).running == 0

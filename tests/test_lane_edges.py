@@ -17,7 +17,7 @@ from executus import (
     Preemption,
 )
 from executus.testing import ManualClock
-from tests.helpers import Gate, settle
+from tests.helpers import Gate, granted_not_entered, settle
 
 
 async def test_a_job_being_cancelled_is_not_requeued_by_a_later_preemption() -> None:
@@ -52,17 +52,7 @@ async def test_a_job_being_cancelled_is_not_requeued_by_a_later_preemption() -> 
 async def test_granted_slot_cancelled_by_close_raises_job_cancelled() -> None:
     """A slot granted but not yet entered when the lane force-closes raises JobCancelled."""
     lane = Lane("x", 1)
-    gate = Gate()
-    first = await lane.submit(gate)
-
-    async def user() -> None:
-        async with lane.slot():
-            raise AssertionError("must not run")
-
-    task = asyncio.create_task(user())
-    await settle()
-    gate.release()
-    await first  # the slot is granted; the waiting task has not resumed yet
+    task = await granted_not_entered(lane)
     await lane.aclose(drain=False)
     with pytest.raises(JobCancelled):
         await task
@@ -72,17 +62,7 @@ async def test_granted_slot_cancelled_by_close_raises_job_cancelled() -> None:
 async def test_granted_slot_preempted_before_entering_raises_job_preempted() -> None:
     """A slot preempted before its task resumed raises JobPreempted, not CancelledError."""
     lane = Lane("gpu", 1, preemption=Preemption(min_runtime=0))
-    gate = Gate()
-    first = await lane.submit(gate)
-
-    async def user() -> None:
-        async with lane.slot(preemptible=True):
-            raise AssertionError("must not run")
-
-    task = asyncio.create_task(user())
-    await settle()
-    gate.release()
-    await first
+    task = await granted_not_entered(lane, preemptible=True)
     arrival = await lane.submit(Gate(), priority=1)
     with pytest.raises(JobPreempted):
         await task
