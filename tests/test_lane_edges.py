@@ -17,7 +17,7 @@ from executus import (
     Preemption,
 )
 from executus.testing import ManualClock
-from tests.helpers import Gate, granted_not_entered, settle
+from tests.helpers import Gate, granted_not_entered, settle, value
 
 
 async def test_a_job_being_cancelled_is_not_requeued_by_a_later_preemption() -> None:
@@ -253,3 +253,47 @@ async def test_a_slot_body_that_swallows_the_lanes_cancel_leaves_its_task_clean(
     assert outcome == ["swallowed", 0, "timeout works"]
     assert await urgent == "urgent"
     await lane.aclose()
+
+
+def test_a_lane_moves_to_another_event_loop_once_its_jobs_have_ended() -> None:
+    """A lane whose jobs have all ended serves the next event loop (asyncio.run twice)."""
+    lane = Lane("x", 1)
+
+    async def main() -> object:
+        return await lane.run(value(42))
+
+    assert asyncio.run(main()) == 42
+    assert asyncio.run(main()) == 42
+    stats = asyncio.run(lane.stats())
+    assert (stats.submitted, stats.succeeded, stats.running) == (2, 2, 0)
+
+
+def test_a_submit_from_another_loop_while_jobs_are_live_is_refused() -> None:
+    """A submit from a second event loop while the first loop's jobs are live raises
+    RuntimeError and changes nothing; the first loop's job still runs."""
+    lane = Lane("x", 1)
+    first = asyncio.new_event_loop()
+    try:
+        gate = Gate()
+        handle = first.run_until_complete(lane.submit(gate))
+
+        async def elsewhere() -> None:
+            await lane.submit(value(1))
+
+        with pytest.raises(
+            RuntimeError,
+            match=r"^lane 'x' has jobs on another event loop: a lane serves one event loop "
+            r"at a time \(it can move to another once its jobs have ended\)$",
+        ):
+            asyncio.run(elsewhere())
+        stats = first.run_until_complete(lane.stats())
+        assert (stats.submitted, stats.running, stats.queued) == (1, 1, 0)
+
+        async def finish() -> object:
+            await settle()
+            gate.release(7)
+            return await handle
+
+        assert first.run_until_complete(finish()) == 7
+    finally:
+        first.close()

@@ -354,6 +354,15 @@ class Lane(LaneBase):
         ):
             check_submit_options(job_id, key, priority, preemptible, max_wait)
         jobs = self._jobs
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if jobs:
+                raise RuntimeError(
+                    f"lane {self._name!r} has jobs on another event loop: a lane serves "
+                    "one event loop at a time (it can move to another once its jobs "
+                    "have ended)"
+                )
+            self._loop = loop  # first use, or every job of the last loop has ended
         seq = self._seq
         self._seq = seq + 1
         if job_id is None:
@@ -365,8 +374,6 @@ class Lane(LaneBase):
             raise DuplicateJob(self._name, job_id)
         else:
             self._chosen_ids = True
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
         now = self._now()
         ctx = None
         if fn is not None:  # runs start in the submitter's context, whoever starts them
