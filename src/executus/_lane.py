@@ -445,6 +445,8 @@ class Lane(LaneBase):
         while len(running) < self._max:
             if front:
                 job = front.popleft()
+                if self._admits:  # a preemption arrival: the policy charges its start
+                    self._queue.admit(job, self._now())
             elif self._nq:
                 self._nq -= 1
                 job = queue.pop()

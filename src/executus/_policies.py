@@ -58,7 +58,9 @@ class PolicyState(ABC):
         self.push(job, now)
 
     def admit(self, job: JobHandle[Any], now: float) -> None:  # noqa: B027 - optional hook
-        """A job started at once, without queueing (the queue was empty).
+        """A job started without going through the queue: at once on a free slot (the
+        queue was empty), or as a preemption arrival, ahead of the queued jobs (the
+        queue may hold others).
 
         The default does nothing; a policy that keeps accounts (fair share charges the
         job's key one start) records the start here.
@@ -446,10 +448,26 @@ class _FairShareState(PolicyState):
         self.push(job, now)
 
     def admit(self, job: JobHandle[Any], now: float) -> None:
-        # Charge the key as if the job had queued and been dispatched at once: a key
-        # whose jobs start without queueing still pays for its starts.
-        self.push(job, now)
-        self.pop()
+        # A key whose jobs start without queueing still pays for its starts.
+        if not self._len:
+            # Nothing queued: as if the job had queued and been dispatched at once.
+            self.push(job, now)
+            self.pop()
+            return
+        # A preemption arrival, started ahead of the queue (V stays: the queue's order
+        # goes on where it was).
+        flow = self._flows.get(job.key)
+        if flow is not None and flow.n:
+            # Backlogged: the job takes its key's head slot, and the key's queued jobs
+            # move one slot back.
+            self._slots.pop(self._key(flow.tag(flow.head), flow.order))
+            self._slots.insert(self._key(flow.tag(flow.head + flow.n), flow.order), flow)
+            flow.head += 1
+            return
+        # Not backlogged: its finish tag moves one start past where it would restart.
+        flow = self._flow(job.key, flow)
+        flow.head = 1
+        self._idle[flow.key] = flow
 
     def pop(self) -> JobHandle[Any]:
         flow = self._slots.pop_first_value()

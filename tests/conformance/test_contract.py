@@ -170,6 +170,49 @@ async def test_fair_share_charges_jobs_that_start_at_once(make_lane: MakeLane) -
     assert log == ["b1", "a1"]
 
 
+async def test_fair_share_charges_a_preemptor_whose_key_is_backlogged(
+    make_lane: MakeLane,
+) -> None:
+    """A preemption arrival pays its key one start: the key's queued jobs move one turn
+    back, behind a key that queued later."""
+    lane = await make_lane("x", 1, policy=FairShare(), preemption=Preemption(min_runtime=0))
+    log: list[str] = []
+    victim = await started(lane, Gate(), key="x", preemptible=True)
+    a1 = await lane.submit(recorder(log, "a1"), key="a")
+    b1 = await lane.submit(recorder(log, "b1"), key="b")
+    await refresh(lane)
+    assert (a1.position, b1.position) == (1, 2)
+    urgent = Gate()
+    arrival = await lane.submit(urgent, key="a", priority=5)
+    await until(lambda: urgent.running)
+    assert victim.state is JobState.PREEMPTED and arrival.state is JobState.RUNNING
+    await refresh(lane)
+    assert (b1.position, a1.position) == (1, 2)
+    urgent.release()
+    await asyncio.gather(a1, b1)
+    assert log == ["b1", "a1"]
+
+
+async def test_fair_share_charges_a_preemptor_whose_key_is_idle(make_lane: MakeLane) -> None:
+    """A preemption arrival of a key with nothing queued pays its key one start: that
+    key's next job queues behind another key's second job."""
+    lane = await make_lane("x", 1, policy=FairShare(), preemption=Preemption(min_runtime=0))
+    log: list[str] = []
+    victim = await started(lane, Gate(), key="x", preemptible=True)
+    b1 = await lane.submit(recorder(log, "b1"), key="b")
+    b2 = await lane.submit(recorder(log, "b2"), key="b")
+    urgent = Gate()
+    arrival = await lane.submit(urgent, key="a", priority=5)
+    await until(lambda: urgent.running)
+    assert victim.state is JobState.PREEMPTED and arrival.state is JobState.RUNNING
+    a1 = await lane.submit(recorder(log, "a1"), key="a")
+    await refresh(lane)
+    assert (b1.position, b2.position, a1.position) == (1, 2, 3)
+    urgent.release()
+    await asyncio.gather(a1, b1, b2)
+    assert log == ["b1", "b2", "a1"]
+
+
 async def test_fair_share_position_is_the_true_place(make_lane: MakeLane) -> None:
     """A flood by one key does not push back another key's newcomer: it is next but one."""
     lane = await make_lane("x", 1, policy=FairShare())

@@ -176,6 +176,31 @@ local function fair_admit(ek)
   forget_idle(tag)
 end
 
+-- Fair share: charge a key one start for a preemption arrival, which starts ahead of
+-- the queue (the in-process lane's FairShare.admit). With no job queued that is
+-- fair_admit; otherwise V stays where the queue's order is: a backlogged key's queued
+-- jobs move one turn back, and an idle key's finish tag moves one start past where it
+-- would restart.
+local function fair_charge(ek)
+  if redis.call('ZCARD', FK) == 0 then return fair_admit(ek) end
+  local f = flow_get(ek)
+  if f and f.n > 0 then
+    f.h = f.h + 1
+    redis.call('ZADD', FK, F(f.b + f.h / f.w), flow_mk(f))
+  else
+    local V = vtime()
+    if not f then
+      f = {ek = ek, b = V, h = 0, n = 0, o = redis.call('HINCRBY', CFG, 'fo', 1),
+        w = weight(ek)}
+    else
+      f.b = math.max(V, f.b + f.h / f.w)
+    end
+    f.h = 1
+    redis.call('ZADD', FI, F(f.b + 1 / f.w), flow_mk(f))
+  end
+  flow_put(f)
+end
+
 -- Remove a queued job from wherever it waits.
 local function q_remove(J)
   redis.call('ZREM', QT, J.id)
@@ -627,12 +652,14 @@ local function grant(now, caller, out)
   while running < C.max and budget > 0 do
     budget = budget - 1
     local id = redis.call('LPOP', PQ)
-    if id then arrivals = true else id = q_pop() end
+    local arrival = id ~= false
+    if arrival then arrivals = true else id = q_pop() end
     if not id then break end
     local J = jget(id)
     if J then
       J.pq = nil
       if alive(J.o, now) then
+        if arrival and C.pol == 'fair' then fair_charge(J.ek) end
         start(J, now, caller, out)
         running = running + 1
       else
