@@ -185,7 +185,8 @@ async def test_fair_share_charges_a_preemptor_whose_key_is_backlogged(
     urgent = Gate()
     arrival = await lane.submit(urgent, key="a", priority=5)
     await until(lambda: urgent.running)
-    assert victim.state is JobState.PREEMPTED and arrival.state is JobState.RUNNING
+    assert victim.state is JobState.PREEMPTED
+    assert arrival.state is JobState.RUNNING
     await refresh(lane)
     assert (b1.position, a1.position) == (1, 2)
     urgent.release()
@@ -204,7 +205,8 @@ async def test_fair_share_charges_a_preemptor_whose_key_is_idle(make_lane: MakeL
     urgent = Gate()
     arrival = await lane.submit(urgent, key="a", priority=5)
     await until(lambda: urgent.running)
-    assert victim.state is JobState.PREEMPTED and arrival.state is JobState.RUNNING
+    assert victim.state is JobState.PREEMPTED
+    assert arrival.state is JobState.RUNNING
     a1 = await lane.submit(recorder(log, "a1"), key="a")
     await refresh(lane)
     assert (b1.position, b2.position, a1.position) == (1, 2, 3)
