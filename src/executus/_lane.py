@@ -286,10 +286,10 @@ class Lane(LaneBase):
                     self._cancel_queued(job, JobCancelled(self._name, job.id))
                 elif job._state is _RUNNING:
                     # Granted, but cancelled before this task resumed: give it back.
-                    cause = self._causes.get(job)
+                    delivered = self._cancel_delivered(job)
                     error = self._ended(job, None, None, cancelled=True)
                     if (
-                        cause is not None
+                        delivered
                         and error is not None
                         and isinstance(exc, asyncio.CancelledError)
                         and task.uncancel() == 0
@@ -304,9 +304,9 @@ class Lane(LaneBase):
         try:
             yield job
         except asyncio.CancelledError as exc:
-            cause = self._causes.get(job)
+            delivered = self._cancel_delivered(job)
             error = self._ended(job, None, exc, cancelled=True)
-            if cause is not None and error is not None and task.uncancel() == 0:
+            if delivered and error is not None and task.uncancel() == 0:
                 # The lane cancelled the body (preemption, cancel, close) and nobody
                 # else did: report why instead of a bare CancelledError.
                 raise error from None
@@ -545,6 +545,10 @@ class Lane(LaneBase):
             if timer is not None:
                 timer.cancel()
             cause = self._causes.pop(job, None)
+            if cancelled and timer is not None:
+                # The grace still held the lane's cancel back: this one came from
+                # elsewhere (a timeout, the caller), and the preemption is over.
+                cause = None
         ends = self._ends
         ends.append(now)
         if len(ends) >= _FOLD:

@@ -839,6 +839,37 @@ async def test_never_more_than_max_while_the_victim_unwinds(make_lane: MakeLane)
     assert (stats.preempted, stats.succeeded, stats.cancelled) == (1, 1, 0)
 
 
+async def test_an_outside_cancel_of_a_victim_in_its_grace_is_a_cancel(
+    make_lane: MakeLane,
+) -> None:
+    """A preempted slot body still in its grace that is cancelled from outside (say by
+    asyncio.timeout) raises CancelledError, not JobPreempted, and ends CANCELLED; the
+    arrival then starts."""
+    lane = await make_lane("gpu", 1, preemption=Preemption(min_runtime=0, grace=30))
+    entered = asyncio.Event()
+    handles: list[JobHandle[None]] = []
+
+    async def user() -> None:
+        async with lane.slot(preemptible=True) as job:
+            handles.append(job)
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(user())
+    async with asyncio.timeout(5):
+        await entered.wait()
+    arrival = await lane.submit(value("urgent"), priority=1)
+    await until(lambda: handles[0].preempt_requested)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await task
+    assert handles[0].state is JobState.CANCELLED
+    assert await arrival == "urgent"
+    stats = await lane.stats()
+    assert (stats.preempted, stats.cancelled) == (0, 1)
+
+
 async def test_victim_choice_lowest_priority_then_earliest(make_lane: MakeLane) -> None:
     """The victim is the lowest-priority preemptible job, the earliest started among equals."""
     lane = await make_lane("gpu", 3, preemption=Preemption(min_runtime=0))

@@ -780,10 +780,17 @@ class RedisLane(LaneBase):
             self._policy = FIFO()
         elif cfg[1] == "prio":
             self._policy = Priority(aging or None)
-        elif not isinstance(self._policy, FairShare) or self._policy.default_weight != float(
-            cfg[3]
-        ):
-            self._policy = FairShare(default_weight=float(cfg[3]))
+        else:
+            # The weights stored with the lane: a client that adopted the policy knows
+            # them too, and restores them if it rebuilds a lost lane.
+            weights = _weights([_s(x) for x in reply[4]])
+            default = float(cfg[3])
+            if (
+                not isinstance(self._policy, FairShare)
+                or self._policy.default_weight != default
+                or dict(self._policy.weights) != weights
+            ):
+                self._policy = FairShare(weights, default_weight=default)
         self._preemption = (
             Preemption(int(cfg[5]) / 1000, int(cfg[6]) / 1000, cfg[7] == "1")
             if cfg[4] == "1"
@@ -907,9 +914,23 @@ class RedisLane(LaneBase):
             rec.granted = asyncio.get_running_loop().create_future()
             try:
                 await rec.granted
-            except BaseException:
+            except BaseException as exc:
                 rec.granted = None
-                await _shielded(self._withdraw(rec, JobCancelled(self._name, job.id)))
+                if job._state is not _RUNNING:
+                    await _shielded(self._withdraw(rec, JobCancelled(self._name, job.id)))
+                    raise
+                # Granted, then cancelled before this task resumed: by the lane (a
+                # close without drain, a preemption, a lost lease) or from outside.
+                delivered = self._cancel_delivered(rec)
+                rec.finishing = True
+                error = await _shielded(self._finish(rec, None, None, cancelled=True))
+                if (
+                    isinstance(exc, asyncio.CancelledError)
+                    and delivered
+                    and error is not None
+                    and task.uncancel() == 0
+                ):
+                    raise error from None
                 raise
         if job._state is not _RUNNING:
             # Ended while waiting (closed, dropped): report it as the handle would.
@@ -919,16 +940,23 @@ class RedisLane(LaneBase):
         try:
             yield job
         except asyncio.CancelledError as exc:
-            cause = rec.cause
+            delivered = self._cancel_delivered(rec)
+            rec.finishing = True  # the lane cancels this task no more
             error = await _shielded(self._finish(rec, None, exc, cancelled=True))
-            if cause is not None and error is not None and task.uncancel() == 0:
+            if delivered and error is not None and task.uncancel() == 0:
+                # The lane cancelled the body (preemption, cancel, close, lost lease)
+                # and nobody else did: report why instead of a bare CancelledError.
                 raise error from None
             raise
         except BaseException as exc:
+            rec.finishing = True
             await _shielded(self._finish(rec, None, exc, cancelled=False))
             raise
         else:
-            await _shielded(self._finish(rec, None, None, cancelled=False))
+            rec.finishing = True
+            # The caller's code goes on after the block: a cancellation of its task
+            # while the slot is released must reach it.
+            await _shielded(self._finish(rec, None, None, cancelled=False), keep_cancel=True)
         finally:
             CURRENT_JOB.reset(token)
 
@@ -1001,7 +1029,7 @@ class RedisLane(LaneBase):
             # Nothing half-done: forget it here, and free whatever the server may have
             # recorded before the reply was lost.
             if self._jobs.get(job_id) is rec and handle._state is _QUEUED:
-                del self._jobs[job_id]
+                self._forget(rec)  # an aclose() may be waiting for this client's jobs
                 self._chore(self._forget_remote(job_id))
             elif handle._state is _RUNNING:  # granted meanwhile: give it back
                 if fn is None:
@@ -1011,10 +1039,10 @@ class RedisLane(LaneBase):
             raise
         status = _s(reply[0])
         if status == "DUP":
-            del self._jobs[job_id]
+            self._forget(rec)
             raise DuplicateJob(self._name, job_id)
         if status == "BUSY":
-            del self._jobs[job_id]
+            self._forget(rec)
             self._grants(reply[3:])  # to this client's other jobs, before the refusal
             busy = LaneBusy(self._name, int(reply[1]), float(_s(reply[2])), max_wait or 0.0)
             if self._events.active:
@@ -1165,6 +1193,8 @@ class RedisLane(LaneBase):
         job = rec.handle
         if job._state is not _RUNNING:
             return job._exc
+        if cancelled:
+            self._stop_grace(rec)  # cancelled in its grace, not by the preemption
         if rec.timer is not None:
             rec.timer.cancel()
             rec.timer = None
@@ -1307,6 +1337,15 @@ class RedisLane(LaneBase):
             return True
         return False
 
+    def _cancel_delivered(self, rec: _Local) -> bool:
+        """Whether this client has cancelled the running job's task (a cause is
+        recorded and no grace timer still holds the cancel back)."""
+        return rec.cause is not None and rec.timer is None
+
+    def _grace_over(self, rec: _Local) -> None:
+        rec.timer = None
+        self._cancel_task(rec, _PREEMPT)
+
     def _cancel_task(self, rec: _Local, cause: str) -> None:
         job = rec.handle
         if job._state is not _RUNNING or rec.finishing:
@@ -1315,6 +1354,9 @@ class RedisLane(LaneBase):
             self._stop_grace(rec)
         if rec.cause is None or cause in (_LOST, _CLOSE):
             rec.cause = cause
+        if rec.timer is not None:  # the cancel is delivered now: a grace is over
+            rec.timer.cancel()
+            rec.timer = None
         task = job._task
         if task is not None and not task.done():
             again = task.cancelling()
@@ -1353,9 +1395,7 @@ class RedisLane(LaneBase):
             rec.cause = _PREEMPT
             grace = int(parts[2]) / 1000
             if grace > 0:
-                rec.timer = asyncio.get_running_loop().call_later(
-                    grace, self._cancel_task, rec, _PREEMPT
-                )
+                rec.timer = asyncio.get_running_loop().call_later(grace, self._grace_over, rec)
             else:
                 self._cancel_task(rec, _PREEMPT)
         elif kind == "L" and job._state is _RUNNING and rec.fence == parts[1]:
@@ -1745,20 +1785,27 @@ class RedisLane(LaneBase):
         return self
 
 
-async def _shielded(coro: Awaitable[T]) -> T:
+async def _shielded(coro: Awaitable[T], *, keep_cancel: bool = False) -> T:
     """Await ``coro`` to the end even if the caller is cancelled meanwhile.
 
-    A slot must be released and its job ended whatever happens to the task doing it;
-    the caller is already unwinding (or ending its own job task), so a cancellation
-    arriving in this short window is absorbed.
+    A slot must be released and its job ended whatever happens to the task doing it.
+    A cancellation arriving in this short window is absorbed when the caller is already
+    unwinding (or ending its own job task); with ``keep_cancel`` (the caller's own code
+    goes on) it is raised once ``coro`` is done.
     """
     task = asyncio.ensure_future(coro)
+    absorbed = False
     while True:
         try:
-            return await asyncio.shield(task)
+            result = await asyncio.shield(task)
         except asyncio.CancelledError:
             if task.done():
                 raise
+            absorbed = True
+            continue
+        if absorbed and keep_cancel:
+            raise asyncio.CancelledError
+        return result
 
 
 def _client_type_message(value: object) -> str:
@@ -1807,6 +1854,20 @@ def _untrusted(error: BaseException) -> bool:
     (a setting to fix, not an outage to wait out)."""
     # The SSL error sits a link or two down the chain.
     return _cause(error, ssl.SSLCertVerificationError) is not None
+
+
+def _weights(flat: Sequence[str]) -> dict[str, float]:
+    """Fair-share weights from a stored ``key, weight, ...`` list; like the scripts, an
+    entry that is not a number > 0 is left out (its key gets the default weight)."""
+    weights: dict[str, float] = {}
+    for key, text in zip(flat[::2], flat[1::2], strict=False):
+        try:
+            weight = float(text)
+        except ValueError:
+            continue
+        if 0 < weight < math.inf:
+            weights[key] = weight
+    return weights
 
 
 def _check_stored_count(name: str, value: object) -> int:

@@ -8,7 +8,11 @@
 --   n_running x (id, fence, ek, priority, preemptible, seq, run_age_ms, sub_age_ms,
 --   nonce),
 --   then queued x (id, ek, priority, preemptible, seq, sub_age_ms, nonce).
--- Reply: {'OK', epoch, {max, pol, aging, dw, pon, pmin, pgrace, preq, win}, {grants}}
+-- A client rejoining a lane that another client has already rebuilt (a known epoch
+-- that is not the stored one) adopts the rebuilt configuration: its own view may be
+-- older than the one the lane was rebuilt with.
+-- Reply: {'OK', epoch, {max, pol, aging, dw, pon, pmin, pgrace, preq, win}, {grants},
+--         {weight key, weight...}}
 --      | {'POLICY', stored policy}
 local proc, known, fresh = ARGV[1], ARGV[2], ARGV[3]
 local lease = tonumber(ARGV[4])
@@ -22,6 +26,7 @@ local function set_policy()
     redis.call('HSET', WEIGHTS, ARGV[10 + 2 * i], ARGV[11 + 2 * i])
   end
 end
+local adopt = false
 if redis.call('EXISTS', CFG) == 0 then
   local rec = 0
   -- A client that knew an earlier epoch is recovering from lost state: hold new grants
@@ -31,6 +36,8 @@ if redis.call('EXISTS', CFG) == 0 then
     'aging', '0', 'dw', '1', 'pon', '0', 'pmin', '30000', 'pgrace', '0', 'preq', '0',
     'win', '16', 'rec', I(rec), 't0', I(now), 'fence', ARGV[k + 5], 'seq', '0', 'vt', '0')
   if ARGV[6] ~= '' then set_policy() end
+elseif known ~= '' and redis.call('HGET', CFG, 'epoch') ~= known then
+  adopt = true
 else
   load_cfg()
   if ARGV[6] ~= '' then
@@ -40,12 +47,14 @@ else
     set_policy()
   end
 end
-if ARGV[5] ~= '' then redis.call('HSET', CFG, 'max', ARGV[5]) end
-if ARGV[k] ~= '' then
-  redis.call('HSET', CFG, 'pon', ARGV[k], 'pmin', ARGV[k + 1], 'pgrace', ARGV[k + 2],
-    'preq', ARGV[k + 3])
+if not adopt then
+  if ARGV[5] ~= '' then redis.call('HSET', CFG, 'max', ARGV[5]) end
+  if ARGV[k] ~= '' then
+    redis.call('HSET', CFG, 'pon', ARGV[k], 'pmin', ARGV[k + 1], 'pgrace', ARGV[k + 2],
+      'preq', ARGV[k + 3])
+  end
+  if ARGV[k + 4] ~= '' then redis.call('HSET', CFG, 'win', ARGV[k + 4]) end
 end
-if ARGV[k + 4] ~= '' then redis.call('HSET', CFG, 'win', ARGV[k + 4]) end
 load_cfg()
 redis.call('ZADD', PROCS, now + lease, proc)
 local fence = tonumber(redis.call('HGET', CFG, 'fence') or '0') or 0
@@ -104,4 +113,4 @@ if known ~= C.epoch then
   grant(now, proc, out)
 end
 return {'OK', C.epoch, {C.max, C.pol, F(C.aging), F(C.dw), C.pon and 1 or 0, C.pmin,
-  C.pgrace, C.preq and 1 or 0, C.win}, out}
+  C.pgrace, C.preq and 1 or 0, C.win}, out, redis.call('HGETALL', WEIGHTS)}

@@ -1,0 +1,217 @@
+"""RedisLane against a real redis-server: closing, slots and submits racing each other."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from executus import (
+    DuplicateJob,
+    FairShare,
+    JobCancelled,
+    JobHandle,
+    JobState,
+    LaneBusy,
+    Preemption,
+)
+from executus.redis import RedisLane
+
+from .helpers import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
+
+LaneFactory = Callable[..., RedisLane]
+
+
+@pytest.fixture
+async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client of the session server, to read and drop the lane's keys."""
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def until(cond: Callable[[], bool], limit: float = 5.0) -> None:
+    """Wait (yielding to the loop) until ``cond()`` holds, at most ``limit`` seconds."""
+    async with asyncio.timeout(limit):
+        # Polling local state: the changes arrive from Redis, with no event to wait on.
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+async def drop_lane_state(admin: aioredis.Redis, namespace: str) -> None:
+    """Delete every key of the lane (as a flush, or a restart without persistence)."""
+    keys = [k async for k in admin.scan_iter(match=f"[{{]{namespace}:lane}}:*")]
+    await admin.delete(*keys)
+
+
+@pytest.mark.parametrize("refusal", ["max_wait", "duplicate id"])
+async def test_aclose_returns_when_a_submit_in_flight_is_refused(
+    make_lane: LaneFactory, refusal: str
+) -> None:
+    """aclose() returns once a submit it overlapped is refused (LaneBusy, DuplicateJob)."""
+    holder = make_lane(max_concurrent=1)
+    lane = make_lane()
+    stop = asyncio.Event()
+    await holder.submit(stop.wait, job_id="taken")
+    await lane.stats()  # connected
+    if refusal == "max_wait":
+        submit = asyncio.create_task(lane.submit(stop.wait, max_wait=0))
+        expected: type[Exception] = LaneBusy
+    else:
+        submit = asyncio.create_task(lane.submit(stop.wait, job_id="taken"))
+        expected = DuplicateJob
+    close = asyncio.create_task(lane.aclose())  # runs once the submit is on its way
+    with pytest.raises(expected):
+        await submit
+    async with asyncio.timeout(5):
+        await close
+    stop.set()
+
+
+async def test_a_granted_slot_not_yet_entered_raises_job_cancelled_on_close(
+    make_lane: LaneFactory,
+) -> None:
+    """A slot granted but not yet entered when its lane closes without draining raises
+    JobCancelled from the async with (not CancelledError), and frees its slot."""
+    lane = make_lane(max_concurrent=1)
+    other = make_lane()
+    stop = asyncio.Event()
+    await lane.submit(stop.wait)
+    entered: list[bool] = []
+
+    async def user() -> None:
+        async with lane.slot() as job:
+            entered.append(job.state is JobState.RUNNING)
+
+    task = asyncio.create_task(user())
+    await until(lambda: any(r.granted is not None for r in lane._jobs.values()))  # waiting
+    await lane.set_max_concurrent(2)  # its reply grants the slot; the task has not resumed
+    await lane.aclose(drain=False)
+    with pytest.raises(JobCancelled, match=r"cancelled: the lane was closed$"):
+        await task
+    assert entered == []
+    assert (await other.stats()).running == 0
+
+
+async def test_a_cancel_during_a_slots_release_is_not_lost(make_lane: LaneFactory) -> None:
+    """A task cancelled while its slot is being released on a normal exit is still
+    cancelled: the CancelledError leaves the async with."""
+    lane = make_lane(max_concurrent=1)
+    after: list[str] = []
+
+    async def user() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        async with lane.slot():
+            # Cancelled from outside once the body has left and the release is on its way.
+            asyncio.get_running_loop().call_soon(task.cancel)
+        after.append("left")
+        await asyncio.sleep(0)
+
+    task = asyncio.create_task(user())
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await task
+    assert after == []
+    assert (await lane.stats()).running == 0
+
+
+async def test_an_outside_cancel_of_a_slot_body_in_its_grace_is_a_cancel(
+    make_lane: LaneFactory,
+) -> None:
+    """A preempted slot body still in its grace that is cancelled from outside (say by
+    asyncio.timeout) raises CancelledError, not JobPreempted, and ends CANCELLED."""
+    lane = make_lane(max_concurrent=1, preemption=Preemption(min_runtime=0, grace=30))
+    arrival_lane = make_lane()
+    entered = asyncio.Event()
+    handles: list[JobHandle[None]] = []
+
+    async def user() -> None:
+        async with lane.slot(preemptible=True) as job:
+            handles.append(job)
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(user())
+    async with asyncio.timeout(5):
+        await entered.wait()
+    arrival = await arrival_lane.submit(asyncio.Event().wait, priority=1)
+    await until(lambda: handles[0].preempt_requested)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await task
+    assert handles[0].state is JobState.CANCELLED
+    await until(lambda: arrival.state is JobState.RUNNING)
+
+
+async def test_a_close_during_a_slots_grace_raises_job_cancelled(
+    make_lane: LaneFactory,
+) -> None:
+    """A slot body in the grace of another client's preemption, when its own client
+    closes without draining, leaves the async with by JobCancelled (the lane was
+    closed), not by a bare CancelledError."""
+    lane = make_lane(max_concurrent=1, preemption=Preemption(min_runtime=0, grace=30))
+    arrival_lane = make_lane()
+    entered = asyncio.Event()
+    handles: list[JobHandle[None]] = []
+
+    async def user() -> None:
+        async with lane.slot(preemptible=True) as job:
+            handles.append(job)
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(user())
+    async with asyncio.timeout(5):
+        await entered.wait()
+    arrival = await arrival_lane.submit(asyncio.Event().wait, priority=1)
+    await until(lambda: handles[0].preempt_requested)
+    await lane.aclose(drain=False)
+    with pytest.raises(JobCancelled, match=r"cancelled: the lane was closed$"):
+        async with asyncio.timeout(5):
+            await task
+    assert handles[0].state is JobState.CANCELLED
+    await until(lambda: arrival.state is JobState.RUNNING)
+
+
+@pytest.mark.parametrize("first", ["the client that set them", "a client that adopted them"])
+async def test_fair_share_weights_survive_the_lane_state_being_lost(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str, first: str
+) -> None:
+    """When the lane's state is lost and rebuilt by its clients, the FairShare weights
+    stored with the lane are restored, whichever client rebuilds it first."""
+    # Long leases: the heartbeats (lease / 3 apart) stay out of the way.
+    setter = make_lane(max_concurrent=2, policy=FairShare(weights={"paying": 3}), lease=30.0)
+    adopter = make_lane(lease=30.0)
+    await setter.stats()
+    await adopter.stats()
+    prefix = f"{{{namespace}:lane}}:"
+    assert await admin.hgetall(prefix + "w") == {"paying": "3.0"}
+    await drop_lane_state(admin, namespace)
+    order = [setter, adopter] if first == "the client that set them" else [adopter, setter]
+    for lane in order:
+        await lane.stats()  # finds the lane missing, rebuilds or rejoins it
+    assert setter._epoch == adopter._epoch
+    assert await admin.hgetall(prefix + "w") == {"paying": "3.0"}
+    assert isinstance(adopter.policy, FairShare)
+    assert dict(adopter.policy.weights) == {"paying": 3.0}
+
+
+async def test_a_resize_survives_the_lane_state_being_lost(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """A lane rebuilt after its state was lost keeps the size the first client to rebuild
+    it knew: a client that rejoins later with an older view does not shrink it back."""
+    a = make_lane(max_concurrent=2, lease=30.0)
+    b = make_lane(lease=30.0)
+    await a.stats()
+    await b.set_max_concurrent(5)
+    await drop_lane_state(admin, namespace)
+    assert (await b.stats()).max_concurrent == 5  # b rebuilds the lane
+    await a.stats()  # a, which last saw 2 slots, rejoins it
+    assert (await b.stats()).max_concurrent == 5
