@@ -39,6 +39,7 @@ Invariants (checked by the tests that record concurrency):
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import sys
@@ -390,6 +391,15 @@ def _check_cap(name: str, value: object) -> int:
     return value
 
 
+def _check_key(key: object) -> None:
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be a callable or None, got {key!r}")
+    if inspect.iscoroutinefunction(key):  # its coroutine would be taken for the key
+        raise TypeError(
+            f"key must be a plain (not async) callable returning the item's key, got {key!r}"
+        )
+
+
 def _is_lane(obj: object) -> bool:
     return callable(getattr(obj, "submit", None))
 
@@ -418,8 +428,7 @@ class _Swarm(Generic[T, R]):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be a callable returning an awaitable, got {fn!r}")
-        if key is not None and not callable(key):
-            raise TypeError(f"key must be a callable or None, got {key!r}")
+        _check_key(key)
         self._fn = fn
         self._key = key
         self._cap = None if max_concurrent is None else _check_cap("max_concurrent", max_concurrent)
@@ -462,6 +471,11 @@ class _Swarm(Generic[T, R]):
             progress = None
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be a callable, True or None, got {progress!r}")
+        if inspect.iscoroutinefunction(progress):
+            raise TypeError(
+                "progress must be a plain (not async) callable, as it is called "
+                f"synchronously, got {progress!r}"
+            )
         if isinstance(progress_interval, bool) or not isinstance(progress_interval, int | float):
             raise TypeError(f"progress_interval must be a number >= 0, got {progress_interval!r}")
         if not progress_interval >= 0:  # also refuses NaN
@@ -543,7 +557,9 @@ class _Swarm(Generic[T, R]):
         try:
             k = None if self._key is None else self._key(item)
             ks = self._key_state(k)
-        except Exception as exc:  # the key function failed: the item's own error
+        # The key function failed: the item's own error. It runs synchronously, so a
+        # CancelledError out of it is its own, not a cancel of this task.
+        except (Exception, asyncio.CancelledError) as exc:
             now = self._mono()
             self._record(
                 None, Outcome(index, item, None, False, None, exc, now, None, now, self._wall)
@@ -807,7 +823,9 @@ class _Swarm(Generic[T, R]):
         self._last_report = now
         try:
             cb(self.snapshot(finished=finished))
-        except Exception:  # a broken display must not break the swarm
+        # A broken display must not break the swarm. The callback runs synchronously, so
+        # a CancelledError out of it is its own, not a cancel of this task.
+        except (Exception, asyncio.CancelledError):
             log.exception("fanout progress callback %r failed", cb)
 
     async def _ticker(self) -> None:
@@ -1223,8 +1241,10 @@ async def fanout(
             so the result lines up with the input.
         progress: a callable receiving a ``FanoutProgress`` (at most once per
             ``progress_interval`` seconds, and always once at the end), or True for a
-            live line on stderr (``ProgressLine``). It is called synchronously and must
-            not block; its exceptions are logged and ignored.
+            live line on stderr (``ProgressLine``). It is called synchronously (so not
+            an ``async def``) and must not block; its exceptions are logged and ignored.
+            The last report (``finished`` True) comes however the swarm ends: done, an
+            error, a cancel.
         read_ahead: how many items may be read from the input but not yet started
             (default ``DEFAULT_READ_AHEAD``, 256). Bigger lets items of other keys fill
             slots that a key's cap leaves idle further ahead in the input; smaller
@@ -1243,7 +1263,7 @@ async def fanout(
 
     Raises:
         TypeError: a wrong argument type (not callable ``fn``, a non-int cap, a
-            non-bool flag...).
+            non-bool flag, an ``async def`` ``key`` or ``progress``...).
         ValueError: a cap or ``read_ahead`` below 1, a negative ``progress_interval``,
             an unknown ``on_preempt``.
         Exception: whatever the input iterator raised (after cancelling the swarm).
@@ -1279,10 +1299,12 @@ async def fanout(
     try:
         await swarm.wait_finished()
     finally:
-        await swarm.aclose()
+        try:
+            await swarm.aclose()
+        finally:
+            swarm.finish_progress()  # the final report, however the swarm ended
     if swarm._fatal is not None:
         raise swarm._fatal
-    swarm.finish_progress()
     return swarm.results()
 
 
@@ -1381,10 +1403,12 @@ async def _iterate(swarm: _Swarm[T, R]) -> AsyncGenerator[Outcome[T, R], None]:
         # the consumer closes the input; otherwise the swarm stops and leaves the input
         # to its owner, and an async generator nobody holds is closed by asyncio's own
         # finalizer when it is collected, as the dropped generator was.
-        await swarm.aclose(close_input=not _closed_by_loop())
+        try:
+            await swarm.aclose(close_input=not _closed_by_loop())
+        finally:
+            swarm.finish_progress()  # the final report, however the swarm ended
     if swarm._fatal is not None:
         raise swarm._fatal
-    swarm.finish_progress()
 
 
 class _Product(Sized, Iterable[tuple[T, C]]):
@@ -1456,8 +1480,7 @@ async def grid(
         for prompt, row in zip(prompts, table):
             print(prompt, [o.value for o in row])
     """
-    if key is not None and not callable(key):
-        raise TypeError(f"key must be a callable or None, got {key!r}")
+    _check_key(key)
     if not callable(fn):
         raise TypeError(f"fn must be a callable returning an awaitable, got {fn!r}")
     for name, axis in (("rows", rows), ("cols", cols)):

@@ -141,7 +141,8 @@ class ProgressReporter:
             logged); None for no limit.
 
     Raises:
-        TypeError: ``interval`` or ``deliver_timeout`` is not a number.
+        TypeError: ``interval`` or ``deliver_timeout`` is not a number, ``deliverer`` has
+            no ``deliver`` method, or ``formatter`` is not callable.
         ValueError: ``interval`` is negative or not finite, or ``deliver_timeout`` is
             not > 0 or not finite.
 
@@ -183,6 +184,12 @@ class ProgressReporter:
             raise TypeError(f"interval must be a number of seconds, got {interval!r}")
         if not math.isfinite(interval) or interval < 0:
             raise ValueError(f"interval must be a finite number >= 0, got {interval!r}")
+        if deliverer is not None and not callable(getattr(deliverer, "deliver", None)):
+            raise TypeError(
+                f"deliverer must have an async deliver(target, message) method, got {deliverer!r}"
+            )
+        if formatter is not None and not callable(formatter):
+            raise TypeError(f"formatter must be a callable or None, got {formatter!r}")
         self.target = target
         self._deliverer: Deliverer = Discard() if deliverer is None else deliverer
         self._interval = float(interval)
@@ -321,13 +328,18 @@ class ProgressReporter:
             try:
                 async with asyncio.timeout(self._deliver_timeout):
                     await self._deliverer.deliver(self.target, text)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise  # the reporting task itself is cancelled
+                self._delivery_failed()  # the deliverer raised it by itself
             except Exception:
-                self.failures += 1
-                log.warning(
-                    "progress delivery to %r failed (the run goes on)", self.target, exc_info=True
-                )
+                self._delivery_failed()
             else:
                 self.delivered += 1
+
+    def _delivery_failed(self) -> None:
+        self.failures += 1
+        log.warning("progress delivery to %r failed (the run goes on)", self.target, exc_info=True)
 
     async def flush(self) -> None:
         """Deliver a coalesced update that waits for its interval now."""
@@ -379,6 +391,15 @@ class ProgressReporter:
             if not tick.done():
                 tick.cancel()
 
+    def _poll_every(self, poll: float | None) -> float:
+        """The seconds between two reads of a queued job's position; checks ``poll``."""
+        if poll is not None and (isinstance(poll, bool) or not isinstance(poll, int | float)):
+            raise TypeError(f"poll must be a number of seconds, got {poll!r}")
+        every = max(self._interval, 0.05) if poll is None else poll
+        if not every > 0:  # also refuses NaN
+            raise ValueError(f"poll must be > 0, got {poll!r}")
+        return every
+
     async def track(self, handle: JobHandle[Any], *, poll: float | None = None) -> JobState:
         """Report a lane job's life from its handle, until it ends.
 
@@ -399,11 +420,7 @@ class ProgressReporter:
             TypeError: ``poll`` is not a number.
             ValueError: ``poll`` is not > 0.
         """
-        if poll is not None and (isinstance(poll, bool) or not isinstance(poll, int | float)):
-            raise TypeError(f"poll must be a number of seconds, got {poll!r}")
-        every = max(self._interval, 0.05) if poll is None else poll
-        if not every > 0:  # also refuses NaN
-            raise ValueError(f"poll must be > 0, got {poll!r}")
+        every = self._poll_every(poll)
         ended = asyncio.ensure_future(_wait_handle(handle))
         try:
             reported_run = -1  # the handle's preemption count when "started" was sent
@@ -431,6 +448,13 @@ class ProgressReporter:
         else:
             await self.cancelled()
         return final
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (not merely handed a
+    ``CancelledError`` raised by the code it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _wait_handle(handle: JobHandle[Any]) -> None:
@@ -479,6 +503,8 @@ async def run_with_progress(
         The job's value.
 
     Raises:
+        TypeError: ``poll`` is not a number (nothing is submitted).
+        ValueError: ``poll`` is not > 0 (nothing is submitted).
         Everything ``lane.submit`` and awaiting the job raise (``LaneBusy``, the job's
         own error, ``JobPreempted``...). A ``LaneBusy`` refusal is reported as failed.
 
@@ -487,17 +513,22 @@ async def run_with_progress(
         reporter = ProgressReporter("user-42", chat)
         reply = await run_with_progress(lane, lambda: llm.chat(prompt), reporter, key="user-42")
     """
+    every = reporter._poll_every(poll)  # checked before anything is submitted
     try:
         handle = await lane.submit(fn, **submit_options)
     except Exception as exc:
-        await reporter.failed(exc)
+        try:
+            await reporter.failed(exc)
+        except Exception:
+            log.warning(
+                "progress reporting of a refused job failed (its error stands)", exc_info=True
+            )
         raise
-    tracker = asyncio.ensure_future(reporter.track(handle, poll=poll))
+    tracker = asyncio.ensure_future(reporter.track(handle, poll=every))
     try:
         value: T = await handle
     except asyncio.CancelledError:
-        if not handle.done():
-            await handle.cancel()
+        await _end_job(handle)
         await _finish_tracker(tracker, handle)
         raise
     except BaseException:
@@ -507,21 +538,39 @@ async def run_with_progress(
     return value
 
 
+async def _end_job(handle: JobHandle[Any]) -> None:
+    """Cancel a job and wait until it has ended, even if cancelled again meanwhile: a
+    repeated cancel is passed on to the job rather than cutting the wait short."""
+    while True:
+        try:
+            await handle.cancel()  # False at once when the job has already ended
+        except asyncio.CancelledError:
+            continue
+        return
+
+
 async def _finish_tracker(tracker: asyncio.Future[JobState], handle: JobHandle[Any]) -> None:
     """Let the tracker report the end; if we are cancelled meanwhile, cancel it too.
 
-    The tracker ends soon after its job: its deliveries are bounded by the reporter's
-    ``deliver_timeout``. Reporting is best effort: if the tracker itself fails (a
-    formatter that raises), that is logged and the job's own outcome stands.
+    Returns (or raises ``CancelledError``, when a cancel arrived) only once the tracker
+    has ended. The tracker ends soon after its job: its deliveries are bounded by the
+    reporter's ``deliver_timeout``, and a cancel of this task cancels it. Reporting is
+    best effort: if the tracker itself fails (a formatter that raises, even
+    ``CancelledError``), that is logged and the job's own outcome stands.
     """
-    try:
-        await asyncio.shield(tracker)
-    except asyncio.CancelledError:
-        tracker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tracker
-        raise
-    except Exception:
+    cancelled = False
+    while not tracker.done():
+        try:
+            await asyncio.wait({tracker})
+        except asyncio.CancelledError:
+            cancelled = True
+            tracker.cancel()
+    if cancelled:
+        raise asyncio.CancelledError
+    error = asyncio.CancelledError() if tracker.cancelled() else tracker.exception()
+    if error is not None:
         log.warning(
-            "progress reporting for job %r failed (its outcome stands)", handle.id, exc_info=True
+            "progress reporting for job %r failed (its outcome stands)",
+            handle.id,
+            exc_info=error,
         )
