@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -215,3 +216,30 @@ async def test_a_resize_survives_the_lane_state_being_lost(
     assert (await b.stats()).max_concurrent == 5  # b rebuilds the lane
     await a.stats()  # a, which last saw 2 slots, rejoins it
     assert (await b.stats()).max_concurrent == 5
+
+
+def test_a_lane_used_from_another_event_loop_says_so(redis_server: RedisServer) -> None:
+    """A RedisLane started on one event loop and then used from another (a second
+    asyncio.run) raises a RuntimeError saying a RedisLane serves one loop."""
+    lane = RedisLane("x", redis_server.url, 1, namespace=f"loops-{uuid.uuid4().hex}")
+
+    async def job() -> int:
+        return 42
+
+    async def use() -> int:
+        return await lane.run(job)
+
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(use()) == 42
+        message = (
+            r"^RedisLane 'x' runs on the event loop it started on: make one RedisLane per "
+            r"event loop \(its connections and tasks belong to that loop\)$"
+        )
+        with pytest.raises(RuntimeError, match=message):
+            asyncio.run(use())
+        with pytest.raises(RuntimeError, match=message):
+            asyncio.run(lane.aclose())
+        first.run_until_complete(lane.aclose())
+    finally:
+        first.close()

@@ -339,6 +339,7 @@ class RedisLane(LaneBase):
         self._hard = False  # closing with drain=False
         self._stopping = False  # the background tasks are being stopped
         self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it started on
         self._start_lock = asyncio.Lock()
         self._recover_lock = asyncio.Lock()
         self._blocking: aioredis.Redis | None = None
@@ -395,8 +396,17 @@ class RedisLane(LaneBase):
 
     # -- connection ------------------------------------------------------------------
 
+    def _check_loop(self) -> None:
+        if self._started and asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(
+                f"RedisLane {self._name!r} runs on the event loop it started on: make "
+                "one RedisLane per event loop (its connections and tasks belong to "
+                "that loop)"
+            )
+
     async def _ensure(self) -> None:
         if self._started:
+            self._check_loop()
             return
         async with self._start_lock:
             if self._started:
@@ -436,7 +446,7 @@ class RedisLane(LaneBase):
                 raise
             self._started = True
             self._last_beat = time.monotonic()
-            loop = asyncio.get_running_loop()
+            loop = self._loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(self._wake_loop(), name=f"executus-redis-wake-{self._name}"),
                 loop.create_task(self._beat_loop(), name=f"executus-redis-beat-{self._name}"),
@@ -1737,6 +1747,7 @@ class RedisLane(LaneBase):
 
         Calling it again is harmless.
         """
+        self._check_loop()
         if not self._closed and self._events.active:
             self._emit(EventKind.CLOSED, None)
         self._closed = True
