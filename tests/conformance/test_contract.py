@@ -870,6 +870,40 @@ async def test_an_outside_cancel_of_a_victim_in_its_grace_is_a_cancel(
     assert (stats.preempted, stats.cancelled) == (0, 1)
 
 
+async def test_a_slot_body_that_swallows_the_lanes_cancel_leaves_its_task_clean(
+    make_lane: MakeLane,
+) -> None:
+    """A slot body that catches the lane's cancellation and returns leaves its task with
+    no pending cancellation: a later timeout in that task still works."""
+    lane = await make_lane("gpu", 1, preemption=Preemption(min_runtime=0))
+    inside = asyncio.Event()
+    outcome: list[object] = []
+
+    async def hold() -> None:
+        async with lane.slot(preemptible=True):
+            inside.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                outcome.append("swallowed")
+        task = asyncio.current_task()
+        assert task is not None
+        outcome.append(task.cancelling())
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await asyncio.Event().wait()
+        outcome.append("timeout works")
+
+    holder = asyncio.create_task(hold())
+    async with asyncio.timeout(5):
+        await inside.wait()
+    urgent = await lane.submit(value("urgent"), priority=1)
+    async with asyncio.timeout(5):
+        await holder
+    assert outcome == ["swallowed", 0, "timeout works"]
+    assert await urgent == "urgent"
+
+
 async def test_victim_choice_lowest_priority_then_earliest(make_lane: MakeLane) -> None:
     """The victim is the lowest-priority preemptible job, the earliest started among equals."""
     lane = await make_lane("gpu", 3, preemption=Preemption(min_runtime=0))

@@ -467,7 +467,7 @@ async def test_a_grant_names_its_submit_and_a_reused_id_ignores_an_earlier_ones(
     message = await admin.lpop(prefix + "wake:ghost")
     fence = str(await admin.hget(prefix + "j:order-1", "f"))
     assert message == f"G order-1 {fence} 77"
-    await lane._eval("cancel", ["ghost", "order-1", "1"])  # its owner gives it up
+    await lane._eval("cancel", ["ghost", "order-1", "1", "77"])  # its owner gives it up
     assert (await lane.stats()).running == 0
 
     # This client submits "order-1" while the slot is held, and then receives a grant

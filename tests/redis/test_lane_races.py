@@ -243,3 +243,30 @@ def test_a_lane_used_from_another_event_loop_says_so(redis_server: RedisServer) 
         first.run_until_complete(lane.aclose())
     finally:
         first.close()
+
+
+async def test_freeing_a_lost_submit_spares_a_later_submit_of_its_id(
+    make_lane: LaneFactory,
+) -> None:
+    """The forced cancel that frees what a lost submit recorded touches that submit
+    only: a later submit of the same id (running here), or another client's queued job
+    of that id, stays."""
+    lane = make_lane(max_concurrent=1)
+    other = make_lane()
+    stop = asyncio.Event()
+    running = await lane.submit(stop.wait, job_id="j")
+    assert running.state is JobState.RUNNING
+    queued = await other.submit(stop.wait, job_id="q")
+    assert queued.state is JobState.QUEUED
+    for job_id in ("j", "q"):
+        reply = await lane._eval("cancel", [lane._client_id, job_id, "1", "a lost nonce"])
+        assert [x.decode() if isinstance(x, bytes) else x for x in reply] == [
+            "NQ",
+            "another submit",
+        ]
+    stats = await other.stats()
+    assert (stats.running, stats.queued, stats.cancelled) == (1, 1, 0)
+    stop.set()
+    async with asyncio.timeout(5):
+        await running
+        await queued

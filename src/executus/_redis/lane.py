@@ -959,16 +959,27 @@ class RedisLane(LaneBase):
                 raise error from None
             raise
         except BaseException as exc:
-            rec.finishing = True
-            await _shielded(self._finish(rec, None, exc, cancelled=False))
+            await self._slot_left(rec, task, exc)
             raise
         else:
-            rec.finishing = True
-            # The caller's code goes on after the block: a cancellation of its task
-            # while the slot is released must reach it.
-            await _shielded(self._finish(rec, None, None, cancelled=False), keep_cancel=True)
+            await self._slot_left(rec, task, None)
         finally:
             CURRENT_JOB.reset(token)
+
+    async def _slot_left(
+        self, rec: _Local, task: asyncio.Task[Any], exc: BaseException | None
+    ) -> None:
+        """A slot body left without a ``CancelledError``: release the slot. If the lane
+        had cancelled the task and the body swallowed that, take the cancel back. After
+        a normal exit the caller's code goes on, so a cancellation of its task while the
+        slot is released reaches it."""
+        delivered = self._cancel_delivered(rec)
+        rec.finishing = True  # the lane cancels this task no more
+        try:
+            await _shielded(self._finish(rec, None, exc, cancelled=False), keep_cancel=exc is None)
+        finally:
+            if delivered:
+                task.uncancel()
 
     async def _submit(
         self,
@@ -1040,7 +1051,7 @@ class RedisLane(LaneBase):
             # recorded before the reply was lost.
             if self._jobs.get(job_id) is rec and handle._state is _QUEUED:
                 self._forget(rec)  # an aclose() may be waiting for this client's jobs
-                self._chore(self._forget_remote(job_id))
+                self._chore(self._forget_remote(job_id, rec.nonce))
             elif handle._state is _RUNNING:  # granted meanwhile: give it back
                 if fn is None:
                     self._chore(self._finish(rec, None, None, cancelled=True))
@@ -1070,7 +1081,7 @@ class RedisLane(LaneBase):
         if handle.done():
             # Ended here while the submit was on its way (a close without drain withdrew
             # it before Redis had it): free what Redis has just recorded, now.
-            self._chore(self._forget_remote(job_id))
+            self._chore(self._forget_remote(job_id, rec.nonce))
         if status == "RUN":
             rec.seq = int(reply[2])
             handle._seq = rec.seq
@@ -1089,9 +1100,12 @@ class RedisLane(LaneBase):
         rec.eta = eta
         rec.eta_at = time.monotonic()
 
-    async def _forget_remote(self, job_id: str) -> None:
+    async def _forget_remote(self, job_id: str, nonce: str) -> None:
+        """Free what the server recorded of a submit this client has forgotten (its
+        reply was lost, or the job ended here meanwhile), queued or granted: only that
+        submit's (``nonce``), never a later submit of the same id."""
         with contextlib.suppress(LaneUnavailable):
-            reply = await self._eval("cancel", [self._client_id, job_id, "1"])
+            reply = await self._eval("cancel", [self._client_id, job_id, "1", nonce])
             self._grants(reply[1:])
 
     # -- running ---------------------------------------------------------------------
