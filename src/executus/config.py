@@ -297,7 +297,8 @@ def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str,
             if not flat and normalize_key(k) == "LANES" and isinstance(v, Mapping):
                 for name, lane_table in v.items():
                     lane_path = f"{sub_path}.{name}"
-                    lane_flat = f"LANE_{normalize_key(str(name))}"
+                    # Spelt as Lanes.get(name) reads it: "llama3:8b" is LANE_LLAMA3_8B_*.
+                    lane_flat = f"LANE_{lane_token(str(name))}"
                     if not isinstance(lane_table, Mapping):
                         raise ConfigError(
                             f"config key {lane_flat!r} ({lane_path} in {source_name}) must be "
@@ -414,6 +415,10 @@ class TomlSource(MappingSource):
                 return tomllib.load(f)
         except OSError as e:
             raise ConfigError(f"cannot read config file {str(self.path)!r}: {e}") from e
+        except UnicodeDecodeError as e:  # TOML is UTF-8 text; tomllib decodes it as such
+            raise ConfigError(
+                f"config file {str(self.path)!r} is not valid TOML: it is not UTF-8 text ({e})"
+            ) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(self.path)!r} is not valid TOML: {e}") from e
 
@@ -809,6 +814,14 @@ _SINGLE_VALUED = frozenset(
 )
 
 
+# What a RedisLane can take: counts are stored as numbers (doubles) in Redis, a lease is
+# renewed every lease / 3 seconds, and braces would break a lane's hash tag.
+_REDIS_MAX_STORED = 2**40
+_REDIS_MIN_LEASE = 0.1
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_DEFAULT_NAMESPACE = "executus"
+
+
 def lane_token(name: str) -> str:
     """The form of a lane name used in config keys: ``"image-gen"`` is ``IMAGE_GEN``."""
     return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
@@ -830,7 +843,7 @@ class LaneSettings:
         preempt_grace: ``LANE_<NAME>_PREEMPT_GRACE`` (a duration).
         preempt_requeue: ``LANE_<NAME>_PREEMPT_REQUEUE`` (bool).
         eta_window: ``LANE_<NAME>_ETA_WINDOW`` (int >= 1).
-        lease: ``LANE_<NAME>_LEASE`` (a duration > 0), Redis lanes only.
+        lease: ``LANE_<NAME>_LEASE`` (a duration >= 0.1 s), Redis lanes only.
     """
 
     name: str
@@ -887,29 +900,40 @@ def _lane_key(token: str, suffix: str) -> str:
     return f"LANE_{token}_{suffix}"
 
 
-def _read_lane(source: Source, token: str, *, redis: bool) -> LaneSettings:
-    """Parse and validate every setting of lane ``token``; all errors are ConfigError."""
+def _read_lane(source: Source, token: str, *, redis: bool, live: bool = False) -> LaneSettings:
+    """Parse and validate every setting of lane ``token``; all errors are ConfigError.
+
+    ``redis``: the lane is a Redis lane, with its own limits. ``live``: it is built
+    already, and refuses a count it cannot store itself when a reload applies it (the
+    lanes changed before it are then put back).
+    """
 
     def key(suffix: str) -> str:
         return _lane_key(token, suffix)
 
+    def refuse(suffix: str, rule: str) -> ConfigError:
+        raw = source.get(key(suffix)) or ""
+        return ConfigError(
+            f"config key {key(suffix)!r} ({_where(source, key(suffix))}) must be {rule}, "
+            f"got {raw.strip()!r}",
+            key=key(suffix),
+            value=raw,
+        )
+
     def at_least(suffix: str, value: float | None, low: float, strict: bool = False) -> None:
-        if value is None:
-            return
-        if value < low or (strict and value == low):
-            rule = f"> {low:g}" if strict else f">= {low:g}"
-            raw = source.get(key(suffix)) or ""
-            raise ConfigError(
-                f"config key {key(suffix)!r} ({_where(source, key(suffix))}) must be {rule}, "
-                f"got {raw.strip()!r}",
-                key=key(suffix),
-                value=raw,
-            )
+        if value is not None and (value < low or (strict and value == low)):
+            raise refuse(suffix, f"> {low:g}" if strict else f">= {low:g}")
+
+    def stored_count(suffix: str, value: int | None) -> None:
+        if redis and not live and value is not None and value >= _REDIS_MAX_STORED:
+            raise refuse(suffix, "< 2**40 for a Redis lane")
 
     max_concurrent = get_int(source, key("MAX_CONCURRENT"))
     at_least("MAX_CONCURRENT", max_concurrent, 1)
+    stored_count("MAX_CONCURRENT", max_concurrent)
     eta_window = get_int(source, key("ETA_WINDOW"))
     at_least("ETA_WINDOW", eta_window, 1)
+    stored_count("ETA_WINDOW", eta_window)
 
     policy_expected = "one of fifo, priority, fair_share"
     policy_raw = _single(source, key("POLICY"), policy_expected)
@@ -959,13 +983,13 @@ def _read_lane(source: Source, token: str, *, redis: bool) -> LaneSettings:
                 )
 
     lease = get_duration(source, key("LEASE"))
-    at_least("LEASE", lease, 0, strict=True)
     if lease is not None and not redis:
         raise ConfigError(
             f"config key {key('LEASE')!r} ({_where(source, key('LEASE'))}) applies only to "
             "Redis lanes, and REDIS_URL is not set",
             key=key("LEASE"),
         )
+    at_least("LEASE", lease, _REDIS_MIN_LEASE)
 
     return LaneSettings(
         name=token,
@@ -1007,6 +1031,42 @@ def _parse_weights(source: Source, key: str, raw: str) -> tuple[tuple[str, float
     return tuple(out.items())
 
 
+def _check_redis(source: Source, url: str, namespace: str | None) -> None:
+    """Refuse a Redis URL or namespace a ``RedisLane`` would refuse at first use."""
+    if not url.startswith(_REDIS_SCHEMES):
+        # The password is masked: the message may end up in a log.
+        shown = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
+        raise ConfigError(
+            f"config key 'REDIS_URL' ({_where(source, 'REDIS_URL')}): expected a redis://, "
+            f"rediss:// or unix:// URL, got {shown!r}",
+            key="REDIS_URL",
+        )
+    if namespace is None:
+        return
+    where = _where(source, "REDIS_NAMESPACE")
+    if "{" in namespace or "}" in namespace:
+        rule = "must not contain '{' or '}'"
+    elif not _utf8(namespace):
+        rule = "must be encodable as UTF-8"
+    else:
+        return
+    raise ConfigError(
+        f"config key 'REDIS_NAMESPACE' ({where}) {rule}, got {namespace!r}",
+        key="REDIS_NAMESPACE",
+        value=namespace,
+    )
+
+
+def _utf8(text: str) -> bool:
+    """True when ``text`` can be sent to Redis (an environment variable that is not
+    UTF-8 reads as a str with lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _lists_every_key(source: Source) -> bool:
     """True when ``source`` (every source, for a chain) can list the keys it sets."""
     if isinstance(source, ChainSource):
@@ -1031,7 +1091,15 @@ def _configured_tokens(source: Source) -> set[str]:
         rest = nk[len("LANE_") :]
         for suffix in _FIELDS_BY_LENGTH:
             if rest.endswith("_" + suffix) and len(rest) > len(suffix) + 1:
-                tokens.add(rest[: -len(suffix) - 1])
+                token = rest[: -len(suffix) - 1]
+                # A token no lane name spells ("LLAMA3:8B"): its settings would be lost.
+                if token != lane_token(token):
+                    raise ConfigError(
+                        f"config key {nk!r} ({_where(source, nk)}): a lane name in a key is spelt "
+                        f"with A-Z, 0-9 and _ only; write {_lane_key(lane_token(token), suffix)}",
+                        key=nk,
+                    )
+                tokens.add(token)
                 break
         else:
             raise ConfigError(
@@ -1061,7 +1129,8 @@ class ReloadResult:
             ``("ollama", "max_concurrent")``.
         pending_restart: ``(lane, setting)`` pairs that changed in config but cannot
             change on a live lane (the policy, the lease, the backend: ``redis_url``,
-            ``redis_cluster``); they apply to lanes created afterwards.
+            ``redis_namespace``, ``redis_cluster``); they apply to lanes created
+            afterwards.
     """
 
     applied: tuple[tuple[str, str], ...] = ()
@@ -1107,6 +1176,11 @@ _LIVE_SETTINGS = {
     "preemption": ("PREEMPT", "PREEMPT_MIN_RUNTIME", "PREEMPT_GRACE", "PREEMPT_REQUEUE"),
     "eta_window": ("ETA_WINDOW",),
 }
+
+
+def _namespace(eff: _Effective) -> str:
+    """The namespace a Redis lane built with ``eff`` has (RedisLane's default if unset)."""
+    return _REDIS_DEFAULT_NAMESPACE if eff.redis_namespace is None else eff.redis_namespace
 
 
 def _live_changes(old: _Effective, new: _Effective) -> list[tuple[str, Any, Any]]:
@@ -1238,12 +1312,15 @@ class Lanes:
                 value=raw,
             )
         if redis_url is not None:
+            _check_redis(source, redis_url, namespace)
             self._redis_lane_class(source)  # fail at load when executus.redis is missing
         configured = _configured_tokens(source)
         lanes = {}
         # Live lanes are re-read too: a source without keys() may set them unlisted.
         for token in sorted(configured | set(self._lanes)):
-            settings = _read_lane(source, token, redis=redis_url is not None)
+            settings = _read_lane(
+                source, token, redis=redis_url is not None, live=token in self._lanes
+            )
             if token in configured or _has_settings(settings):
                 lanes[token] = settings
         return _Snapshot(redis_url, namespace, bool(cluster), lanes)
@@ -1418,9 +1495,10 @@ class Lanes:
         ``max_concurrent``, preemption and the ETA window change on a live lane at once
         (``set_max_concurrent`` and friends: no job is dropped; lowering the limit never
         cancels a running job). A changed **policy** (or weights, aging, lease, Redis
-        URL, ``REDIS_CLUSTER``) cannot change under queued jobs: it is logged and
-        reported in ``pending_restart`` and applies to lanes built afterwards, as a
-        database reports settings that need a restart (PostgreSQL's ``pending_restart``).
+        URL, a Redis lane's namespace, ``REDIS_CLUSTER``) cannot change under queued
+        jobs: it is logged and reported in ``pending_restart`` and applies to lanes
+        built afterwards, as a database reports settings that need a restart
+        (PostgreSQL's ``pending_restart``).
         A setting removed from config falls back to the next source of a chain, then to
         the default given to ``get``, then to the built-in one.
 
@@ -1495,9 +1573,11 @@ class Lanes:
                     ("policy", old.policy or FIFO(), new.policy or FIFO()),
                     ("lease", old.lease, new.lease),
                     ("redis_url", old.redis_url, new.redis_url),
+                    ("redis_namespace", _namespace(old), _namespace(new)),
                     ("redis_cluster", old.redis_cluster, new.redis_cluster),
                 ):
-                    if a != b:
+                    # An in-process lane has no namespace to keep.
+                    if a != b and (what != "redis_namespace" or old.redis_url is not None):
                         pending.append((name, what))
                         logger.warning(
                             "lane %r: %s changed in config (%r -> %r); a live lane keeps "

@@ -30,6 +30,7 @@ or, with a registry of your own::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -167,6 +168,24 @@ class _Watch:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _buckets(name: str, values: Sequence[float]) -> tuple[float, ...]:
+    """``values`` as histogram bounds: at least one, numbers, strictly increasing.
+
+    prometheus_client sorts out only some of this: a NaN or a repeated bound would be
+    exported as a bucket of its own.
+    """
+    bounds = tuple(values)
+    if (
+        not bounds
+        or any(
+            isinstance(b, bool) or not isinstance(b, int | float) or math.isnan(b) for b in bounds
+        )
+        or any(a >= b for a, b in itertools.pairwise(bounds))
+    ):
+        raise ValueError(f"{name} must be increasing numbers of seconds, got {values!r}")
+    return bounds
+
+
 class LaneMetrics:
     """The metrics of any number of lanes, registered in one ``CollectorRegistry``.
 
@@ -205,8 +224,9 @@ class LaneMetrics:
             events and ``refresh()``.
 
     Raises:
-        ValueError: ``interval`` is not a positive number of seconds, or the names are
-            registered in ``registry`` already.
+        ValueError: ``interval`` is not a positive number of seconds, the buckets are
+            not increasing numbers, or a name is registered in ``registry`` already
+            (then none of the metrics is registered).
     """
 
     def __init__(
@@ -225,45 +245,66 @@ class LaneMetrics:
             or interval <= 0
         ):
             raise ValueError(f"interval must be > 0 seconds or None, got {interval!r}")
+        wait_bounds = _buckets("wait_buckets", wait_buckets)
+        run_bounds = _buckets("run_buckets", run_buckets)
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
         self.interval = interval
-        reg = self.registry
         p = f"{prefix}_lane"
-        self.running = Gauge(f"{p}_running", "Jobs holding a slot.", ["lane"], registry=reg)
-        self.queued = Gauge(f"{p}_queued", "Jobs waiting for a slot.", ["lane"], registry=reg)
+        # Made unregistered, then registered together: a name the registry holds already
+        # leaves none of the others behind.
+        self.running = Gauge(f"{p}_running", "Jobs holding a slot.", ["lane"], registry=None)
+        self.queued = Gauge(f"{p}_queued", "Jobs waiting for a slot.", ["lane"], registry=None)
         self.max_concurrent = Gauge(
-            f"{p}_max_concurrent", "The lane's slot limit.", ["lane"], registry=reg
+            f"{p}_max_concurrent", "The lane's slot limit.", ["lane"], registry=None
         )
         self.oldest_wait = Gauge(
             f"{p}_oldest_wait_seconds",
             "Seconds the oldest queued job has waited (0 when nothing is queued).",
             ["lane"],
-            registry=reg,
+            registry=None,
         )
         self.submitted = Counter(
-            f"{p}_submitted", "Jobs accepted by the lane.", ["lane"], registry=reg
+            f"{p}_submitted", "Jobs accepted by the lane.", ["lane"], registry=None
         )
         self.jobs = Counter(
             f"{p}_jobs",
             "Jobs by outcome: succeeded, failed, cancelled, preempted (each eviction), "
             "rejected (refused by max_wait).",
             ["lane", "outcome"],
-            registry=reg,
+            registry=None,
         )
         self.queue_wait = Histogram(
             f"{p}_queue_wait_seconds",
             "Seconds a job waited in the queue before it started.",
             ["lane"],
-            buckets=tuple(wait_buckets),
-            registry=reg,
+            buckets=wait_bounds,
+            registry=None,
         )
         self.run_time = Histogram(
             f"{p}_run_seconds",
             "Seconds a run held its slot (any outcome).",
             ["lane"],
-            buckets=tuple(run_buckets),
-            registry=reg,
+            buckets=run_bounds,
+            registry=None,
         )
+        registered: list[Gauge | Counter | Histogram] = []
+        try:
+            for metric in (
+                self.running,
+                self.queued,
+                self.max_concurrent,
+                self.oldest_wait,
+                self.submitted,
+                self.jobs,
+                self.queue_wait,
+                self.run_time,
+            ):
+                self.registry.register(metric)
+                registered.append(metric)
+        except BaseException:
+            for metric in registered:
+                self.registry.unregister(metric)
+            raise
         self._watches: dict[int, _Watch] = {}
 
     def watch(self, lane: ObservableLane) -> None:

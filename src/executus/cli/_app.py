@@ -36,6 +36,8 @@ _CLUSTER_HELP = (
     f"The URL names a node of a Redis Cluster; reach every node (default: ${_CLUSTER_ENV})."
 )
 BENCHMARKS = ("lane", "scale", "eta", "fairness", "fanout", "redis")
+# A Redis lane stores its counts as numbers (doubles): max_concurrent stays below this.
+_MAX_STORED = 2**40
 
 
 def safe_url(url: str) -> str:
@@ -53,18 +55,26 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _namespace(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+def _key_part(what: str, value: str) -> str:
+    """A lane name or namespace as Redis can take it, else a usage error."""
     try:
-        return check_key_part("namespace", value)
+        check_key_part(what, value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    try:
+        # Bytes of the command line that are not UTF-8 arrive as lone surrogates.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter(f"{what} must be encodable as UTF-8, got {value!r}") from None
+    return value
+
+
+def _namespace(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    return _key_part("namespace", value)
 
 
 def _lane_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    try:
-        return check_key_part("lane name", value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+    return _key_part("lane name", value)
 
 
 class _FiniteRange(click.FloatRange):
@@ -421,6 +431,10 @@ def set_max(url: str, cluster: bool, namespace: str, name: str, n: int) -> None:
     """
     if n < 1:
         raise click.BadParameter(f"max_concurrent must be >= 1, got {n}", param_hint="'N'")
+    if n >= _MAX_STORED:
+        raise click.BadParameter(
+            f"max_concurrent must be < 2**40 for a Redis lane, got {n}", param_hint="'N'"
+        )
     with redis_client(url, cluster=cluster) as client:
         _existing_lane(client, namespace, name, url)
     try:
