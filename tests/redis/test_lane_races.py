@@ -270,3 +270,26 @@ async def test_freeing_a_lost_submit_spares_a_later_submit_of_its_id(
     async with asyncio.timeout(5):
         await running
         await queued
+
+
+async def test_a_queued_job_cancelled_elsewhere_ends_cancelled_when_a_heartbeat_sees_it_first(
+    make_lane: LaneFactory,
+) -> None:
+    """A queued job removed by a cancel whose wake-up this client has not read yet ends
+    JobCancelled when a heartbeat finds it gone (LeaseLost is for a client that was
+    taken for dead)."""
+    lane = make_lane(max_concurrent=1, lease=30.0)
+    stop = asyncio.Event()
+    await lane.submit(stop.wait)
+    queued = await lane.submit(stop.wait, job_id="q")
+    assert queued.state is JobState.QUEUED
+    # Removed on the server with no wake-up to this client (as if it were still on its
+    # way): the cancel script tells a job's owner, and here the owner ran it.
+    reply = await lane._eval("cancel", [lane._client_id, "q", "0"])
+    assert reply[0] in (b"OK", "OK")
+    assert queued.state is JobState.QUEUED
+    await lane._heartbeat()
+    assert queued.state is JobState.CANCELLED
+    with pytest.raises(JobCancelled, match=r"^job 'q' in lane 'lane' was cancelled$"):
+        await queued
+    stop.set()

@@ -1512,6 +1512,10 @@ class RedisLane(LaneBase):
         args += [r.handle.id for r in queued]
         sent = time.monotonic()
         reply = await self._eval("heartbeat", args, budget=self._lease / _HEARTBEATS_PER_LEASE)
+        # Renewed within a lease, this client was never taken for dead: a queued job of
+        # it that is gone was cancelled by another client (its wake-up still on its way),
+        # not dropped by the sweep.
+        alive = sent - self._last_beat < self._lease
         self._last_beat = sent
         lost = {_s(x) for x in reply[1]}
         for r, fence in zip(running, fences, strict=True):
@@ -1530,7 +1534,9 @@ class RedisLane(LaneBase):
         for x in reply[4]:
             rec = self._jobs.get(_s(x))
             if rec is not None and rec.handle._state is _QUEUED and rec in queued:
-                self._end_queued(rec, self._lease_lost(rec.handle.id))
+                job_id = rec.handle.id
+                gone = JobCancelled(self._name, job_id) if alive else self._lease_lost(job_id)
+                self._end_queued(rec, gone)
         self._grants(reply[5])
         victims = reply[6]
         for i in range(0, len(victims) - 2, 3):
