@@ -218,6 +218,28 @@ async def test_a_resize_survives_the_lane_state_being_lost(
     assert (await b.stats()).max_concurrent == 5
 
 
+async def test_a_heartbeat_refreshes_the_settings_a_rebuild_restores(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
+) -> None:
+    """A client's heartbeat keeps its view of the lane's settings fresh: when the lane's
+    state is lost, the client rebuilding it restores the slot limit, preemption and ETA
+    window that another client set since it joined."""
+    a = make_lane(max_concurrent=2, lease=30.0)
+    b = make_lane(lease=30.0)
+    await a.stats()
+    await b.set_max_concurrent(5)
+    await b.set_eta_window(7)
+    await b.set_preemption(Preemption(min_runtime=1, grace=2))
+    await b.aclose()
+    await a._heartbeat()
+    assert a.max_concurrent == 5
+    assert a.preemption == Preemption(min_runtime=1, grace=2)
+    await drop_lane_state(admin, namespace)
+    assert (await a.stats()).max_concurrent == 5  # a rebuilds the lane
+    cfg = await admin.hgetall(f"{{{namespace}:lane}}:cfg")
+    assert (cfg["win"], cfg["pon"], cfg["pmin"], cfg["pgrace"]) == ("7", "1", "1000", "2000")
+
+
 def test_a_lane_used_from_another_event_loop_says_so(redis_server: RedisServer) -> None:
     """A RedisLane started on one event loop and then used from another (a second
     asyncio.run) raises a RuntimeError saying a RedisLane serves one loop."""

@@ -323,6 +323,7 @@ class RedisLane(LaneBase):
         self._want_policy = policy
         self._want_preemption = preemption
         self._want_window = eta_window
+        self._window: int | None = None  # the stored ETA window, as last seen
         self._lease = float(lease)
         self._client_id = uuid.uuid4().hex
         self._nonce = 0  # submits numbered within this client (the scripts check both)
@@ -731,8 +732,10 @@ class RedisLane(LaneBase):
             win_arg = "" if self._want_window is None else str(self._want_window)
             pre_set = pre is not None
         else:
+            # Recovering: the settings as last seen (a heartbeat ago at most).
             policy, pre, pre_set = self._policy, self._preemption, True
-            max_arg, win_arg = str(self._max), ""
+            max_arg = str(self._max)
+            win_arg = "" if self._window is None else str(self._window)
         argv: list[str] = [self._client_id, self._epoch, uuid.uuid4().hex, _ms(self._lease)]
         argv.append(max_arg)
         argv += _policy_args(policy) if policy is not None else ["", "0", "1", "0"]
@@ -784,7 +787,7 @@ class RedisLane(LaneBase):
             )
         self._epoch = _s(reply[1])
         cfg = [_s(x) for x in reply[2]]
-        self._max = int(cfg[0])
+        self._settings(cfg[0], *cfg[4:9])
         aging = float(cfg[2])
         if cfg[1] == "fifo":
             self._policy = FIFO()
@@ -801,14 +804,19 @@ class RedisLane(LaneBase):
                 or dict(self._policy.weights) != weights
             ):
                 self._policy = FairShare(weights, default_weight=default)
-        self._preemption = (
-            Preemption(int(cfg[5]) / 1000, int(cfg[6]) / 1000, cfg[7] == "1")
-            if cfg[4] == "1"
-            else None
-        )
         for r in running:
             r.renewed = now
         self._grants(reply[3])
+
+    def _settings(
+        self, max_: str, pon: str, pmin: str, pgrace: str, preq: str, win: str
+    ) -> None:
+        """Take the lane's stored slot limit, preemption and ETA window as this
+        client's view (from an attach or a heartbeat)."""
+        self._max = int(max_)
+        preemption = Preemption(int(pmin) / 1000, int(pgrace) / 1000, preq == "1")
+        self._preemption = preemption if pon == "1" else None
+        self._window = int(win)
 
     async def _recover(self, seen_epoch: str) -> None:
         async with self._recover_lock:
@@ -1538,6 +1546,7 @@ class RedisLane(LaneBase):
                 gone = JobCancelled(self._name, job_id) if alive else self._lease_lost(job_id)
                 self._end_queued(rec, gone)
         self._grants(reply[5])
+        self._settings(*(_s(x) for x in reply[7]))
         victims = reply[6]
         for i in range(0, len(victims) - 2, 3):
             rec = self._jobs.get(_s(victims[i]))
@@ -1748,6 +1757,7 @@ class RedisLane(LaneBase):
         _check_stored_count("eta_window", n)
         await self._ensure()
         await self._eval("control", [self._client_id, "win", str(n)])
+        self._window = n
 
     # -- closing ---------------------------------------------------------------------
 

@@ -5,8 +5,10 @@
 -- gone. Also reaps and grants, and (at most once per sweep_ms, lane-wide, guarded by
 -- SET NX PX) drops the queued jobs of dead clients.
 -- Reply: {'OK', {lost ids}, {granted id, fence, nonce...}, {queued id, position, eta...},
---         {gone ids}, {grants id, fence, nonce...}, {victim id, fence, grace left ms...}}
--- (victims repeat preemption requests, in case a wake-up was lost)
+--         {gone ids}, {grants id, fence, nonce...}, {victim id, fence, grace left ms...},
+--         {max, pon, pmin, pgrace, preq, win}}
+-- (victims repeat preemption requests, in case a wake-up was lost; the settings keep the
+-- client's view of them fresh, which is what it restores if the lane's state is lost)
 local bad = enter(ARGV[1])
 if bad then return bad end
 local proc = ARGV[2]
@@ -73,4 +75,6 @@ for i = 6 + 2 * nrun, #ARGV do
     queued[#queued + 1] = F(eta(pos, now))
   end
 end
-return {'OK', lost, granted, queued, gone, out, victims}
+local settings = {I(C.max), C.pon and 1 or 0, I(C.pmin), I(C.pgrace), C.preq and 1 or 0,
+  I(C.win)}
+return {'OK', lost, granted, queued, gone, out, victims, settings}
