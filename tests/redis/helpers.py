@@ -497,3 +497,11 @@ def max_overlap(intervals: Iterable[Interval], *, exclude_fences: Iterable[int] 
         cur += d
         best = max(best, cur)
     return best
+
+
+async def until(cond: Callable[[], bool], limit: float = 20.0) -> None:
+    """Wait (yielding to the loop) until ``cond()`` holds, at most ``limit`` seconds."""
+    async with asyncio.timeout(limit):
+        # Polling local state: the changes arrive from Redis, with no event to wait on.
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)

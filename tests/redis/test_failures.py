@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from executus import JobState, LaneUnavailable, Preemption, current_job
 from executus.redis import RedisLane
 
-from .helpers import BlocksOnce, Interval, RedisServer, TcpProxy, max_overlap
+from .helpers import BlocksOnce, Interval, RedisServer, TcpProxy, max_overlap, until
 
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(60)]
 
@@ -65,13 +65,6 @@ async def wait_for_event(path: Path, ev: str, limit: float = 20.0) -> dict[str, 
             await asyncio.sleep(0.02)
 
 
-async def until(cond: Callable[[], bool], limit: float = 20.0) -> None:
-    """Wait (yielding to the loop) until ``cond()`` holds, at most ``limit`` seconds."""
-    async with asyncio.timeout(limit):
-        while not cond():  # noqa: ASYNC110 - state changes arrive from Redis
-            await asyncio.sleep(0.005)
-
-
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], Path]]]:
     """Start worker processes; kill any still running at the end."""
@@ -91,14 +84,6 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes
             os.kill(with_cont, signal.SIGCONT)
             proc.kill()
         proc.wait(timeout=10)
-
-
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain client of the session server, to inspect and damage keys."""
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.mark.parametrize("policy", ["fifo", "fair"])

@@ -31,7 +31,7 @@ from executus import (
 from executus._policies import PolicyState
 from executus.redis import RedisLane
 
-from .helpers import RedisServer
+from .helpers import RedisServer, until
 
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
@@ -75,14 +75,6 @@ class Gate:
     def open_all(self) -> None:
         for e in self.events.values():
             e.set()
-
-
-async def until(cond: Callable[[], bool], limit: float = 10.0) -> None:
-    """Wait (yielding to the loop) until ``cond()`` holds, at most ``limit`` seconds."""
-    async with asyncio.timeout(limit):
-        # Polling local state: the changes arrive from Redis, with no event to wait on.
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 async def test_starts_at_once_then_queues(make_lane: LaneFactory) -> None:

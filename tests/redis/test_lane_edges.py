@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,27 +20,11 @@ from executus import (
 )
 from executus.redis import RedisLane
 
-from .helpers import BlocksOnce, RedisServer
+from .helpers import BlocksOnce, RedisServer, until
 
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
 LaneFactory = Callable[..., RedisLane]
-
-
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain client of the session server, to read the lane's keys."""
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-async def until(cond: Callable[[], bool], limit: float = 10.0) -> None:
-    """Wait (yielding to the loop) until ``cond()`` holds, at most ``limit`` seconds."""
-    async with asyncio.timeout(limit):
-        # Polling local state: the changes arrive from Redis, with no event to wait on.
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 async def held_keys(admin: aioredis.Redis, namespace: str, name: str = "lane") -> list[str]:

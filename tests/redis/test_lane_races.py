@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,27 +20,11 @@ from executus import (
 )
 from executus.redis import RedisLane
 
-from .helpers import RedisServer
+from .helpers import RedisServer, until
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
 LaneFactory = Callable[..., RedisLane]
-
-
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain client of the session server, to read and drop the lane's keys."""
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-async def until(cond: Callable[[], bool], limit: float = 5.0) -> None:
-    """Wait (yielding to the loop) until ``cond()`` holds, at most ``limit`` seconds."""
-    async with asyncio.timeout(limit):
-        # Polling local state: the changes arrive from Redis, with no event to wait on.
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 async def drop_lane_state(admin: aioredis.Redis, namespace: str) -> None:
@@ -119,35 +103,6 @@ async def test_a_cancel_during_a_slots_release_is_not_lost(make_lane: LaneFactor
             await task
     assert after == []
     assert (await lane.stats()).running == 0
-
-
-async def test_an_outside_cancel_of_a_slot_body_in_its_grace_is_a_cancel(
-    make_lane: LaneFactory,
-) -> None:
-    """A preempted slot body still in its grace that is cancelled from outside (say by
-    asyncio.timeout) raises CancelledError, not JobPreempted, and ends CANCELLED."""
-    lane = make_lane(max_concurrent=1, preemption=Preemption(min_runtime=0, grace=30))
-    arrival_lane = make_lane()
-    entered = asyncio.Event()
-    handles: list[JobHandle[None]] = []
-
-    async def user() -> None:
-        async with lane.slot(preemptible=True) as job:
-            handles.append(job)
-            entered.set()
-            await asyncio.Event().wait()
-
-    task = asyncio.create_task(user())
-    async with asyncio.timeout(5):
-        await entered.wait()
-    arrival = await arrival_lane.submit(asyncio.Event().wait, priority=1)
-    await until(lambda: handles[0].preempt_requested)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        async with asyncio.timeout(5):
-            await task
-    assert handles[0].state is JobState.CANCELLED
-    await until(lambda: arrival.state is JobState.RUNNING)
 
 
 async def test_a_close_during_a_slots_grace_raises_job_cancelled(
