@@ -42,6 +42,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import math
 import sys
 from collections import deque
 from collections.abc import (
@@ -62,6 +63,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Generic, Literal, Protocol, TextIO, TypeVar
 
+from ._cleanup import end_job, wait_ended
 from ._clock import Clock, SystemClock
 from ._errors import JobPreempted
 from ._job import JobHandle, JobState
@@ -275,12 +277,22 @@ class FanoutProgress:
 
 
 def _fmt_seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.1f}s"
-    m, sec = divmod(int(s + 0.5), 60)
-    if m < 60:
+    """A duration for a progress line: ``"9.5s"``, ``"4m05s"``, ``"2h07m"``.
+
+    The value is rounded (half up) once, to the last digit of the unit it is shown in,
+    and the unit is chosen after rounding: 59.96 s reads ``"1m00s"`` (not ``"60.0s"``),
+    3599.6 s ``"1h00m"`` (not ``"60m00s"``).
+    """
+    if not math.isfinite(s):
+        return "?"
+    tenths = math.floor(s * 10 + 0.5)
+    if tenths < 600:
+        return f"{tenths / 10:.1f}s"
+    secs = math.floor(s + 0.5)
+    if secs < 3600:
+        m, sec = divmod(secs, 60)
         return f"{m}m{sec:02d}s"
-    h, m = divmod(m, 60)
+    h, m = divmod(math.floor(s / 60 + 0.5), 60)
     return f"{h}h{m:02d}m"
 
 
@@ -827,6 +839,11 @@ class _Swarm(Generic[T, R]):
         # a CancelledError out of it is its own, not a cancel of this task.
         except (Exception, asyncio.CancelledError):
             log.exception("fanout progress callback %r failed", cb)
+        # KeyboardInterrupt, SystemExit...: the program is asked to stop. Raised here it
+        # would end whichever task reported (a worker, the ticker) and escape the event
+        # loop with the swarm half running; instead the swarm stops and fanout raises it.
+        except BaseException as exc:
+            self._fail(exc)
 
     async def _ticker(self) -> None:
         """Report at the interval even while nothing ends (long items)."""
@@ -944,7 +961,7 @@ class _Swarm(Generic[T, R]):
             value = await handle
         except asyncio.CancelledError as exc:
             if handle is not None and not handle.done():
-                await _end_job(handle)
+                await end_job(handle, log, "a stopping swarm")
             t_start = started[-1] if started else None
             if self._item_cancelled(ks, index, item, t_read, t_start, pre, exc):
                 raise
@@ -974,6 +991,9 @@ class _Swarm(Generic[T, R]):
                     index, item, ks.key, False, None, exc, t_read, t_start, mono(), self._wall, pre
                 ),
             )
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+            self._release(ks)
+            self._fail(exc)
         else:
             self._release(ks)
             t_start = started[-1] if started else None
@@ -1036,6 +1056,15 @@ class _Swarm(Generic[T, R]):
                 self._wake_all()
             self._check_finished()
 
+    def _reader_done(self, task: asyncio.Task[None]) -> None:
+        # The reader's own ``finally`` does this, unless it was cancelled before its first
+        # step (a progress callback's KeyboardInterrupt in the first report stops the
+        # swarm at once): then nothing more is read either.
+        self._exhausted = True
+        if not self._n_pending:
+            self._wake_all()
+        self._check_finished()
+
     def _check_finished(self) -> None:
         fin = self._finished
         if fin is None or fin.done():
@@ -1052,7 +1081,7 @@ class _Swarm(Generic[T, R]):
         self._finished = self._loop.create_future()
         self._t0 = self._mono()
         if self._ait is not None:
-            self._spawn(self._reader())
+            self._spawn(self._reader()).add_done_callback(self._reader_done)
         else:
             self._spawn_worker()
         if self._progress is not None:
@@ -1079,7 +1108,7 @@ class _Swarm(Generic[T, R]):
         pending = set(self._tasks)
         for task in pending:
             task.cancel()
-        cancelled_again = await _wait_ended(pending)
+        cancelled_again = await wait_ended(pending)
         # The reader has ended, so the input is not running: it can be closed. Once only:
         # the flag is set before the first await. aclose() runs in a task of its own so
         # that a cancel of this task (asyncio.wait raising) is told apart from a
@@ -1091,7 +1120,7 @@ class _Swarm(Generic[T, R]):
             self._input_ended = True
             assert self._loop is not None
             closing = self._loop.create_task(self._close_input(ait, aclose))
-            if await _wait_ended({closing}):
+            if await wait_ended({closing}):
                 cancelled_again = True
         if cancelled_again:
             raise asyncio.CancelledError
@@ -1156,39 +1185,6 @@ def _closed_by_loop() -> bool:
     return task is not None and type(task.get_coro()) is _ACLOSE_AWAITABLE
 
 
-async def _wait_ended(pending: set[asyncio.Task[None]]) -> bool:
-    """Wait until every task in ``pending`` has ended, even if cancelled meanwhile.
-
-    A cancel of the waiting task is passed on to the tasks still running rather than
-    cutting the wait short. Returns True when such a cancel arrived (the caller raises
-    ``CancelledError`` once its own cleanup is done).
-    """
-    cancelled = False
-    while pending:
-        try:
-            _, pending = await asyncio.wait(pending)
-        except asyncio.CancelledError:
-            cancelled = True
-            for task in pending:
-                task.cancel()
-    return cancelled
-
-
-async def _end_job(handle: JobHandle[Any]) -> None:
-    """Cancel a lane job and wait until it has ended, even if cancelled again meanwhile.
-
-    A repeated cancel (the caller cancelled again while the swarm cleans up) is passed on
-    to the job rather than cutting the wait short: the worker, and so ``fanout``, never
-    ends while its lane job still runs.
-    """
-    while True:
-        try:
-            await handle.cancel()  # False at once when the job has already ended
-        except asyncio.CancelledError:
-            continue
-        return
-
-
 # -- public functions ----------------------------------------------------------------------
 
 
@@ -1242,9 +1238,10 @@ async def fanout(
         progress: a callable receiving a ``FanoutProgress`` (at most once per
             ``progress_interval`` seconds, and always once at the end), or True for a
             live line on stderr (``ProgressLine``). It is called synchronously (so not
-            an ``async def``) and must not block; its exceptions are logged and ignored.
-            The last report (``finished`` True) comes however the swarm ends: done, an
-            error, a cancel.
+            an ``async def``) and must not block; its exceptions are logged and ignored,
+            except ``KeyboardInterrupt`` and ``SystemExit``, which stop the swarm (as an
+            input error does) and are raised by ``fanout``. The last report
+            (``finished`` True) comes however the swarm ends: done, an error, a cancel.
         read_ahead: how many items may be read from the input but not yet started
             (default ``DEFAULT_READ_AHEAD``, 256). Bigger lets items of other keys fill
             slots that a key's cap leaves idle further ahead in the input; smaller
@@ -1267,8 +1264,12 @@ async def fanout(
         ValueError: a cap or ``read_ahead`` below 1, a negative ``progress_interval``,
             an unknown ``on_preempt``.
         Exception: whatever the input iterator raised (after cancelling the swarm).
+        KeyboardInterrupt: (or ``SystemExit``) raised by ``fn``, ``key`` or the
+            ``progress`` callback, after cancelling the swarm.
         asyncio.CancelledError: the caller was cancelled; every item was cancelled and
-            no task is left running.
+            no task is left running. A lane job that its lane fails to cancel (its
+            backend unreachable) is logged (logger ``executus.fanout``) and left to end
+            by itself; the ``CancelledError`` still propagates.
 
     Example::
 
@@ -1454,7 +1455,9 @@ async def grid(
         cols: the column values (read once, into a list).
         fn: called as ``fn(row, col)``; must return an awaitable.
         key: ``key(row, col)`` gives the pair's key; None (the default) keys by column
-            value, so ``per_key`` and ``lanes`` name columns.
+            value, so ``per_key`` and ``lanes`` name columns (the column values must then
+            be hashable: for dicts of settings, pass e.g.
+            ``key=lambda row, col: col["model"]``).
         max_concurrent: see ``fanout``; the other keyword arguments too.
         per_key: see ``fanout``.
         lanes: see ``fanout``.
@@ -1472,7 +1475,8 @@ async def grid(
         ``fn(rows[i], cols[j])``; its ``item`` is the pair ``(row, col)``.
 
     Raises:
-        TypeError: ``rows`` or ``cols`` is not iterable; the rest as ``fanout``.
+        TypeError: ``rows`` or ``cols`` is not iterable; without ``key``, a column value
+            is not hashable (nothing runs); the rest as ``fanout``.
 
     Example::
 
@@ -1490,6 +1494,17 @@ async def grid(
     col_list: Sequence[C] = cols if isinstance(cols, Sequence) else list(cols)
     pair_key: Callable[[tuple[T, C]], Hashable]
     if key is None:
+        # Keyed by column value, a column that cannot be a key would fail every cell of
+        # its column with the same error: refuse it before anything runs.
+        for j, col in enumerate(col_list):
+            try:
+                hash(col)
+            except TypeError as exc:
+                raise TypeError(
+                    "grid keys cells by column value, which must be hashable, got "
+                    f"cols[{j}] = {col!r} ({exc}); pass key=lambda row, col: ... "
+                    "returning a hashable key"
+                ) from exc
 
         def pair_key(pair: tuple[T, C]) -> Hashable:
             return pair[1]

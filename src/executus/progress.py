@@ -7,7 +7,9 @@ is turned into text and delivered, **throttled** (at most one delivery per
 once the interval has passed), so a chat API is not flooded. A terminal update (done,
 failed, cancelled, preempted) is delivered at once, replacing anything still waiting,
 and ends the report: later updates are ignored. A deliverer that raises never fails
-the run: the error is logged (logger ``executus.progress``) and reporting goes on.
+the run: the error is logged (logger ``executus.progress``) and reporting goes on. A
+deliverer may call its own reporter from ``deliver``: such a call returns at once, and
+a terminal update made so is delivered right after the delivery under way.
 
 A lane job can drive a reporter without its code doing anything::
 
@@ -26,10 +28,12 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
 
+from ._cleanup import end_job, wait_ended
 from ._clock import Clock, SystemClock, TimerHandle
 from ._job import JobHandle, JobState
 from .deliver import Deliverer, Discard
@@ -48,6 +52,14 @@ log = logging.getLogger("executus.progress")
 
 Kind = Literal["queued", "started", "step", "done", "failed", "cancelled", "preempted"]
 _TERMINAL_KINDS = frozenset({"done", "failed", "cancelled", "preempted"})
+
+# The deliveries under way in the current context, one token per delivery: code that a
+# deliverer runs from its ``deliver`` (in its task, or in tasks it starts) sees them, so
+# a reporter can tell an update made from inside its own delivery (which must not wait
+# for that delivery to end) from one made elsewhere.
+_IN_DELIVERY: ContextVar[tuple[object, ...]] = ContextVar(
+    "executus_progress_in_delivery", default=()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +213,7 @@ class ProgressReporter:
         self._last_at: float | None = None  # when the last delivery started
         self._timer: TimerHandle | None = None
         self._lock = asyncio.Lock()  # deliveries happen one at a time, in order
+        self._delivery: object | None = None  # the token of the delivery under way
         self._flushers: set[asyncio.Task[None]] = set()
         self._final: ProgressUpdate | None = None
         self.delivered = 0
@@ -237,6 +250,11 @@ class ProgressReporter:
 
         Returns once the update is delivered (terminal updates, and those the throttle
         lets through at once) or scheduled. Updates after a terminal one are ignored.
+
+        Made from inside this reporter's own delivery (the deliverer's ``deliver``
+        reporting, e.g. ``done()`` when the chat is gone), an update cannot wait for
+        that delivery to end: it returns at once, and a terminal update is delivered
+        right after the delivery under way.
         """
         if self._final is not None:
             return
@@ -311,31 +329,55 @@ class ProgressReporter:
         queued for the lock before the terminal update (a timer that had fired) must not
         arm a new timer then: the terminal update has cancelled the timer for good, and
         nothing may wake the reporter after its final delivery.
+
+        Called from inside a delivery of this reporter (the deliverer calling ``done()``,
+        ``flush()`` or ``aclose()`` from its ``deliver``), it returns at once: the lock
+        is held by that delivery, which delivers a terminal update made meanwhile as
+        soon as its own delivery ends (a non-terminal one waits for its timer).
         """
+        if self._in_own_delivery():
+            return
         async with self._lock:
-            text = self._pending
-            if text is None:
-                return
-            if not force and self._final is None and self._last_at is not None:
-                due = self._last_at + self._interval - self._clock.monotonic()
-                if due > 0:  # another delivery got in first: wait for the next slot
-                    if self._timer is None:
-                        self._timer = self._clock.call_later(due, self._on_timer)
+            while True:
+                text = self._pending
+                if text is None:
                     return
-            self._pending = None
-            self._last_text = text
-            self._last_at = self._clock.monotonic()
-            try:
-                async with asyncio.timeout(self._deliver_timeout):
-                    await self._deliverer.deliver(self.target, text)
-            except asyncio.CancelledError:
-                if _cancelling():
-                    raise  # the reporting task itself is cancelled
-                self._delivery_failed()  # the deliverer raised it by itself
-            except Exception:
-                self._delivery_failed()
-            else:
-                self.delivered += 1
+                if not force and self._final is None and self._last_at is not None:
+                    due = self._last_at + self._interval - self._clock.monotonic()
+                    if due > 0:  # another delivery got in first: wait for the next slot
+                        if self._timer is None:
+                            self._timer = self._clock.call_later(due, self._on_timer)
+                        return
+                await self._deliver(text)
+                if self._final is None:
+                    return
+                # Loop: a terminal update made from inside that delivery is pending.
+
+    def _in_own_delivery(self) -> bool:
+        """Whether the running code was called from inside a delivery of this reporter."""
+        return self._delivery is not None and self._delivery in _IN_DELIVERY.get()
+
+    async def _deliver(self, text: str) -> None:
+        """Deliver ``text`` now (the lock is held); count or log the result."""
+        self._pending = None
+        self._last_text = text
+        self._last_at = self._clock.monotonic()
+        token = self._delivery = object()
+        entered = _IN_DELIVERY.set((*_IN_DELIVERY.get(), token))
+        try:
+            async with asyncio.timeout(self._deliver_timeout):
+                await self._deliverer.deliver(self.target, text)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise  # the reporting task itself is cancelled
+            self._delivery_failed()  # the deliverer raised it by itself
+        except Exception:
+            self._delivery_failed()
+        else:
+            self.delivered += 1
+        finally:
+            _IN_DELIVERY.reset(entered)
+            self._delivery = None
 
     def _delivery_failed(self) -> None:
         self.failures += 1
@@ -347,10 +389,14 @@ class ProgressReporter:
         await self._flush(force=True)
 
     async def aclose(self) -> None:
-        """Deliver what is pending and stop the timer; wait for deliveries in flight."""
+        """Deliver what is pending and stop the timer; wait for deliveries in flight.
+
+        Called from inside a delivery of this reporter, it returns at once (the delivery
+        under way is in flight and cannot be waited for from inside itself).
+        """
         self._cancel_timer()
         await self._flush(force=True)
-        if self._flushers:
+        if self._flushers and not self._in_own_delivery():
             await asyncio.gather(*self._flushers, return_exceptions=True)
 
     async def __aenter__(self) -> Self:
@@ -507,6 +553,9 @@ async def run_with_progress(
         ValueError: ``poll`` is not > 0 (nothing is submitted).
         Everything ``lane.submit`` and awaiting the job raise (``LaneBusy``, the job's
         own error, ``JobPreempted``...). A ``LaneBusy`` refusal is reported as failed.
+        asyncio.CancelledError: the caller was cancelled; the job was cancelled too. If
+            the lane fails to cancel it (``LaneUnavailable``), that is logged, the job
+            is left to end by itself and is no longer reported.
 
     Example::
 
@@ -528,8 +577,8 @@ async def run_with_progress(
     try:
         value: T = await handle
     except asyncio.CancelledError:
-        await _end_job(handle)
-        await _finish_tracker(tracker, handle)
+        ended = await end_job(handle, log, "a cancelled run")
+        await _finish_tracker(tracker, handle, stop=not ended)
         raise
     except BaseException:
         await _finish_tracker(tracker, handle)
@@ -538,18 +587,9 @@ async def run_with_progress(
     return value
 
 
-async def _end_job(handle: JobHandle[Any]) -> None:
-    """Cancel a job and wait until it has ended, even if cancelled again meanwhile: a
-    repeated cancel is passed on to the job rather than cutting the wait short."""
-    while True:
-        try:
-            await handle.cancel()  # False at once when the job has already ended
-        except asyncio.CancelledError:
-            continue
-        return
-
-
-async def _finish_tracker(tracker: asyncio.Future[JobState], handle: JobHandle[Any]) -> None:
+async def _finish_tracker(
+    tracker: asyncio.Future[JobState], handle: JobHandle[Any], *, stop: bool = False
+) -> None:
     """Let the tracker report the end; if we are cancelled meanwhile, cancel it too.
 
     Returns (or raises ``CancelledError``, when a cancel arrived) only once the tracker
@@ -557,16 +597,16 @@ async def _finish_tracker(tracker: asyncio.Future[JobState], handle: JobHandle[A
     reporter's ``deliver_timeout``, and a cancel of this task cancels it. Reporting is
     best effort: if the tracker itself fails (a formatter that raises, even
     ``CancelledError``), that is logged and the job's own outcome stands.
+
+    ``stop``: cancel the tracker at once instead (the job could not be cancelled and may
+    run on long after its caller has left; nothing reports its end then).
     """
-    cancelled = False
-    while not tracker.done():
-        try:
-            await asyncio.wait({tracker})
-        except asyncio.CancelledError:
-            cancelled = True
-            tracker.cancel()
-    if cancelled:
+    if stop:
+        tracker.cancel()
+    if await wait_ended({tracker}):
         raise asyncio.CancelledError
+    if stop and tracker.cancelled():
+        return
     error = asyncio.CancelledError() if tracker.cancelled() else tracker.exception()
     if error is not None:
         log.warning(
