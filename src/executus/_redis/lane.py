@@ -808,9 +808,7 @@ class RedisLane(LaneBase):
             r.renewed = now
         self._grants(reply[3])
 
-    def _settings(
-        self, max_: str, pon: str, pmin: str, pgrace: str, preq: str, win: str
-    ) -> None:
+    def _settings(self, max_: str, pon: str, pmin: str, pgrace: str, preq: str, win: str) -> None:
         """Take the lane's stored slot limit, preemption and ETA window as this
         client's view (from an attach or a heartbeat)."""
         self._max = int(max_)
