@@ -272,7 +272,8 @@ def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str,
     flatten to one key are an error, and so is an unknown field in a lane's table: once
     flattened, ``[lanes.x_preempt] grace`` would read as lane ``x``'s ``PREEMPT_GRACE``.
     A table given to a lane setting that takes one value (``lease = {s = 1}``) is an
-    error too. ``source_name`` is how errors refer to the source.
+    error too, and so is a top-level ``lanes`` that is not a table (``lanes = 3``).
+    ``source_name`` is how errors refer to the source.
     """
     out: dict[str, _Flat] = {}
 
@@ -294,7 +295,13 @@ def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str,
                     f"config keys must be str, got {k!r} in {path or 'root'!r} of {source_name}"
                 )
             sub_path = f"{path}.{k}" if path else k
-            if not flat and normalize_key(k) == "LANES" and isinstance(v, Mapping):
+            if not flat and normalize_key(k) == "LANES":
+                if not isinstance(v, Mapping):
+                    raise ConfigError(
+                        f"config key 'LANES' ({sub_path} in {source_name}) must be a table of "
+                        f"lanes ([lanes.<name>] tables), got {v!r}",
+                        key="LANES",
+                    )
                 for name, lane_table in v.items():
                     lane_path = f"{sub_path}.{name}"
                     # Spelt as Lanes.get(name) reads it: "llama3:8b" is LANE_LLAMA3_8B_*.
@@ -347,8 +354,9 @@ class MappingSource:
 
     Raises:
         ConfigError: two keys mean the same normalised key, a key is not a str, a value
-            has a type no config file has, or a lane's table holds an unknown setting or a
-            table where a setting takes one value. The message names the source.
+            has a type no config file has, ``lanes`` is not a table, or a lane's table
+            holds an unknown setting or a table where a setting takes one value. The
+            message names the source.
 
     Example::
 
@@ -646,7 +654,7 @@ def get_int(source: Source | None, key: str, default: int) -> int: ...
 @overload
 def get_int(source: Source | None, key: str, default: None = None) -> int | None: ...
 def get_int(source: Source | None, key: str, default: int | None = None) -> int | None:
-    """An integer setting (``"8"``, ``"-1"``, ``"1_000"``).
+    """An integer setting in ASCII digits (``"8"``, ``"-1"``, ``"1_000"``).
 
     Args:
         source: where to read it; None reads nothing (the default is returned).
@@ -667,7 +675,7 @@ def get_float(source: Source | None, key: str, default: float) -> float: ...
 @overload
 def get_float(source: Source | None, key: str, default: None = None) -> float | None: ...
 def get_float(source: Source | None, key: str, default: float | None = None) -> float | None:
-    """A finite float setting (``"0.5"``, ``"3"``, ``"1e-3"``).
+    """A finite float setting in ASCII digits (``"0.5"``, ``"3"``, ``"1e-3"``).
 
     Args:
         source: where to read it; None reads nothing (the default is returned).
@@ -696,11 +704,16 @@ def _bool(text: str) -> bool:
     raise ValueError(text)
 
 
+# int() and float() also read digits of other scripts (U+FF15, U+0663); a setting is ASCII.
 def _int(text: str) -> int:
+    if not text.isascii():
+        raise ValueError(text)
     return int(text, 10)
 
 
 def _finite_float(text: str) -> float:
+    if not text.isascii():
+        raise ValueError(text)
     result = float(text)
     if not math.isfinite(result):
         raise ValueError(text)
@@ -729,15 +742,17 @@ def get_bool(source: Source | None, key: str, default: bool | None = None) -> bo
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
-_PLAIN_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+# ASCII digits only: a str pattern's \d also matches other scripts' digits.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)", re.ASCII)
+_PLAIN_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
 
 
 def parse_duration(text: str) -> float:
     """Parse a duration into seconds: ``"1500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"2.5"``.
 
     A plain number is seconds. Units: ``ms``, ``s``, ``m``, ``h``, ``d``; several parts
-    add up (``"1m30s"`` is 90). Negative and infinite durations are refused.
+    add up (``"1m30s"`` is 90). Digits are ASCII. Negative and infinite durations are
+    refused.
 
     Raises:
         ValueError: the text is not a duration.
@@ -1022,10 +1037,10 @@ def _parse_weights(source: Source, key: str, raw: str) -> tuple[tuple[str, float
         if not sep or not name or name in out:
             raise _bad(source, key, raw, expected)
         try:
-            value = float(weight)
+            value = _finite_float(weight.strip())
         except ValueError:
             raise _bad(source, key, raw, expected) from None
-        if not math.isfinite(value) or value <= 0:
+        if value <= 0:
             raise _bad(source, key, raw, expected)
         out[name] = value
     return tuple(out.items())
@@ -1271,9 +1286,9 @@ class Lanes:
         clock: passed to every in-process ``Lane`` (tests use ``ManualClock``).
 
     Raises:
-        ConfigError: a setting is malformed or unknown, ``REDIS_CLUSTER`` is set without
-            ``REDIS_URL``, or ``REDIS_URL`` is set and ``executus.redis`` cannot be
-            imported.
+        ConfigError: a setting is malformed or unknown, ``REDIS_CLUSTER`` or
+            ``REDIS_NAMESPACE`` is set without ``REDIS_URL``, or ``REDIS_URL`` is set
+            and ``executus.redis`` cannot be imported.
 
     Example::
 
@@ -1303,14 +1318,18 @@ class Lanes:
         redis_url = get_str(source, "REDIS_URL")
         namespace = get_str(source, "REDIS_NAMESPACE")
         cluster = get_bool(source, "REDIS_CLUSTER")
-        if cluster is not None and redis_url is None:
-            raw = get_str(source, "REDIS_CLUSTER", "")
-            raise ConfigError(
-                f"config key 'REDIS_CLUSTER' ({_where(source, 'REDIS_CLUSTER')}) applies only "
-                f"to Redis lanes, and REDIS_URL is not set (got {raw!r})",
-                key="REDIS_CLUSTER",
-                value=raw,
-            )
+        if redis_url is None:
+            # Like a lane's LEASE, these mean nothing to in-process lanes: a typo or a
+            # lost REDIS_URL, not something to ignore.
+            for redis_key, value in (("REDIS_CLUSTER", cluster), ("REDIS_NAMESPACE", namespace)):
+                if value is not None:
+                    raw = get_str(source, redis_key, "")
+                    raise ConfigError(
+                        f"config key {redis_key!r} ({_where(source, redis_key)}) applies only "
+                        f"to Redis lanes, and REDIS_URL is not set (got {raw!r})",
+                        key=redis_key,
+                        value=raw,
+                    )
         if redis_url is not None:
             _check_redis(source, redis_url, namespace)
             self._redis_lane_class(source)  # fail at load when executus.redis is missing

@@ -128,14 +128,19 @@ class _Watch:
             # refresh the gauges): polling it would go on until aclose() for nothing.
             self.poller.cancel()
 
-    def kick(self) -> None:
-        """Refresh the gauges soon; coalesced to one ``stats()`` call in flight."""
+    def kick(self) -> asyncio.Task[None]:
+        """Refresh the gauges soon; coalesced to one ``stats()`` call in flight.
+
+        Returns the refresh task; a read that starts after this call ends it. (A read
+        in flight may have begun before what the caller wants seen: one more follows.)
+        """
         if self.refreshing is not None and not self.refreshing.done():
             self.again = True
-            return
+            return self.refreshing
         self.refreshing = asyncio.get_running_loop().create_task(
             self._refresh_loop(), name=f"executus-metrics-{self.name}"
         )
+        return self.refreshing
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -311,10 +316,13 @@ class LaneMetrics:
         """Export ``lane``'s metrics from now on. Call it inside the lane's event loop.
 
         The label series of every outcome appear at once (at 0); the gauges are read
-        right away. Watching a lane twice is a no-op.
+        right away, and every ``interval`` seconds unless the lane is closed already.
+        Watching a lane twice is a no-op.
 
         Raises:
             TypeError: ``lane`` has no ``add_observer`` / ``stats``.
+            ValueError: another lane of the same name is watched here (the two would
+                write one set of series: the ``lane`` label is the name).
             RuntimeError: no event loop is running.
         """
         if not isinstance(lane, ObservableLane):
@@ -324,9 +332,14 @@ class LaneMetrics:
             )
         if id(lane) in self._watches:
             return
+        name = lane.name
+        if any(w.name == name for w in self._watches.values()):
+            raise ValueError(
+                f"a lane named {name!r} is watched already: two lanes cannot share the "
+                "series of one name (unwatch the other first)"
+            )
         loop = asyncio.get_running_loop()
         w = _Watch(self, lane)
-        name = lane.name
         self.submitted.labels(name)
         for outcome in OUTCOMES:
             self.jobs.labels(name, outcome)
@@ -335,7 +348,8 @@ class LaneMetrics:
         self._watches[id(lane)] = w
         lane.add_observer(w)
         w.kick()
-        if self.interval is not None:
+        # A closed lane changes only through its last events, which reach the observer.
+        if self.interval is not None and not getattr(lane, "closed", False):
             w.poller = loop.create_task(w.poll(self.interval), name=f"executus-metrics-poll-{name}")
 
     async def unwatch(self, lane: ObservableLane) -> None:
@@ -348,12 +362,20 @@ class LaneMetrics:
     async def refresh(self) -> None:
         """Re-read every watched lane's ``stats()`` into the gauges now.
 
+        Each lane keeps at most one read in flight: if one is under way, it is awaited
+        and the lane read once more (the read under way may have begun before the
+        change the caller wants seen).
+
         Raises:
             Exception: the first error a lane's ``stats()`` raised (the other lanes
                 are refreshed all the same).
         """
         watches = list(self._watches.values())
-        await asyncio.gather(*(w.refresh() for w in watches))
+        # asyncio.wait: a refresh task ended by unwatch() or aclose() meanwhile is not an
+        # error here, and cancelling this call leaves the shared tasks running.
+        tasks = {w.kick() for w in watches}
+        if tasks:
+            await asyncio.wait(tasks)
         for w in watches:
             if w.error is not None:
                 raise w.error

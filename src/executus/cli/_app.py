@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import math
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +76,21 @@ def _namespace(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     return _key_part("namespace", value)
 
 
+def _url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The Redis URL stripped of surrounding blanks, as ``executus.config`` reads
+    ``REDIS_URL``; a blank variable counts as unset (the default URL)."""
+    if value is None:
+        return None
+    url = value.strip()
+    if url:
+        return url
+    if param.name is not None and (
+        ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT
+    ):
+        return _DEFAULT_URL
+    raise click.BadParameter("the URL is blank")
+
+
 def _lane_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     return _key_part("lane name", value)
 
@@ -131,6 +149,7 @@ def redis_options(f: Any) -> Any:
         "url",
         envvar="EXECUTUS_REDIS_URL",
         default=_DEFAULT_URL,
+        callback=_url,
         metavar="URL",
         help=_URL_HELP,
     )(f)
@@ -211,7 +230,58 @@ def redis_client(
         client.close()
 
 
-@click.group(name="executus", context_settings={"help_option_names": ["-h", "--help"]})
+def _reader_gone() -> click.exceptions.Exit:
+    """What to raise when stdout's reader went away (``executus top --json | head -1``):
+    a quiet exit 0, as after Ctrl-C. The reader took what it wanted; the command has
+    nothing left to do."""
+    try:
+        # Python flushes stdout at exit: let what is left of it go nowhere, quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # io.UnsupportedOperation: stdout is not a file
+        pass
+    return click.exceptions.Exit(0)
+
+
+class _Console(Console):
+    """A rich ``Console`` whose closed stdout ends the command as a ``click.echo`` to it
+    does (rich's own handling exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            super().on_broken_pipe()  # a Live refresh thread: rich ends it, output stops
+            return
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+class _Group(click.Group):
+    """The command group; a closed stdout ends any command quietly (see ``_reader_gone``).
+
+    (click itself exits 1 then.)
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:  # while printing --help or --version
+            raise _reader_gone() from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _reader_gone() from None
+
+
+@click.group(name="executus", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="executus")
 def cli() -> None:
     """executus: fair, predictable sharing of scarce back ends.
@@ -251,6 +321,7 @@ def cli() -> None:
     "--redis",
     "url",
     default=None,
+    callback=_url,
     metavar="URL",
     help="Share one RedisLane across --processes processes in this Redis.",
 )
@@ -296,7 +367,7 @@ def demo(
     if cluster and url is None:
         raise click.UsageError("--cluster needs --redis URL (the URL of a node of the cluster)")
     settings = DemoSettings(seconds=seconds, users=users, policy=policy, seed=seed)
-    console = Console()
+    console = _Console()
     if url is None:
         code = run_local_demo(settings, console)
     else:
@@ -351,8 +422,9 @@ def top(
 ) -> None:
     """Show every lane in a Redis live: slots, queue by key, waits, throughput.
 
-    Read-only: the view never joins a lane. Ctrl-C stops it. With --once --json, one
-    JSON document for scripts; --json alone prints one line per refresh.
+    Read-only: the view never joins a lane. Ctrl-C stops it. Into a pipe or a file,
+    one plain table per refresh. With --once --json, one JSON document for scripts;
+    --json alone prints one line per refresh.
     """
     need_redis()
     from ._top import now_text, read_lanes, render_lanes
@@ -368,14 +440,25 @@ def top(
             except KeyboardInterrupt:
                 return
             return
-        console = Console()
+        console = _Console()
         if once:
             console.print(render_lanes(read_lanes(client, namespace), title=title()))
             return
         try:
-            with Live(console=console, refresh_per_second=4, screen=False) as live:
+            if console.is_terminal:
+                # Redrawn in place from this thread only, on each refresh: a closed
+                # stdout then ends the command here (see _Console).
+                with Live(console=console, auto_refresh=False, screen=False) as live:
+                    while True:
+                        view = render_lanes(read_lanes(client, namespace), title=title())
+                        live.update(view, refresh=True)
+                        time.sleep(interval)
+            else:
+                # A pipe or a file gets each refresh as it comes, one plain table after
+                # another (as ``top -b``): a live view would show only the last one, at exit.
                 while True:
-                    live.update(render_lanes(read_lanes(client, namespace), title=title()))
+                    console.print(render_lanes(read_lanes(client, namespace), title=title()))
+                    console.line()
                     time.sleep(interval)
         except KeyboardInterrupt:
             return
@@ -525,8 +608,12 @@ def bench(quick: bool, only: tuple[str, ...], bench_dir: Path | None) -> None:
             text=True,
         ) as proc:
             assert proc.stdout is not None
-            for line in proc.stdout:  # relayed as it comes: the scripts print progress
-                click.echo(line, nl=False)
+            try:
+                for line in proc.stdout:  # relayed as it comes: the scripts print progress
+                    click.echo(line, nl=False)
+            except BrokenPipeError:
+                proc.kill()  # nobody reads its tables any more
+                raise
         click.echo(f"-- {script.name}: {time.monotonic() - started:.1f}s\n")
         if proc.returncode != 0:
             failed.append(name)
