@@ -1330,7 +1330,7 @@ def fanout_iter(
 
     The arguments are ``fanout``'s. Memory stays bounded whatever the input size: at
     most ``read_ahead`` items wait to start, ``max_concurrent`` run, and workers pause
-    while more than ``max(read_ahead, max_concurrent)`` outcomes wait to be consumed.
+    while ``max(read_ahead, max_concurrent)`` outcomes wait to be consumed.
     With ``fail_fast``, unread items of a sized input are not reported (reading stops).
 
     Leaving the loop early (``break``, an exception) stops the swarm: its items are

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shlex
@@ -15,9 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
+from rich.console import Console
 
 from executus._redis.keys import LaneKeys
 from executus.cli import _app, cli
+from executus.cli._top import LaneSnapshot, render_lanes
 from executus.redis import RedisLane
 from tests.redis.conftest import free_port
 from tests.redis.helpers import RedisServer
@@ -160,3 +163,32 @@ def test_a_blank_redis_option_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["top", "--once", "--redis", " "])
     assert result.exit_code == 2
     assert result.stderr.endswith("Error: Invalid value for '--redis': the URL is blank\n")
+
+
+@pytest.mark.parametrize("preemption", [False, True])
+def test_top_explains_the_preemption_mark_only_when_a_lane_shows_it(preemption: bool) -> None:
+    """The table's legend explains the "*" after a policy only when a lane has it."""
+    snap = LaneSnapshot(
+        namespace="ns",
+        name="gpu",
+        policy="fifo",
+        preemption=preemption,
+        max_concurrent=2,
+        running=1,
+        queued=0,
+        oldest_wait=None,
+        throughput_1m=0,
+        mean_runtime=None,
+        processes=1,
+        submitted=1,
+        succeeded=0,
+        failed=0,
+        cancelled=0,
+        preempted=0,
+        rejected=0,
+        keys=(),
+    )
+    out = io.StringIO()
+    Console(file=out, width=120).print(render_lanes([snap], title="top"))
+    assert ("* preemption on" in out.getvalue()) is preemption
+    assert "oldest: the longest a queued job has waited" in out.getvalue()

@@ -312,7 +312,10 @@ def render_lanes(snapshots: Iterable[LaneSnapshot], *, title: str, keys_per_lane
     if not snaps:
         table.caption = "no lanes"
         return Group(table)
-    table.caption = "* preemption on; oldest: the longest a queued job has waited"
+    legend = "oldest: the longest a queued job has waited"
+    if any(snap.preemption for snap in snaps):
+        legend = "* preemption on; " + legend
+    table.caption = legend
     table.caption_justify = "left"
     keys = Table(title="by key (busiest first)", title_justify="left", box=box.SIMPLE_HEAD)
     keys.add_column("lane", overflow="fold")
