@@ -94,7 +94,7 @@ class LaneEvent:
 
 
 class _Subscriber:
-    __slots__ = ("buffer", "callback", "dropped", "is_async", "task", "wakeup")
+    __slots__ = ("buffer", "callback", "dropped", "is_async", "removed", "task", "wakeup")
 
     def __init__(self, callback: LaneObserver) -> None:
         self.callback = callback
@@ -103,6 +103,7 @@ class _Subscriber:
         )
         self.buffer: deque[LaneEvent] = deque()
         self.dropped = 0
+        self.removed = False
         self.task: asyncio.Task[None] | None = None
         self.wakeup: asyncio.Event | None = None
 
@@ -130,6 +131,8 @@ class Emitter:
         for sub in list(self._subs):
             if sub.callback is observer:
                 self._subs.remove(sub)
+                sub.removed = True
+                sub.buffer.clear()  # what it has not been given yet, it never gets
                 if sub.task is not None:
                     sub.task.cancel()
         self.active = bool(self._subs)
@@ -156,7 +159,11 @@ class Emitter:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        for sub in self._subs:
+        # A snapshot: an observer may add or remove observers (itself included) while
+        # it is called, and the others still get their events in this step.
+        for sub in tuple(self._subs):
+            if sub.removed:
+                continue
             if sub.is_async:
                 if sub.task is None or sub.task.done():
                     sub.wakeup = asyncio.Event()

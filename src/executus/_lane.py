@@ -125,6 +125,10 @@ class Lane(LaneBase):
             raise TypeError(f"policy must be a QueuePolicy (FIFO(), ...), got {policy!r}")
         check_preemption(preemption)
         check_count("eta_window", eta_window)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(
+                f"clock must be a Clock (monotonic, time and call_later), got {clock!r}"
+            )
         self._name = name
         self._policy = policy
         self._queue: PolicyState = policy.new_state()
@@ -202,7 +206,8 @@ class Lane(LaneBase):
             priority: higher is more important (for ``Priority`` and preemption).
             preemptible: whether a higher-priority arrival may evict this job.
             max_wait: None, or seconds: refuse with ``LaneBusy`` (enqueueing nothing)
-                when the job cannot start at once and its ETA exceeds this.
+                when the job cannot start at once and its ETA exceeds this (0: start
+                now or refuse, whatever the estimate).
 
         Returns:
             The job's handle: RUNNING (position 0, eta 0.0) or QUEUED.
@@ -381,10 +386,10 @@ class Lane(LaneBase):
         job: JobHandle[Any] = JobHandle(self, job_id, fn, key, priority, preemptible, seq, now, ctx)
         if len(self._running) < self._max:
             # Free slot (so, by invariant 2, nothing is queued): start now.
+            if self._admits:  # first: a policy that raises here leaves nothing behind
+                self._queue.admit(job, now)
             jobs[job_id] = job
             self._submitted += 1
-            if self._admits:
-                self._queue.admit(job, now)
             if self._events.active:
                 self._emit(EventKind.SUBMITTED, job, state=_RUNNING, position=0, eta=0.0)
             self._start(job, now)
@@ -408,20 +413,32 @@ class Lane(LaneBase):
 
         self._queue.push(job, now)
         self._nq += 1
-        if max_wait is not None:
-            position = len(self._front) + self._queue.position(job)
-            eta = self._estimate(position, now)
-            if eta > max_wait:
-                self._queue.remove(job)
-                self._nq -= 1
+        if max_wait is not None or self._events.active:
+            try:
+                position = len(self._front) + self._queue.position(job)
+                eta = self._estimate(position, now)
+            except BaseException:
+                self._withdraw(job)
+                raise
+            # max_wait=0 is "start now or refuse", whatever the estimate (runs that took
+            # no measurable time estimate a wait of 0).
+            if max_wait is not None and (eta > max_wait or max_wait == 0):
+                self._withdraw(job)
                 self._refuse(position, eta, max_wait)
+            if self._events.active:
+                self._emit(EventKind.SUBMITTED, job, state=_QUEUED, position=position, eta=eta)
         jobs[job_id] = job
         self._submitted += 1
-        if self._events.active:
-            position = len(self._front) + self._queue.position(job)
-            eta = self._estimate(position, now)
-            self._emit(EventKind.SUBMITTED, job, state=_QUEUED, position=position, eta=eta)
         return job
+
+    def _withdraw(self, job: JobHandle[Any]) -> None:
+        """Take a job that ``_submit`` pushed (and did not register) out of the queue."""
+        try:
+            self._queue.remove(job)
+        except Exception as exc:
+            self._drop_queue(exc)  # the unregistered job goes with the old state
+        else:
+            self._nq -= 1
 
     def _refuse(self, position: int, eta: float, max_wait: float) -> None:
         self._rejected += 1
@@ -446,10 +463,19 @@ class Lane(LaneBase):
             if front:
                 job = front.popleft()
                 if self._admits:  # a preemption arrival: the policy charges its start
-                    self._queue.admit(job, self._now())
+                    try:
+                        queue.admit(job, self._now())
+                    except Exception as exc:
+                        self._drop_queue(exc)  # the arrival starts all the same
+                        queue = self._queue
             elif self._nq:
+                try:
+                    job = queue.pop()
+                except Exception as exc:
+                    self._drop_queue(exc)
+                    queue = self._queue
+                    continue
                 self._nq -= 1
-                job = queue.pop()
             else:
                 break
             self._start(job, self._now())
@@ -555,18 +581,26 @@ class Lane(LaneBase):
             self._fold()
         error: BaseException | None
         if cancelled:
+            requeue_error: Exception | None = None
             if cause == _PREEMPT_REQUEUE:
-                self._preempted += 1
-                job._preemptions += 1
-                job._preempt_requested = False
-                job._task = None
-                job._transition(_QUEUED)
-                self._queue.requeue(job, now)
-                self._nq += 1
-                if self._events.active:
-                    self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=now - started)
-                self._reconcile()
-                return None
+                try:
+                    self._queue.requeue(job, now)
+                except Exception as policy_exc:
+                    # The policy could not take it back: it ends PREEMPTED instead.
+                    requeue_error = policy_exc
+                    self._drop_queue(policy_exc)
+                    cause = _PREEMPT
+                else:
+                    self._preempted += 1
+                    job._preemptions += 1
+                    job._preempt_requested = False
+                    job._task = None
+                    job._transition(_QUEUED)
+                    self._nq += 1
+                    if self._events.active:
+                        self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=now - started)
+                    self._reconcile()
+                    return None
             if cause == _PREEMPT:
                 self._preempted += 1
                 error = JobPreempted(self._name, job.id)
@@ -578,6 +612,8 @@ class Lane(LaneBase):
                 state = JobState.CANCELLED
             if exc is not None and cause is None:
                 error.__cause__ = exc
+            elif requeue_error is not None:
+                error.__cause__ = requeue_error
             job._end(state, now, exc=error)
         elif exc is not None:
             self._failed += 1
@@ -672,9 +708,30 @@ class Lane(LaneBase):
             if self._timers and len(self._victims) > len(self._front):
                 self._spare_victims()
         else:
-            self._queue.remove(job)
+            try:
+                self._queue.remove(job)
+            except Exception as exc:
+                self._drop_queue(exc)  # which ends this job too
+                return
             self._nq -= 1
         self._end_queued(job, error)
+
+    def _drop_queue(self, error: Exception) -> None:
+        """The queue policy raised: its state is not trusted any more. End every job it
+        held CANCELLED (``JobCancelled`` caused by ``error``, so no waiter is stranded)
+        and go on with a fresh state."""
+        self._queue = self._policy.new_state()
+        self._nq = 0
+        reason = (
+            f"cancelled: queue policy {self._policy.name!r} failed "
+            f"({type(error).__name__}: {error})"
+        )
+        front = self._front
+        held = [j for j in self._jobs.values() if j._state is _QUEUED and j not in front]
+        for job in held:
+            cancelled = JobCancelled(self._name, job.id, reason)
+            cancelled.__cause__ = error
+            self._end_queued(job, cancelled)
 
     def _end_queued(self, job: JobHandle[Any], error: BaseException) -> None:
         """End a job already taken out of the queue as CANCELLED with ``error``."""
@@ -858,8 +915,13 @@ class Lane(LaneBase):
             while front:
                 self._end_queued(front.popleft(), LaneClosed(self._name, message))
             while self._nq:
+                try:
+                    job = queue.pop()
+                except Exception as exc:
+                    self._drop_queue(exc)
+                    break
                 self._nq -= 1
-                self._end_queued(queue.pop(), LaneClosed(self._name, message))
+                self._end_queued(job, LaneClosed(self._name, message))
             tasks = [
                 job._task for job in self._running if job._fn is not None and job._task is not None
             ]

@@ -508,8 +508,23 @@ class _FairShareState(PolicyState):
 
     def position(self, job: JobHandle[Any]) -> int:
         flow = self._flows[job.key]
-        j = flow.head + flow.queue.rank(job._qkey)
-        return self._slots.rank(self._key(flow.tag(j), flow.order)) + 1
+        head = flow.head
+        j = head + flow.queue.rank(job._qkey)
+        key = self._key(flow.tag(j), flow.order)
+        rank = self._slots.rank(key)
+        if j > head and self._key(flow.tag(j - 1), flow.order) == key:
+            # A weight so large (or small) that ``j / weight`` is lost in the tag's
+            # precision gives several of the key's slots one slot key: count the ones
+            # before slot j (the first slot with this key, by bisection; tags only grow).
+            lo, hi = head, j - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._key(flow.tag(mid), flow.order) == key:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            rank += j - lo
+        return rank + 1
 
     def __len__(self) -> int:
         return self._len
