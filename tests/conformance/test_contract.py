@@ -704,6 +704,19 @@ async def test_max_wait_zero_means_start_now_or_refuse(make_lane: MakeLane) -> N
     assert (stats.queued, stats.rejected) == (0, 2)
 
 
+async def test_max_wait_zero_refuses_even_an_estimate_of_zero(make_lane: MakeLane) -> None:
+    """max_wait=0 refuses a job that would queue even when past runs took no measurable
+    time, so its estimated wait is 0."""
+    lane = await make_lane("x", 1)
+    for i in range(3):
+        assert await lane.run(value(i)) == i  # runs that take (next to) no time
+    await started(lane, Gate())
+    with pytest.raises(LaneBusy):
+        await lane.submit(value("late"), max_wait=0)
+    stats = await lane.stats()
+    assert (stats.queued, stats.rejected) == (0, 1)
+
+
 async def test_infinite_max_wait_never_refuses(make_lane: MakeLane) -> None:
     """max_wait=inf is a valid gate that admits every job."""
     lane = await make_lane("x", 1)

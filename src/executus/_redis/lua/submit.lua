@@ -119,7 +119,10 @@ if estimate or max_wait >= 0 then
   pos = position(J)
   e = eta(pos, now)
 end
-if max_wait >= 0 and e * 1000 > max_wait then
+-- max_wait 0 is "start now or refuse", whatever the estimate (runs that took no
+-- measurable time estimate a wait of 0); a preemption arrival starts once its victim
+-- has ended, as in the in-process lane.
+if max_wait >= 0 and (e * 1000 > max_wait or (max_wait == 0 and not victim)) then
   if victim then redis.call('HDEL', jk(victim.id), 'va') end
   q_remove(J)
   redis.call('DEL', jk(id))
