@@ -164,6 +164,7 @@ class _Local:
     """This client's record of one of its jobs."""
 
     __slots__ = (
+        "asked",
         "cause",
         "eta",
         "eta_at",
@@ -193,6 +194,7 @@ class _Local:
         self.seq: int | None = None  # known once the submit reply arrived
         self.renewed = 0.0
         self.cause: str | None = None
+        self.asked = 0.0  # when a preemption request (its grace now running) was read
         self.position = 0
         self.eta = 0.0
         self.eta_at = 0.0
@@ -1423,6 +1425,7 @@ class RedisLane(LaneBase):
                 return
             job._preempt_requested = True
             rec.cause = _PREEMPT
+            rec.asked = time.monotonic()
             grace = int(parts[2]) / 1000
             if grace > 0:
                 rec.timer = asyncio.get_running_loop().call_later(grace, self._grace_over, rec)
@@ -1546,6 +1549,18 @@ class RedisLane(LaneBase):
         self._grants(reply[5])
         self._settings(*(_s(x) for x in reply[7]))
         victims = reply[6]
+        marked = {_s(victims[i]) for i in range(0, len(victims) - 2, 3)}
+        for r, fence in zip(running, fences, strict=True):
+            if (
+                r.fence == fence
+                and r.asked < sent
+                and r.handle.id not in marked
+                and r.handle.id not in lost
+                and self._stop_grace(r)
+            ):
+                # Asked before this heartbeat, yet no longer marked a victim: the
+                # preemption was called off and that wake-up ("U") was lost.
+                r.handle._preempt_requested = False
         for i in range(0, len(victims) - 2, 3):
             rec = self._jobs.get(_s(victims[i]))
             if rec is not None and rec.cause is None:
@@ -1784,11 +1799,9 @@ class RedisLane(LaneBase):
             return
         if not drain:
             self._hard = True
-            for rec in list(self._jobs.values()):
-                if rec.handle._state is _QUEUED:
-                    await self._withdraw(rec, LaneClosed(self._name, self._closed_message()))
-                    if rec.handle._state is _QUEUED:
-                        self._end_queued(rec, LaneClosed(self._name, self._closed_message()))
+            # All at once: one round trip (and, Redis unreachable, one retry budget).
+            queued = [r for r in self._jobs.values() if r.handle._state is _QUEUED]
+            await asyncio.gather(*(self._take_back(rec) for rec in queued))
             for rec in list(self._jobs.values()):
                 self._cancel_task(rec, _CLOSE)
         if self._jobs:
@@ -1818,6 +1831,18 @@ class RedisLane(LaneBase):
             await asyncio.wait(list(self._senders), timeout=self._op_timeout)
         self._started = False
         await self._close_clients()
+
+    async def _take_back(self, rec: _Local) -> None:
+        """Closing without drain: end a queued job with ``LaneClosed`` and free what
+        Redis holds of it."""
+        closed = LaneClosed(self._name, self._closed_message())
+        await self._withdraw(rec, closed)
+        if rec.handle._state is _QUEUED:
+            # Granted in Redis, its wake-up not read yet (it may never be: the wake-up
+            # task stops with the close). No grant starts a job here any more, so free
+            # that submit's slot now rather than leave it until its lease runs out.
+            self._end_queued(rec, closed)
+            await self._forget_remote(rec.handle.id, rec.nonce)
 
     async def __aenter__(self) -> Self:
         await self._ensure()  # connect now: errors surface at the ``async with``

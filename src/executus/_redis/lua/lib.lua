@@ -39,11 +39,20 @@ local function corrupt(what)
   error({err = 'EXECUTUS corrupt lane state: ' .. what})
 end
 
+-- The counters scripts HINCRBY: one that is not an integer would fail a script half
+-- way (Redis does not undo the writes before the error), so every script checks them
+-- before it writes anything.
+local COUNTERS = {'fence', 'fo', 'cv', 'n_sub', 'n_ok', 'n_fail', 'n_can', 'n_pre', 'n_rej'}
+
 -- Load and validate the lane's configuration into C; false when the lane is unknown.
 local function load_cfg()
   local r = redis.call('HMGET', CFG, 'epoch', 'v', 'max', 'pol', 'aging', 'dw', 'pon',
-    'pmin', 'pgrace', 'preq', 'win', 'rec', 't0')
+    'pmin', 'pgrace', 'preq', 'win', 'rec', 't0', unpack(COUNTERS))
   if not r[1] then return false end
+  for i, name in ipairs(COUNTERS) do
+    local v = r[13 + i]
+    if v and not string.match(v, '^%-?%d+$') then corrupt(name .. ' ' .. v) end
+  end
   C = {epoch = r[1], max = tonumber(r[3]), pol = r[4], aging = tonumber(r[5]),
     dw = tonumber(r[6]), pon = r[7] == '1', pmin = tonumber(r[8]),
     pgrace = tonumber(r[9]), preq = r[10] == '1', win = tonumber(r[11]),
@@ -259,11 +268,11 @@ end
 
 local function jget(id)
   local r = redis.call('HMGET', jk(id), 'o', 'ek', 'p', 'x', 's', 'sub', 'l', 'm', 'qs',
-    'st', 'f', 'state', 'pq', 'va', 'nc')
+    'st', 'f', 'state', 'pq', 'va', 'nc', 'rf')
   if not r[1] then return nil end
   return {id = id, o = r[1], ek = r[2], p = tonumber(r[3]), x = r[4], s = r[5],
     sub = r[6], l = tonumber(r[7]), m = r[8], qs = r[9], st = tonumber(r[10]), f = r[11],
-    state = r[12], pq = r[13], va = tonumber(r[14]), nc = r[15]}
+    state = r[12], pq = r[13], va = tonumber(r[14]), nc = r[15], rf = r[16]}
 end
 
 -- Position (1 = next) of a queued job if nothing else arrived.

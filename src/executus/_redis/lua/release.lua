@@ -1,6 +1,7 @@
 -- release: ARGV = epoch, client, job id, fence, outcome (ok|fail|cancel|pre|preq).
 -- 'preq' is a preemption that may requeue (when the lane's preemption says so).
--- Fenced and idempotent: a stale fence or an unknown job changes nothing.
+-- Fenced and idempotent: a stale fence or an unknown job changes nothing; a retry of
+-- a release that requeued the job answers 'REQ' again.
 -- Reply: {'OK' | 'REQ' (requeued) | 'STALE', position, eta, grants...}
 local bad = enter(ARGV[1])
 if bad then return bad end
@@ -26,8 +27,9 @@ if J and J.state == 'r' and J.f == fence and redis.call('ZREM', HOLD, id) == 1 t
   end
   if outcome == 'preq' and C.preq then
     -- back to the queue at its original arrival place
+    -- (rf: the run it was requeued from, so that a retry of this release says so)
     redis.call('HDEL', jk(id), 'st', 'f', 'va', 'pq')
-    redis.call('HSET', jk(id), 'state', 'q')
+    redis.call('HSET', jk(id), 'state', 'q', 'rf', fence)
     J.pq = nil
     q_push(J, true)
     status = 'REQ'
@@ -35,6 +37,13 @@ if J and J.state == 'r' and J.f == fence and redis.call('ZREM', HOLD, id) == 1 t
     redis.call('DEL', jk(id))
     redis.call('SREM', pjk(J.o), id)
     status = 'OK'
+  end
+elseif J and J.rf == fence and J.o == proc then
+  -- A retry of the release that requeued this run (its reply was lost): requeued it
+  -- is, and a grant of it made since (to this client) is handed over again.
+  status = 'REQ'
+  if J.state == 'r' then
+    out[1], out[2], out[3] = id, J.f, J.nc or ''
   end
 end
 grant(now, proc, out)

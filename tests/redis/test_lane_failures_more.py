@@ -1,0 +1,245 @@
+"""RedisLane against a real redis-server: lost replies, stalled wake-ups, closes and
+outages meeting grants."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from executus import JobState, LaneClosed, LaneUnavailable, Preemption
+from executus.redis import RedisLane
+
+from .helpers import BlocksOnce, RedisServer, TcpProxy, until
+
+pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
+
+LaneFactory = Callable[..., RedisLane]
+
+
+class LossyProxy:
+    """A TCP proxy in front of Redis that loses replies the server has sent.
+
+    With ``stalled`` set, what Redis sends on a wake-up connection (one that sent
+    ``BLPOP``) is kept in ``held`` instead of being passed on, and is lost when the
+    connection closes: a wake-up the server has popped but the client never reads.
+    With ``cut_at`` set, the first reply on another connection that contains those
+    bytes is dropped and its connection cut (``cut_at`` is then cleared): the command
+    ran, its reply never arrived.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.stalled = False
+        self.held: list[bytes] = []
+        self.cut_at: bytes | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        """The URL clients use to go through the proxy."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        """Listen on a free port."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        blocking = False
+
+        async def upstream() -> None:
+            nonlocal blocking
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    blocking = blocking or b"BLPOP" in data
+                    up_writer.write(data)
+                    await up_writer.drain()
+
+        async def downstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    if blocking and self.stalled:
+                        self.held.append(data)
+                        continue
+                    if not blocking and self.cut_at is not None and self.cut_at in data:
+                        self.cut_at = None
+                        return
+                    writer.write(data)
+                    await writer.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self._tasks.discard(task)
+            for w in (writer, up_writer):
+                w.transport.abort()
+
+    def holds(self, text: bytes) -> bool:
+        """Whether a held reply contains ``text``."""
+        return any(text in data for data in self.held)
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def lossy(redis_server: RedisServer) -> AsyncIterator[LossyProxy]:
+    """A ``LossyProxy`` in front of the session's server."""
+    p = LossyProxy(redis_server.port)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def test_close_without_drain_frees_a_grant_whose_wake_up_it_never_read(
+    make_lane: LaneFactory, lossy: LossyProxy, namespace: str
+) -> None:
+    """aclose(drain=False) frees a queued job that Redis granted while its wake-up was
+    unread: the slot returns at once, not when the grant's lease runs out."""
+    holder = make_lane(max_concurrent=1, lease=30.0)
+    gate = asyncio.Event()
+    held = await holder.submit(gate.wait)
+    lane = RedisLane("lane", lossy.url, namespace=namespace, lease=30.0)
+    try:
+        queued = await lane.submit(asyncio.Event().wait)
+        assert queued.state is JobState.QUEUED
+        lossy.stalled = True
+        await holder.set_max_concurrent(2)  # grants the queued job: "G <id> ..."
+        await until(lambda: lossy.holds(b"G " + queued.id.encode()))
+        async with asyncio.timeout(10):
+            await lane.aclose(drain=False)
+        assert isinstance(queued.exception(), LaneClosed)
+        stats = await holder.stats()
+        assert (stats.running, stats.queued) == (1, 0)  # only the holder's job
+    finally:
+        await lane.aclose(drain=False)
+        gate.set()
+        await held
+
+
+async def test_close_without_drain_while_redis_is_unreachable_is_not_one_wait_per_job(
+    make_lane: LaneFactory, proxy: TcpProxy, namespace: str
+) -> None:
+    """aclose(drain=False) while Redis is unreachable takes its queued jobs back together:
+    it returns after one retry budget, not one per queued job."""
+    holder = make_lane(max_concurrent=1, lease=30.0)
+    gate = asyncio.Event()
+    held = await holder.submit(gate.wait)
+    lane = RedisLane("lane", proxy.url, namespace=namespace, lease=30.0)  # budget: 3 s
+    try:
+        handles = [await lane.submit(asyncio.Event().wait) for _ in range(20)]
+        assert all(h.state is JobState.QUEUED for h in handles)
+        proxy.refusing = True
+        proxy.cut()
+        async with asyncio.timeout(10):  # one budget per job would be 60 s
+            await lane.aclose(drain=False)
+        assert [type(h.exception()) for h in handles] == [LaneClosed] * 20
+    finally:
+        await lane.aclose(drain=False)
+        gate.set()
+        await held
+
+
+async def test_a_requeue_whose_reply_was_lost_runs_the_job_again(
+    make_lane: LaneFactory, lossy: LossyProxy, namespace: str
+) -> None:
+    """A preempted job whose release requeued it, the reply lost with its connection, is
+    requeued for its client too when the release is retried: it runs again, once."""
+    pre = Preemption(min_runtime=0, grace=0, requeue=True)
+    lane = RedisLane("lane", lossy.url, 1, namespace=namespace, lease=30.0, preemption=pre)
+    other = make_lane(lease=30.0)
+    victim = BlocksOnce()
+    try:
+        handle = await lane.submit(victim, preemptible=True)
+        await until(lambda: victim.runs == [0])
+        lossy.cut_at = b"REQ"  # the release's reply: {'REQ', position, eta, ...}
+        urgent = await other.submit(lambda: asyncio.sleep(0, "urgent"), priority=1)
+        async with asyncio.timeout(10):
+            assert await urgent == "urgent"
+            assert await handle == "again"
+        assert lossy.cut_at is None  # the reply was lost
+        assert (victim.runs, handle.preemptions) == ([0, 1], 1)
+        stats = await other.stats()
+        assert (stats.running, stats.queued, stats.preempted, stats.cancelled) == (0, 0, 1, 0)
+    finally:
+        await lane.aclose(drain=False)
+
+
+async def test_a_preemption_called_off_while_its_wake_up_was_lost_lets_the_victim_run_on(
+    make_lane: LaneFactory, lossy: LossyProxy, namespace: str
+) -> None:
+    """A victim in its grace whose preemption was called off (its arrival cancelled)
+    runs on even when that wake-up was lost: the next heartbeat calls the grace off."""
+    pre = Preemption(min_runtime=0, grace=30)
+    lane = RedisLane("lane", lossy.url, 1, namespace=namespace, lease=30.0, preemption=pre)
+    other = make_lane(lease=30.0)
+    gate = asyncio.Event()
+
+    async def victim_body() -> str:
+        await gate.wait()
+        return "finished"
+
+    try:
+        victim = await lane.submit(victim_body, preemptible=True)
+        arrival = await other.submit(lambda: asyncio.sleep(0), priority=1)
+        await until(lambda: victim.preempt_requested)  # its grace runs
+        lossy.stalled = True
+        assert await arrival.cancel()  # calls the preemption off: "U <id> <fence>"
+        await until(lambda: lossy.holds(b"U " + victim.id.encode()))
+        await lane.refresh()
+        assert not victim.preempt_requested
+        gate.set()
+        async with asyncio.timeout(5):
+            assert await victim == "finished"
+        assert victim.preemptions == 0
+    finally:
+        await lane.aclose(drain=False)
+
+
+@pytest.mark.parametrize("field", ["fence", "n_ok"])
+async def test_a_damaged_counter_fails_a_script_before_it_changes_anything(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str, field: str
+) -> None:
+    """A lane counter that is not an integer fails every script with LaneUnavailable
+    naming it, before the script changes anything: once it is repaired, the queued job
+    starts and nothing of the job whose release failed is left."""
+    lane = make_lane(max_concurrent=1, lease=2.0)
+    gate = asyncio.Event()
+    first = await lane.submit(gate.wait)
+    queued = await lane.submit(lambda: asyncio.sleep(0, "queued ran"))
+    assert queued.state is JobState.QUEUED
+    cfg = f"{{{namespace}:lane}}:cfg"
+    saved = await admin.hget(cfg, field)
+    await admin.hset(cfg, field, "abc")
+    with pytest.raises(LaneUnavailable, match=rf"corrupt lane state: {field} abc"):
+        await lane.stats()
+    gate.set()
+    await first  # its release fails: the slot returns when its lease ends
+    await admin.hset(cfg, field, saved or "0")
+    async with asyncio.timeout(10):
+        assert await queued == "queued ran"
+    stats = await lane.stats()
+    assert (stats.running, stats.queued) == (0, 0)
+    assert await lane.run(lambda: asyncio.sleep(0, "again"), job_id=first.id) == "again"
