@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from executus import JobHandle, Lane, LaneUnavailable
+
 
 class Gate:
     """A job body the test ends at will: ``release(value)`` or ``fail(exc)``.
@@ -73,3 +75,11 @@ async def granted_not_entered(lane: Any, **options: Any) -> asyncio.Task[None]:
     gate.release()
     await first  # the slot is granted; the waiting task has not resumed yet
     return task
+
+
+class UnreachableOnCancel(Lane):
+    """An in-process lane whose backend cannot be reached to cancel a job, as a
+    ``RedisLane`` whose Redis is down: ``handle.cancel()`` raises ``LaneUnavailable``."""
+
+    async def _job_cancel(self, job: JobHandle[Any]) -> bool:
+        raise LaneUnavailable(f"lane {self.name!r}: redis unreachable")

@@ -13,25 +13,15 @@ import pytest
 
 from executus import (
     FanoutProgress,
-    Lane,
     LaneUnavailable,
     ProgressLine,
     fanout,
     fanout_iter,
     grid,
 )
-from executus._job import JobHandle
 from executus.testing import ManualClock
 
-from .helpers import Gate, settle
-
-
-class _UnreachableOnCancel(Lane):
-    """An in-process lane whose backend cannot be reached to cancel a job, as a
-    ``RedisLane`` whose Redis is down: ``handle.cancel()`` raises ``LaneUnavailable``."""
-
-    async def _job_cancel(self, job: JobHandle[Any]) -> bool:
-        raise LaneUnavailable(f"lane {self.name!r}: redis unreachable")
+from .helpers import Gate, UnreachableOnCancel, settle
 
 
 def _others() -> set[asyncio.Task[Any]]:
@@ -88,7 +78,7 @@ async def test_cancelling_fanout_raises_cancelled_error_when_the_lane_cannot_can
     to its own end."""
     gate = Gate()
     reports: list[FanoutProgress] = []
-    async with _UnreachableOnCancel("gpu", 1, clock=clock) as lane:
+    async with UnreachableOnCancel("gpu", 1, clock=clock) as lane:
         task = asyncio.create_task(
             fanout([1], lambda _: gate(), lanes=lane, progress=reports.append, clock=clock)
         )

@@ -6,25 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 
-from executus import Lane, LaneUnavailable
-from executus._job import JobHandle
+from executus import LaneUnavailable
 from executus.deliver import Recorder
 from executus.progress import ProgressReporter, format_eta, run_with_progress
 from executus.testing import ManualClock
 
-from .helpers import Gate, settle
-
-
-class _UnreachableOnCancel(Lane):
-    """An in-process lane whose backend cannot be reached to cancel a job, as a
-    ``RedisLane`` whose Redis is down: ``handle.cancel()`` raises ``LaneUnavailable``."""
-
-    async def _job_cancel(self, job: JobHandle[Any]) -> bool:
-        raise LaneUnavailable(f"lane {self.name!r}: redis unreachable")
+from .helpers import Gate, UnreachableOnCancel, settle
 
 
 class _Reentrant:
@@ -55,7 +45,7 @@ async def test_cancelling_run_with_progress_raises_cancelled_error_when_the_lane
     reports on it after the call has left."""
     gate = Gate()
     rec = Recorder()
-    async with _UnreachableOnCancel("gpu", 1, clock=clock) as lane:
+    async with UnreachableOnCancel("gpu", 1, clock=clock) as lane:
         reporter = ProgressReporter("a", rec, interval=0, clock=clock)
         task = asyncio.create_task(run_with_progress(lane, gate, reporter, poll=1.0))
         await settle()
