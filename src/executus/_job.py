@@ -272,7 +272,12 @@ class JobHandle(Generic[T]):
     def __repr__(self) -> str:
         extra = ""
         if self._state is JobState.QUEUED:
-            extra = f" #{self.position}"
+            # A repr must not raise (it is logged, shown in tracebacks): a custom
+            # policy whose ``position`` fails shows an unknown place.
+            try:
+                extra = f" #{self.position}"
+            except Exception:
+                extra = " #?"
         key = "" if self.key is None else f" key={self.key!r}"
         return f"<JobHandle {self.id!r} {self._state.value}{extra}{key} prio={self.priority}>"
 

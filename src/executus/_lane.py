@@ -82,6 +82,11 @@ _CLOSE = "close"
 _PREEMPT = "preempt"
 _PREEMPT_REQUEUE = "preempt-requeue"
 _FOLD = 256  # ended runs kept aside before they are counted in the windows
+# Priorities lie strictly between these, as in RedisLane (which stores them as doubles):
+# aging ranks a job by ``submitted - priority * aging`` in a double, which keeps
+# neighbouring levels apart well within this range (and overflows far beyond it).
+_PRIORITY_MAX = 2**40
+_PRIORITY_MIN = -_PRIORITY_MAX
 
 
 class Lane(LaneBase):
@@ -355,9 +360,12 @@ class Lane(LaneBase):
             and max_wait is None
             and preemptible is False
             and type(priority) is int
+            and -(2**40) < priority < 2**40  # _PRIORITY_MIN/_MAX, folded to constants
             and (key is None or type(key) is str)
         ):
             check_submit_options(job_id, key, priority, preemptible, max_wait)
+            if not _PRIORITY_MIN < priority < _PRIORITY_MAX:
+                raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
         jobs = self._jobs
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
@@ -475,6 +483,13 @@ class Lane(LaneBase):
                     self._drop_queue(exc)
                     queue = self._queue
                     continue
+                try:  # the one check a popped job needs (``_start`` trusts its callers)
+                    if job._state is not _QUEUED or job._backend is not self:
+                        raise AttributeError
+                except AttributeError:
+                    self._drop_queue(self._bad_pop(queue, job))
+                    queue = self._queue
+                    continue
                 self._nq -= 1
             else:
                 break
@@ -491,10 +506,12 @@ class Lane(LaneBase):
         )
 
     def _start(self, job: JobHandle[Any], now: float) -> None:
-        # QUEUED -> RUNNING is the only way into RUNNING (``_ALLOWED`` in _job.py); the
-        # check is inlined here, on the hot path.
-        if job._state is not _QUEUED:
-            job._transition(_RUNNING)  # raises: an illegal start is a bug
+        # QUEUED -> RUNNING is the only way into RUNNING (``_ALLOWED`` in _job.py). Every
+        # caller passes a QUEUED job of this lane: ``_submit`` a new one, ``_reconcile``
+        # a preemption arrival or a job the policy popped, which it has checked.
+        if _DEBUG:
+            assert job._state is _QUEUED, "an illegal start"
+            assert job._backend is self, "a start of another lane's job"
         job._state = _RUNNING
         job._t_start = now
         self._running[job] = None
@@ -643,6 +660,13 @@ class Lane(LaneBase):
     def _choose_victim(self, job: JobHandle[Any], now: float) -> JobHandle[Any] | None:
         policy = self._preemption
         assert policy is not None
+        # Preempt only when the victim's slot lets the arrival start: once the chosen
+        # victims and this one have ended and the arrivals queued ahead have started,
+        # fewer than max_concurrent must run. A lane whose limit was lowered below its
+        # running count first shrinks to the limit by jobs ending on their own; until
+        # then an arrival queues under the policy and evicts nobody.
+        if len(self._running) - len(self._victims) + len(self._front) > self._max:
+            return None
         victim: JobHandle[Any] | None = None
         causes = self._causes
         for r in self._running:
@@ -732,6 +756,19 @@ class Lane(LaneBase):
             cancelled = JobCancelled(self._name, job.id, reason)
             cancelled.__cause__ = error
             self._end_queued(job, cancelled)
+
+    def _bad_pop(self, queue: PolicyState, popped: object) -> RuntimeError:
+        """The error of a policy whose ``pop`` returned something that is not a queued
+        job of this lane (it is then not trusted any more: see ``_drop_queue``)."""
+        if not isinstance(popped, JobHandle):
+            what = "None" if popped is None else f"a {type(popped).__name__}"
+        elif popped._backend is not self:
+            what = f"job {popped.id!r} of lane {popped.lane!r}"
+        else:
+            what = f"job {popped.id!r}, which is {popped._state.value}"
+        return RuntimeError(
+            f"{type(queue).__name__}.pop() returned {what}, not a job queued in lane {self._name!r}"
+        )
 
     def _end_queued(self, job: JobHandle[Any], error: BaseException) -> None:
         """End a job already taken out of the queue as CANCELLED with ``error``."""
@@ -917,6 +954,12 @@ class Lane(LaneBase):
             while self._nq:
                 try:
                     job = queue.pop()
+                    if (
+                        not isinstance(job, JobHandle)
+                        or job._backend is not self
+                        or (job._state is not _QUEUED)
+                    ):
+                        raise self._bad_pop(queue, job)
                 except Exception as exc:
                     self._drop_queue(exc)
                     break

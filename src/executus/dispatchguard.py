@@ -15,8 +15,10 @@ agent answers. ``DispatchGuard`` sits between the host's event stream and the ag
      ends, the latest waiting one runs.
 
 Every refusal is a ``DispatchRefused``; a refused event's id stays seen, so a
-redelivery of it is a duplicate. A dispatch that raises or is cancelled frees its key
-like one that returns (nothing leaks), and the next waiting arrival runs.
+redelivery of it is a duplicate. An arrival cancelled while it waits for its key never
+reached the agent: its id is forgotten, so a redelivery of it is admitted. A dispatch
+that raises or is cancelled frees its key like one that returns (nothing leaks), and
+the next waiting arrival runs.
 
 Example::
 
@@ -319,7 +321,14 @@ class DispatchGuard:
         if key is None:
             waited, superseded = False, 0
         else:
-            waited, superseded = await self._acquire(key, event_id)
+            try:
+                waited, superseded = await self._acquire(key, event_id)
+            except asyncio.CancelledError:
+                # Cancelled while it waited for its key: the event never reached the
+                # agent, so a redelivery of it must not be taken for a duplicate.
+                if event_id is not None:
+                    self.forget(event_id)
+                raise
         try:
             yield Admission(key, event_id, waited, superseded)
         except Exception:
@@ -336,8 +345,13 @@ class DispatchGuard:
         """``dispatch`` as a call: admit the event, then await ``fn()`` holding its key.
 
         Raises:
+            TypeError: ``fn`` is not callable (checked before the event is admitted).
             DispatchRefused: as ``dispatch``.
         """
+        if not callable(fn):
+            raise TypeError(
+                f"fn must be a zero-argument callable returning an awaitable, got {fn!r}"
+            )
         async with self.dispatch(key, event_id=event_id):
             return await fn()
 

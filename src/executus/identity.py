@@ -180,7 +180,8 @@ class RoleAdmins:
     """Admins are the members holding any of the given roles.
 
     Args:
-        resolver: where roles come from.
+        resolver: where roles come from (None: ``IdAsName``, where nobody has a role,
+            so nobody is an admin).
         roles: the roles that make a member an admin (default ``{"admin"}``).
 
     Raises:
@@ -189,7 +190,7 @@ class RoleAdmins:
 
     __slots__ = ("resolver", "roles")
 
-    def __init__(self, resolver: MemberResolver, roles: Iterable[str] = ("admin",)) -> None:
+    def __init__(self, resolver: MemberResolver | None, roles: Iterable[str] = ("admin",)) -> None:
         if isinstance(roles, str):
             raise TypeError(f"roles must be a collection of role names, not one str, got {roles!r}")
         self.resolver = resolver
@@ -197,7 +198,7 @@ class RoleAdmins:
 
     def is_admin(self, user: str) -> bool:
         """True when the resolved member holds one of ``roles``."""
-        return not self.roles.isdisjoint(self.resolver.resolve(user).roles)
+        return not self.roles.isdisjoint(resolve(self.resolver, user).roles)
 
     def __repr__(self) -> str:
         return f"RoleAdmins({self.resolver!r}, {sorted(self.roles)!r})"
