@@ -917,6 +917,30 @@ async def test_a_slot_body_that_swallows_the_lanes_cancel_leaves_its_task_clean(
     assert await urgent == "urgent"
 
 
+async def test_no_preemption_on_a_lane_over_its_lowered_limit(make_lane: MakeLane) -> None:
+    """An arrival to a lane whose limit was lowered below its running count evicts
+    nobody (the victim's slot would not let it start): it queues and starts once the
+    lane has room."""
+    lane = await make_lane("gpu", 2, preemption=Preemption(min_runtime=0))
+    first, second = Gate(), Gate()
+    a = await started(lane, first, preemptible=True)
+    b = await started(lane, second, preemptible=True)
+    await lane.set_max_concurrent(1)
+    arrival = await lane.submit(value("urgent"), priority=5)
+    assert arrival.state is JobState.QUEUED
+    await asyncio.sleep(0.1)  # a preemption request would have reached its victim
+    assert not a.preempt_requested
+    assert not b.preempt_requested
+    first.release("a")
+    assert await a == "a"
+    assert arrival.state is JobState.QUEUED  # one runs: the lane is at its limit
+    second.release("b")
+    assert await b == "b"
+    assert await arrival == "urgent"
+    stats = await lane.stats()
+    assert (stats.preempted, stats.succeeded) == (0, 3)
+
+
 async def test_victim_choice_lowest_priority_then_earliest(make_lane: MakeLane) -> None:
     """The victim is the lowest-priority preemptible job, the earliest started among equals."""
     lane = await make_lane("gpu", 3, preemption=Preemption(min_runtime=0))

@@ -164,6 +164,7 @@ class _Local:
     """This client's record of one of its jobs."""
 
     __slots__ = (
+        "arrival",
         "asked",
         "cause",
         "eta",
@@ -195,6 +196,7 @@ class _Local:
         self.renewed = 0.0
         self.cause: str | None = None
         self.asked = 0.0  # when a preemption request (its grace now running) was read
+        self.arrival = False  # queued as a preemption arrival (waits for a victim's slot)
         self.position = 0
         self.eta = 0.0
         self.eta_at = 0.0
@@ -765,6 +767,8 @@ class RedisLane(LaneBase):
                 _ms(now - (job._t_start or now)),
                 _ms(now - job._t_submit),
                 r.nonce,  # a requeue of it is granted by this nonce again
+                # a victim in its grace: marked again, its grace counted from the request
+                _ms(now - r.asked) if r.cause == _PREEMPT and r.timer is not None else "",
             ]
         queued = sorted(
             (r for r in self._jobs.values() if r.handle._state is _QUEUED and r.seq is not None),
@@ -780,6 +784,7 @@ class RedisLane(LaneBase):
                 str(r.seq),
                 _ms(now - job._t_submit),
                 r.nonce,
+                "1" if r.arrival else "0",
             ]
         reply = await self._call("attach", argv)
         if _s(reply[0]) == "POLICY":
@@ -1098,6 +1103,7 @@ class RedisLane(LaneBase):
             self._grants(reply[3:])
         else:
             rec.seq = int(reply[3])
+            rec.arrival = status == "QP"
             handle._seq = rec.seq
             self._estimate(rec, int(reply[1]), float(_s(reply[2])))
             self._grants(reply[4:])
@@ -1162,6 +1168,7 @@ class RedisLane(LaneBase):
         rec.fence = fence
         rec.renewed = now
         rec.cause = None
+        rec.arrival = False
         rec.finishing = False
         job._begun = False
         self._fence_floor = max(self._fence_floor, int(fence))
@@ -1672,7 +1679,9 @@ class RedisLane(LaneBase):
         await asyncio.shield(self._own(self._cancel_queued(job_id, rec)))
 
     async def _cancel_queued(self, job_id: str, rec: _Local | None) -> None:
-        reply = await self._eval("cancel", [self._client_id, job_id, "0"])
+        # The token makes a retry of this cancel (its reply lost) answer OK again.
+        token = uuid.uuid4().hex
+        reply = await self._eval("cancel", [self._client_id, job_id, "0", token])
         if _s(reply[0]) != "OK":
             state = _s(reply[1]) or None
             if rec is not None and state is None:

@@ -6,8 +6,16 @@
 --   preemption ('' adopts | 0 | 1), min_runtime_ms, grace_ms, requeue (0/1),
 --   eta window ('' adopts), fence floor, n_running,
 --   n_running x (id, fence, ek, priority, preemptible, seq, run_age_ms, sub_age_ms,
---   nonce),
---   then queued x (id, ek, priority, preemptible, seq, sub_age_ms, nonce).
+--   nonce, victim_age_ms ('' unless a victim in its grace)),
+--   then queued x (id, ek, priority, preemptible, seq, sub_age_ms, nonce,
+--   arrival (1: a preemption arrival)).
+-- A preemption under way survives lost state: a victim is marked again (its grace
+-- counted from when its client was asked), an arrival waits again among the
+-- arrivals (in arrival order), and the grant made when the recovery window ends hands
+-- them the free slots first, as before. Each side is restored by its own client; one
+-- whose client does not come back is missing, as when that client dies without a
+-- restart (an arrival without a victim takes the next free slot; a victim without an
+-- arrival ends after its grace and its slot goes to the queue).
 -- A client rejoining a lane that another client has already rebuilt (a known epoch
 -- that is not the stored one) adopts the rebuilt configuration: its own view may be
 -- older than the one the lane was rebuilt with.
@@ -72,6 +80,9 @@ if known ~= C.epoch then
         'x', ARGV[i + 4], 's', ARGV[i + 5], 'sub', I(now - tonumber(ARGV[i + 7])),
         'l', I(lease), 'm', string.format('%016d', seq) .. id, 'qs', '0', 'state', 'r',
         'f', ARGV[i + 1], 'st', I(now - tonumber(ARGV[i + 6])), 'nc', ARGV[i + 8])
+      if ARGV[i + 9] ~= '' then
+        redis.call('HSET', jk(id), 'va', I(now - tonumber(ARGV[i + 9])))
+      end
       redis.call('ZADD', HOLD, now + lease, id)
       redis.call('SADD', pjk(proc), id)
       if tonumber(ARGV[i + 1]) > (tonumber(redis.call('HGET', CFG, 'fence')) or 0) then
@@ -81,9 +92,9 @@ if known ~= C.epoch then
         redis.call('HSET', CFG, 'seq', I(seq))
       end
     end
-    i = i + 9
+    i = i + 10
   end
-  while i + 6 <= #ARGV do
+  while i + 7 <= #ARGV do
     local id = ARGV[i]
     if redis.call('EXISTS', jk(id)) == 0 then
       local seq = tonumber(ARGV[i + 4])
@@ -101,13 +112,35 @@ if known ~= C.epoch then
       redis.call('HSET', jk(id), 'o', proc, 'ek', J.ek, 'p', ARGV[i + 2], 'x', J.x,
         's', J.s, 'sub', J.sub, 'l', I(lease), 'm', J.m, 'qs', J.qs, 'state', 'q',
         'nc', ARGV[i + 6])
-      q_push(J, false)
+      if ARGV[i + 7] == '1' then
+        -- back among the arrivals, in arrival order (there are few: one per victim)
+        local ids = {}
+        if redis.call('LLEN', PQ) <= 1000 then ids = redis.call('LRANGE', PQ, 0, 999) end
+        local at = #ids + 1
+        for k, other in ipairs(ids) do
+          if (tonumber(redis.call('HGET', jk(other), 's')) or 0) > seq then
+            at = k
+            break
+          end
+        end
+        if at > #ids then
+          redis.call('RPUSH', PQ, id)
+        else
+          table.insert(ids, at, id)
+          redis.call('DEL', PQ)
+          redis.call('RPUSH', PQ, unpack(ids))
+        end
+        redis.call('ZADD', QT, J.sub, id)
+        redis.call('HSET', jk(id), 'pq', '1')
+      else
+        q_push(J, false)
+      end
       redis.call('SADD', pjk(proc), id)
       if seq > (tonumber(redis.call('HGET', CFG, 'seq')) or 0) then
         redis.call('HSET', CFG, 'seq', I(seq))
       end
     end
-    i = i + 7
+    i = i + 8
   end
   reap(now, 64)
   grant(now, proc, out)

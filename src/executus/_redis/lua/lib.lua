@@ -321,6 +321,24 @@ local function throughput(now)
   return total
 end
 
+-- The keys a run's end writes (record_end, record_run): one of the wrong type, or a
+-- counter in them that is not an integer, would fail a script half way, so a script
+-- checks them before it frees a slot.
+local RUN_KEYS = {{TP, 'tp', 'hash'}, {RT, 'rt', 'list'}, {RH, 'rh', 'list'},
+  {RS, 'rs', 'hash'}}
+
+local function check_run_keys(now)
+  for _, k in ipairs(RUN_KEYS) do
+    local t = redis.call('TYPE', k[1]).ok
+    if t ~= k[3] and t ~= 'none' then corrupt(k[2] .. ' is a ' .. t .. ', not a ' .. k[3]) end
+  end
+  local r = redis.call('HGET', RS, 'd')
+  if r and not string.match(r, '^%-?%d+$') then corrupt('rs d ' .. r) end
+  local s = I(math.floor(now / 1000))
+  r = redis.call('HGET', TP, s)
+  if r and not string.match(r, '^%-?%d+$') then corrupt('tp ' .. s .. ' ' .. r) end
+end
+
 local function record_end(now)
   local s = math.floor(now / 1000)
   if redis.call('HINCRBY', TP, I(s), 1) == 1 then
@@ -584,6 +602,7 @@ end
 -- owner is told, and the run counts as failed.
 local function reap(now, limit)
   local ids = redis.call('ZRANGEBYSCORE', HOLD, '-inf', now, 'LIMIT', 0, limit)
+  if #ids > 0 then check_run_keys(now) end
   for _, id in ipairs(ids) do
     redis.call('ZREM', HOLD, id)
     local r = redis.call('HMGET', jk(id), 'o', 'f')

@@ -11,7 +11,9 @@ reap(now, 64)
 local out = {}
 local status, pos, e = 'STALE', 0, '0'
 local J = jget(id)
-if J and J.state == 'r' and J.f == fence and redis.call('ZREM', HOLD, id) == 1 then
+if J and J.state == 'r' and J.f == fence and redis.call('ZSCORE', HOLD, id) then
+  check_run_keys(now)  -- a damaged key fails the release before it changes anything
+  redis.call('ZREM', HOLD, id)
   record_end(now)
   if outcome == 'ok' or outcome == 'fail' then
     record_run((now - (J.st or now)) / 1000)

@@ -2,6 +2,8 @@
 -- lease_ms, max_wait_ms (negative: no gate), estimate ('0': the client reads no queued
 -- position or ETA, so they are worked out only for the gate).
 -- Reply: {'RUN', fence, seq, grants...} | {'Q', position, eta, seq, grants...}
+--      ('QP' for 'Q': queued as a preemption arrival, which a client re-registers as one
+--      after lost state)
 --      | {'BUSY', position, eta, grants...} | {'DUP'} | {'NOLANE'} | {'EPOCH', epoch}
 local bad = enter(ARGV[1])
 if bad then return bad end
@@ -44,7 +46,9 @@ if old then
   if old.o == proc and old.nc == nonce then
     -- A retry of a submit whose reply was lost: report, change nothing.
     if old.state == 'r' then return {'RUN', old.f, old.s} end
-    return {'Q', position(old), F(eta(position(old), now)), old.s}
+    local status = 'Q'
+    if old.pq == '1' then status = 'QP' end
+    return {status, position(old), F(eta(position(old), now)), old.s}
   end
   return {'DUP'}
 end
@@ -97,13 +101,18 @@ if C.pon and C.rec <= now and redis.call('ZCARD', HOLD) >= C.max then
       if not best or H.p < best.p or (H.p == best.p and H.st < best.st) then best = H end
     end
   end
-  -- one arrival per victim: only when fewer arrivals wait than victims were chosen
+  -- One arrival per victim: only when fewer arrivals wait than victims were chosen.
+  -- And only when the victim's slot lets this job start: a lane whose limit was lowered
+  -- below its running count first shrinks to the limit by jobs ending on their own.
   if best then
     local pending = 0
     for _, hid in ipairs(held) do
       if redis.call('HEXISTS', jk(hid), 'va') == 1 then pending = pending + 1 end
     end
-    if redis.call('LLEN', PQ) >= pending then victim = best end
+    local waiting = redis.call('LLEN', PQ)
+    if waiting >= pending and redis.call('ZCARD', HOLD) - pending + waiting <= C.max then
+      victim = best
+    end
   end
 end
 if victim then
@@ -136,6 +145,6 @@ if victim then
 end
 redis.call('HINCRBY', CFG, 'n_sub', 1)
 redis.call('SADD', pjk(proc), id)
-local reply = {'Q', pos, F(e), J.s}
+local reply = {victim and 'QP' or 'Q', pos, F(e), J.s}
 for i = 1, #out do reply[#reply + 1] = out[i] end
 return reply

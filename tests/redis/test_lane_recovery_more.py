@@ -1,0 +1,182 @@
+"""RedisLane against a real redis-server: cancels whose reply was lost, releases meeting
+damaged keys, and closes while Redis is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from executus import JobCancelled, JobState, LaneClosed, LaneUnavailable, Preemption
+from executus.redis import RedisLane
+
+from .helpers import RedisServer, TcpProxy, until
+from .test_lane_failures_more import LossyProxy
+
+pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
+
+LaneFactory = Callable[..., RedisLane]
+
+
+@pytest.fixture
+async def lossy(redis_server: RedisServer) -> AsyncIterator[LossyProxy]:
+    """A ``LossyProxy`` in front of the session's server."""
+    p = LossyProxy(redis_server.port)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.mark.parametrize("owner", ["self", "other"])
+async def test_a_cancel_whose_reply_was_lost_reports_success_when_retried(
+    make_lane: LaneFactory, lossy: LossyProxy, namespace: str, owner: str
+) -> None:
+    """A cancel that took effect but whose reply was lost succeeds when retried, and the
+    job's waiter ends at once."""
+    holder = make_lane(max_concurrent=1, lease=30.0)
+    gate = asyncio.Event()
+    held = await holder.submit(gate.wait)
+    canceller = RedisLane("lane", lossy.url, namespace=namespace, lease=30.0)
+    submitter = canceller if owner == "self" else holder
+    try:
+        queued = await submitter.submit(lambda: asyncio.sleep(0))
+        assert queued.state is JobState.QUEUED
+        await canceller.stats()  # connected: the next bare {'OK'} is the cancel's reply
+        lossy.cut_at = b"*1\r\n$2\r\nOK\r\n"
+        async with asyncio.timeout(5):  # well before the next heartbeat (10 s)
+            await canceller.cancel(queued.id)
+            assert lossy.cut_at is None  # the reply was lost
+            with pytest.raises(JobCancelled):
+                await queued
+        stats = await holder.stats()
+        assert (stats.running, stats.queued, stats.cancelled) == (1, 0, 1)
+    finally:
+        await canceller.aclose(drain=False)
+        gate.set()
+        await held
+
+
+DAMAGE = {
+    "rs": ("hset", "d", "abc"),  # the count of ratios recorded since the sorted copy
+    "tp": ("set", "x"),  # throughput buckets of the wrong type
+    "rt": ("set", "x"),  # run times of the wrong type
+    "rh": ("hset", "a", "1"),  # the shape history of the wrong type
+}
+
+
+@pytest.mark.parametrize("key", sorted(DAMAGE))
+async def test_a_release_meeting_damaged_run_keys_changes_nothing(
+    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str, key: str
+) -> None:
+    """A release that meets a damaged run-time key fails with 'corrupt lane state' before
+    it changes anything; once the key is repaired the release completes."""
+    lane = make_lane(max_concurrent=1, lease=30.0)
+    await lane.run(lambda: asyncio.sleep(0.01))  # a run time: releases now record ratios
+    gate = asyncio.Event()
+    running = await lane.submit(gate.wait)
+    queued = await lane.submit(lambda: asyncio.sleep(0, "queued ran"))
+    assert queued.state is JobState.QUEUED
+    prefix = f"{{{namespace}:lane}}:"
+    damaged = prefix + key
+    op, *args = DAMAGE[key]
+    if op == "set":
+        await admin.delete(damaged)
+    await getattr(admin, op)(damaged, *args)
+    before = {k: await admin.dump(k) for k in await admin.keys(prefix + "*")}
+    fence = lane._jobs[running.id].fence or "0"
+    with pytest.raises(LaneUnavailable, match=rf"corrupt lane state: {key}"):
+        await lane._eval("release", [lane.client_id, running.id, fence, "ok"])
+    after = {k: await admin.dump(k) for k in await admin.keys(prefix + "*")}
+    # nothing changed but the lease deadlines and liveness (score, not membership)
+    moved = {prefix + "hold", prefix + "procs"}
+    assert {k: v for k, v in before.items() if k not in moved} == {
+        k: v for k, v in after.items() if k not in moved
+    }
+    assert await admin.zscore(prefix + "hold", running.id) is not None
+    await admin.delete(damaged)
+    gate.set()
+    async with asyncio.timeout(10):
+        await running
+        assert await queued == "queued ran"
+    stats = await lane.stats()
+    assert (stats.running, stats.queued, stats.succeeded) == (0, 0, 3)
+
+
+async def test_close_while_redis_is_unreachable_frees_its_jobs_if_redis_returns_in_time(
+    make_lane: LaneFactory, proxy: TcpProxy, namespace: str
+) -> None:
+    """aclose(drain=False) whose take-back failed (Redis unreachable) frees the client's
+    queued jobs in Redis with its final leave, when Redis is back by then."""
+    holder = make_lane(max_concurrent=1, lease=30.0)
+    gate = asyncio.Event()
+    held = await holder.submit(gate.wait)
+    lane = RedisLane("lane", proxy.url, namespace=namespace, lease=30.0)
+    try:
+        handles = [await lane.submit(asyncio.Event().wait) for _ in range(3)]
+        assert all(h.state is JobState.QUEUED for h in handles)
+        proxy.refusing = True
+        proxy.cut()
+        closing = asyncio.create_task(lane.aclose(drain=False))
+        async with asyncio.timeout(10):
+            await until(lambda: all(h.done() for h in handles))  # the take-back failed
+            proxy.refusing = False  # Redis is back before the close's final attempt
+            await closing
+        assert [type(h.exception()) for h in handles] == [LaneClosed] * 3
+        stats = await holder.stats()
+        assert (stats.running, stats.queued, stats.cancelled) == (1, 0, 3)
+        gate.set()
+        await held
+        stats = await holder.stats()
+        assert (stats.running, stats.queued) == (0, 0)
+    finally:
+        await lane.aclose(drain=False)
+        gate.set()
+        await held
+
+
+async def test_a_preemption_in_its_grace_survives_a_restart_without_persistence(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    """A preemption whose victim is in its grace when Redis restarts without persistence
+    holds on: the victim's grace goes on and its arrival takes the slot it frees."""
+    pre = Preemption(min_runtime=0, grace=30)
+    # A lease long enough that a slow restart does not end the running job (LeaseLost).
+    a = RedisLane("lane", private_redis.url, 1, namespace=namespace, lease=5.0, preemption=pre)
+    b = RedisLane("lane", private_redis.url, namespace=namespace, lease=5.0)
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    def job(name: str) -> Callable[[], Any]:
+        async def run() -> str:
+            started.append(name)
+            return name
+
+        return run
+
+    async def victim_body() -> str:
+        await gate.wait()
+        return "finished"
+
+    try:
+        victim = await a.submit(victim_body, preemptible=True)
+        plain = await b.submit(job("plain"))  # does not outrank the victim
+        arrival = await b.submit(job("arrival"), priority=1)
+        await until(lambda: victim.preempt_requested)  # its grace runs
+        old_epoch = a._epoch
+        await asyncio.to_thread(private_redis.restart)
+        await until(lambda: a._epoch != old_epoch and b._epoch == a._epoch)
+        await a.refresh()
+        await b.refresh()
+        assert victim.preempt_requested  # the grace was not called off
+        gate.set()
+        async with asyncio.timeout(15):
+            assert await victim == "finished"
+            assert await asyncio.gather(arrival, plain) == ["arrival", "plain"]
+        assert started == ["arrival", "plain"]
+    finally:
+        gate.set()
+        await a.aclose(drain=False)
+        await b.aclose(drain=False)
