@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from executus.redis import RedisLane
 
-from .helpers import LocalCluster, RedisServer, TcpProxy, valkey_server_binary
+from .helpers import LocalCluster, LossyProxy, RedisServer, TcpProxy, valkey_server_binary
 
 
 def need_redis_server() -> None:
@@ -164,3 +164,12 @@ async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def lossy(redis_server: RedisServer) -> AsyncIterator[LossyProxy]:
+    """A ``LossyProxy`` in front of the session's server."""
+    p = LossyProxy(redis_server.port)
+    await p.start()
+    yield p
+    await p.stop()

@@ -505,3 +505,87 @@ async def until(cond: Callable[[], bool], limit: float = 20.0) -> None:
         # Polling local state: the changes arrive from Redis, with no event to wait on.
         while not cond():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
+
+
+class LossyProxy:
+    """A TCP proxy in front of Redis that loses replies the server has sent.
+
+    With ``stalled`` set, what Redis sends on a wake-up connection (one that sent
+    ``BLPOP``) is kept in ``held`` instead of being passed on, and is lost when the
+    connection closes: a wake-up the server has popped but the client never reads.
+    With ``cut_at`` set, the first reply on another connection that contains those
+    bytes is dropped and its connection cut (``cut_at`` is then cleared): the command
+    ran, its reply never arrived.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.stalled = False
+        self.held: list[bytes] = []
+        self.cut_at: bytes | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        """The URL clients use to go through the proxy."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        """Listen on a free port."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        blocking = False
+
+        async def upstream() -> None:
+            nonlocal blocking
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    blocking = blocking or b"BLPOP" in data
+                    up_writer.write(data)
+                    await up_writer.drain()
+
+        async def downstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    if blocking and self.stalled:
+                        self.held.append(data)
+                        continue
+                    if not blocking and self.cut_at is not None and self.cut_at in data:
+                        self.cut_at = None
+                        return
+                    writer.write(data)
+                    await writer.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self._tasks.discard(task)
+            for w in (writer, up_writer):
+                w.transport.abort()
+
+    def holds(self, text: bytes) -> bool:
+        """Whether a held reply contains ``text``."""
+        return any(text in data for data in self.held)
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -4,8 +4,7 @@ outages meeting grants."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,104 +12,11 @@ import redis.asyncio as aioredis
 from executus import JobState, LaneClosed, LaneUnavailable, Preemption
 from executus.redis import RedisLane
 
-from .helpers import BlocksOnce, RedisServer, TcpProxy, until
+from .helpers import BlocksOnce, LossyProxy, TcpProxy, until
 
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
 LaneFactory = Callable[..., RedisLane]
-
-
-class LossyProxy:
-    """A TCP proxy in front of Redis that loses replies the server has sent.
-
-    With ``stalled`` set, what Redis sends on a wake-up connection (one that sent
-    ``BLPOP``) is kept in ``held`` instead of being passed on, and is lost when the
-    connection closes: a wake-up the server has popped but the client never reads.
-    With ``cut_at`` set, the first reply on another connection that contains those
-    bytes is dropped and its connection cut (``cut_at`` is then cleared): the command
-    ran, its reply never arrived.
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
-        self.stalled = False
-        self.held: list[bytes] = []
-        self.cut_at: bytes | None = None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        """The URL clients use to go through the proxy."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        """Listen on a free port."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        blocking = False
-
-        async def upstream() -> None:
-            nonlocal blocking
-            with contextlib.suppress(OSError):
-                while data := await reader.read(65536):
-                    blocking = blocking or b"BLPOP" in data
-                    up_writer.write(data)
-                    await up_writer.drain()
-
-        async def downstream() -> None:
-            with contextlib.suppress(OSError):
-                while data := await up_reader.read(65536):
-                    if blocking and self.stalled:
-                        self.held.append(data)
-                        continue
-                    if not blocking and self.cut_at is not None and self.cut_at in data:
-                        self.cut_at = None
-                        return
-                    writer.write(data)
-                    await writer.drain()
-
-        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-        self._tasks.update(tasks)
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                self._tasks.discard(task)
-            for w in (writer, up_writer):
-                w.transport.abort()
-
-    def holds(self, text: bytes) -> bool:
-        """Whether a held reply contains ``text``."""
-        return any(text in data for data in self.held)
-
-    async def stop(self) -> None:
-        """Stop listening and close every connection."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
-
-
-@pytest.fixture
-async def lossy(redis_server: RedisServer) -> AsyncIterator[LossyProxy]:
-    """A ``LossyProxy`` in front of the session's server."""
-    p = LossyProxy(redis_server.port)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_close_without_drain_frees_a_grant_whose_wake_up_it_never_read(

@@ -4,7 +4,7 @@ damaged keys, and closes while Redis is unreachable."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,21 +13,11 @@ import redis.asyncio as aioredis
 from executus import JobCancelled, JobState, LaneClosed, LaneUnavailable, Preemption
 from executus.redis import RedisLane
 
-from .helpers import RedisServer, TcpProxy, until
-from .test_lane_failures_more import LossyProxy
+from .helpers import LossyProxy, RedisServer, TcpProxy, until
 
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
 LaneFactory = Callable[..., RedisLane]
-
-
-@pytest.fixture
-async def lossy(redis_server: RedisServer) -> AsyncIterator[LossyProxy]:
-    """A ``LossyProxy`` in front of the session's server."""
-    p = LossyProxy(redis_server.port)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.mark.parametrize("owner", ["self", "other"])
