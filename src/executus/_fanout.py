@@ -367,7 +367,10 @@ ProgressCallback = Callable[[FanoutProgress], object]
 
 
 class _KeyState:
-    """One key's queue and counters. ``in_ring``: it is in the round-robin ring."""
+    """One key's queue and counters. ``in_ring``: it is in the round-robin ring.
+    ``lane_cap``: ``cap`` is its lane's ``max_concurrent`` (no ``per_key`` entry), read
+    again as the lane learns its limit (a ``RedisLane`` adopts the stored one at its
+    first call) or is resized."""
 
     __slots__ = (
         "cancelled",
@@ -377,15 +380,19 @@ class _KeyState:
         "in_ring",
         "key",
         "lane",
+        "lane_cap",
         "lane_key",
         "pending",
         "running",
     )
 
-    def __init__(self, key: Hashable, cap: int | None, lane: LaneLike | None) -> None:
+    def __init__(
+        self, key: Hashable, cap: int | None, lane: LaneLike | None, lane_cap: bool = False
+    ) -> None:
         self.key = key
         self.cap = cap
         self.lane = lane
+        self.lane_cap = lane_cap
         self.lane_key: str | None = key if key is None or isinstance(key, str) else str(key)
         self.pending: deque[tuple[int, Any, float, int]] = deque()
         self.running = 0
@@ -410,6 +417,14 @@ def _check_key(key: object) -> None:
         raise TypeError(
             f"key must be a plain (not async) callable returning the item's key, got {key!r}"
         )
+
+
+def _lane_limit(lane: object) -> int | None:
+    """The slot limit ``lane`` reports now (``max_concurrent``), or None."""
+    n = getattr(lane, "max_concurrent", None)
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return n
+    return None
 
 
 def _is_lane(obj: object) -> bool:
@@ -551,14 +566,29 @@ class _Swarm(Generic[T, R]):
         if ks is None:
             lane = self._lanes.get(k, self._lane_all)
             cap = self._caps.get(k, self._default_cap)
+            lane_cap = False
             if cap is None and lane is not None:
                 # A lane key without its own cap keeps at most one job per lane slot in
                 # flight, so interactive jobs are not queued behind a swarm backlog.
-                lane_max = getattr(lane, "max_concurrent", None)
-                if isinstance(lane_max, int) and not isinstance(lane_max, bool) and lane_max > 0:
-                    cap = lane_max
-            ks = self._keys[k] = _KeyState(k, cap, lane)
+                cap = _lane_limit(lane)
+                lane_cap = cap is not None
+            ks = self._keys[k] = _KeyState(k, cap, lane, lane_cap)
         return ks
+
+    def _sync_lane_cap(self, ks: _KeyState) -> None:
+        """Follow the lane's limit in a key capped by it: a ``RedisLane`` knows the
+        lane-wide limit only once it has talked to Redis, and any lane may be resized
+        while the swarm runs. A raised cap puts the key's waiting items in reach."""
+        if not ks.lane_cap:
+            return
+        cap = _lane_limit(ks.lane)
+        if cap is None or cap == ks.cap:
+            return
+        ks.cap = cap
+        if ks.pending and not ks.in_ring and ks.running < cap and not self._stopping:
+            ks.in_ring = True
+            self._ring.append(ks)
+            self._more_hands()
 
     def _read_one(self, item: T) -> None:
         """Put a freshly read item into its key's queue (or record its key error)."""
@@ -636,8 +666,12 @@ class _Swarm(Generic[T, R]):
         """A slot of ``ks`` is free again."""
         ks.running -= 1
         self._running -= 1
+        if ks.lane_cap:
+            cap = _lane_limit(ks.lane)
+            if cap is not None:
+                ks.cap = cap
         if ks.pending:
-            if not ks.in_ring:
+            if not ks.in_ring and (ks.cap is None or ks.running < ks.cap):
                 ks.in_ring = True
                 self._ring.append(ks)
         elif not ks.running and not self._keep_keys:
@@ -958,6 +992,7 @@ class _Swarm(Generic[T, R]):
                 priority=self._lane_priority,
                 preemptible=self._lane_preemptible,
             )
+            self._sync_lane_cap(ks)
             value = await handle
         except asyncio.CancelledError as exc:
             if handle is not None and not handle.done():

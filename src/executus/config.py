@@ -1178,7 +1178,7 @@ class _Effective:
     max_concurrent: int | None
     policy: Any
     preemption: Any
-    eta_window: int
+    eta_window: int | None  # None: a Redis lane adopts the stored window
     lease: float | None
     redis_url: str | None
     redis_namespace: str | None = None
@@ -1206,7 +1206,7 @@ def _live_changes(old: _Effective, new: _Effective) -> list[tuple[str, Any, Any]
         out.append(("max_concurrent", old.max_concurrent, new.max_concurrent))
     if new.preemption != old.preemption:
         out.append(("preemption", old.preemption, new.preemption))
-    if new.eta_window != old.eta_window:
+    if new.eta_window is not None and new.eta_window != old.eta_window:
         out.append(("eta_window", old.eta_window, new.eta_window))
     return out
 
@@ -1220,7 +1220,7 @@ def _with_live(applied: _Effective, new: _Effective) -> _Effective:
         if new.max_concurrent is not None
         else applied.max_concurrent,
         preemption=new.preemption,
-        eta_window=new.eta_window,
+        eta_window=new.eta_window if new.eta_window is not None else applied.eta_window,
     )
 
 
@@ -1229,6 +1229,8 @@ def _live_value(lane: Any, what: str, applied: Any) -> Any:
     perhaps, not by config), or ``applied`` when the lane does not say (the ETA window)."""
     if what in ("max_concurrent", "preemption"):
         return getattr(lane, what)
+    if applied is None:  # a RedisLane that adopted the stored window: the one it saw
+        return getattr(lane, "_window", None)
     return applied
 
 
@@ -1410,7 +1412,9 @@ class Lanes:
             max_concurrent=max_concurrent,
             policy=policy if policy is not None else defaults.policy,
             preemption=defaults.preemption if preemption is False else preemption,
-            eta_window=s.eta_window or defaults.eta_window or 16,
+            # A Redis lane adopts the stored window unless config or the code sets one
+            # (as it adopts the stored limit): 16 would overwrite it lane-wide.
+            eta_window=s.eta_window or defaults.eta_window or (None if redis else 16),
             lease=s.lease,
             redis_url=snap.redis_url,
             redis_namespace=snap.redis_namespace,
@@ -1437,7 +1441,8 @@ class Lanes:
                 stored value).
             policy: default queue policy (built-in: ``FIFO()``).
             preemption: default preemption (built-in: None, disabled).
-            eta_window: default ETA window (built-in: 16).
+            eta_window: default ETA window (built-in: 16; a Redis lane adopts its stored
+                window).
 
         Returns:
             A ``Lane``, or a ``RedisLane`` when ``REDIS_URL`` is set (``cluster=True``
@@ -1481,7 +1486,7 @@ class Lanes:
                 eff.max_concurrent if eff.max_concurrent is not None else 1,
                 policy=eff.policy,
                 preemption=eff.preemption,
-                eta_window=eff.eta_window,
+                eta_window=eff.eta_window if eff.eta_window is not None else 16,
                 **kwargs,
             )
         cls = self._redis_lane_class(self.source)
@@ -1493,7 +1498,7 @@ class Lanes:
         if eff.redis_cluster:
             kwargs["cluster"] = True
         params = inspect.signature(cls).parameters
-        if "eta_window" in params:
+        if "eta_window" in params and eff.eta_window is not None:
             kwargs["eta_window"] = eff.eta_window
         return cls(name, eff.redis_url, eff.max_concurrent, **kwargs)
 
@@ -1570,11 +1575,17 @@ class Lanes:
                         # A RedisLane knows the stored settings it adopted once attached.
                         await entry.lane.stats()
                     for what, old_value, new_value in changes:
-                        done.append((entry.lane, what, _live_value(entry.lane, what, old_value)))
+                        back = _live_value(entry.lane, what, old_value)
+                        # An ETA window never seen (a lane not attached yet) has nothing
+                        # to put back.
+                        known = back is not None or what != "eta_window"
+                        if known:
+                            done.append((entry.lane, what, back))
                         try:
                             await self._set(entry.lane, what, new_value)
                         except ConfigError:
-                            done.pop()  # refused before anything changed
+                            if known:
+                                done.pop()  # refused before anything changed
                             raise
             except BaseException:
                 self._snapshot = old_snapshot
