@@ -7,6 +7,7 @@ it, only ``demo`` is available, in plain text, from the standard library.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 USAGE = """usage: executus <command> [options]
@@ -19,6 +20,20 @@ This is the standard-library fallback. Install executus[cli] for the full comman
 
 
 def _fallback(args: list[str]) -> int:
+    try:
+        code = _plain(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Whatever read the output went away (``| head``): not an error, as with the
+        # full command. Nothing more can reach it, and the flush at exit must not fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+    return code
+
+
+def _plain(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0

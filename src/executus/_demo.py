@@ -9,6 +9,7 @@ side by side, so the table shows what fair share changed.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import sys
 import time
@@ -160,7 +161,17 @@ async def _main(scale: float, out: TextIO) -> int:
     t0 = time.monotonic()
     fair = _Run(lane(FairShare()), t0)
     fifo = _Run(lane(FIFO()), t0)
-    await asyncio.gather(_scenario(fair, scale), _scenario(fifo, scale))
+    try:
+        await asyncio.gather(_scenario(fair, scale), _scenario(fifo, scale))
+    except BaseException:
+        # Interrupted (Ctrl-C cancels this task): end every job and watcher before the
+        # loop closes, so no task is left pending and no queued job starts on the way.
+        for run in (fair, fifo):
+            await run.lane.aclose(drain=False)
+            for task in run.tasks:
+                task.cancel()
+            await asyncio.gather(*run.tasks, return_exceptions=True)
+        raise
 
     w = out.write
     w("executus demo - one GPU lane with 2 slots, fair share across users, preemption on\n\n")
@@ -219,4 +230,11 @@ def run_demo(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.scale > 0:
         parser.error(f"--scale must be > 0, got {args.scale}")
-    return asyncio.run(_main(args.scale, out or sys.stdout))
+    if not math.isfinite(args.scale):
+        parser.error(f"--scale must be finite, got {args.scale}")
+    try:
+        return asyncio.run(_main(args.scale, out or sys.stdout))
+    except KeyboardInterrupt:
+        # As the full command does on Ctrl-C: one line, no traceback.
+        print("\nAborted!", file=sys.stderr)
+        return 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 
 __all__ = ["ManualClock"]
@@ -56,6 +57,8 @@ class ManualClock:
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> _Timer:
         """Run ``callback`` once the clock has advanced by ``delay`` seconds."""
+        if math.isnan(delay):
+            raise ValueError(f"delay must be a number, got {delay}")
         timer = _Timer()
         heapq.heappush(
             self._timers, (self._now + max(0.0, delay), next(self._order), timer, callback)
@@ -64,15 +67,16 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         """Move time forward, firing due timers in order (each at its own time)."""
-        if seconds < 0:
-            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        if not (0 <= seconds < math.inf):
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds}")
         target = self._now + seconds
         while self._timers and self._timers[0][0] <= target:
             when, _, timer, callback = heapq.heappop(self._timers)
             self._now = max(self._now, when)
             if not timer.cancelled:
                 callback()
-        self._now = target
+        # A callback may have advanced the clock itself, past ``target``: never go back.
+        self._now = max(self._now, target)
 
     @property
     def pending_timers(self) -> int:

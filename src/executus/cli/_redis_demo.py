@@ -108,12 +108,19 @@ def run_redis_demo(
                 "processes": where.processes,
             }
             # Closed by ``files`` (in the finally below, after the workers ended).
+            # The settings go in on stdin, not on the command line: the URL may carry a
+            # password, and any local user can read a process's arguments (``ps``).
+            in_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
+            in_file.write(json.dumps(cfg))
+            in_file.flush()
+            in_file.seek(0)
             out_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
             err_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
             outputs.append((out_file, err_file))
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "executus.cli._worker", json.dumps(cfg)],
+                    [sys.executable, "-m", "executus.cli._worker"],
+                    stdin=in_file,
                     stdout=out_file,
                     stderr=err_file,
                     text=True,

@@ -1,10 +1,11 @@
 """One process of ``executus demo --redis``: run demo traffic against a shared RedisLane.
 
-Run as ``python -m executus.cli._worker SETTINGS_JSON``; prints one JSON line with what
-it saw when done. Every job counts itself in a shared Redis counter while it runs
-(``INCR`` after its slot was granted, ``DECR`` before the slot is released), so the
-highest value seen is a lower bound on the jobs holding a slot at one instant,
-lane-wide: if it ever exceeds ``max_concurrent``, the limit did not hold.
+Run as ``python -m executus.cli._worker`` with the settings as JSON on stdin (or as the
+only argument); prints one JSON line with what it saw when done. Every job counts itself
+in a shared Redis counter while it runs (``INCR`` after its slot was granted, ``DECR``
+before the slot is released), so the highest value seen is a lower bound on the jobs
+holding a slot at one instant, lane-wide: if it ever exceeds ``max_concurrent``, the
+limit did not hold.
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    """Run one worker; the only argument is the settings as JSON."""
-    cfg = json.loads(sys.argv[1])
+    """Run one worker; its settings are JSON on stdin (or the only argument)."""
+    cfg = json.loads(sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read())
     result = asyncio.run(_run(cfg))
     print(json.dumps(result), flush=True)
     return 0
