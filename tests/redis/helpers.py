@@ -374,6 +374,15 @@ class LocalCluster:
             wait_until(f"node {port} sees {replica} promoted", self._sees, port, slots, replica)
 
 
+class _Conn:
+    """What a proxy knows of one client connection."""
+
+    __slots__ = ("blocking",)
+
+    def __init__(self) -> None:
+        self.blocking = False  # the client sent BLPOP: its wake-up connection
+
+
 class TcpProxy:
     """An asyncio TCP proxy whose connections can be cut (``cut()``) or held (``pause``).
 
@@ -410,9 +419,10 @@ class TcpProxy:
             return
         pair = (writer, up_writer)
         self._conns.add(pair)
+        conn = _Conn()
         tasks = [
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
+            asyncio.create_task(self._upstream(reader, up_writer, conn)),
+            asyncio.create_task(self._downstream(up_reader, writer, conn)),
         ]
         self._tasks.update(tasks)
         try:
@@ -427,6 +437,18 @@ class TcpProxy:
             self._conns.discard(pair)
             for w in pair:
                 w.close()
+
+    async def _upstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
+    ) -> None:
+        """Copy what a client sends to the server."""
+        await self._pipe(reader, writer)
+
+    async def _downstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
+    ) -> None:
+        """Copy what the server sends to the client."""
+        await self._pipe(reader, writer)
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -507,7 +529,7 @@ async def until(cond: Callable[[], bool], limit: float = 20.0) -> None:
             await asyncio.sleep(0.005)
 
 
-class LossyProxy:
+class LossyProxy(TcpProxy):
     """A TCP proxy in front of Redis that loses replies the server has sent.
 
     With ``stalled`` set, what Redis sends on a wake-up connection (one that sent
@@ -519,73 +541,34 @@ class LossyProxy:
     """
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
+        super().__init__("127.0.0.1", upstream_port)
         self.stalled = False
         self.held: list[bytes] = []
         self.cut_at: bytes | None = None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def url(self) -> str:
-        """The URL clients use to go through the proxy."""
-        return f"redis://127.0.0.1:{self.port}/0"
+    async def _upstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
+    ) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                conn.blocking = conn.blocking or b"BLPOP" in data
+                writer.write(data)
+                await writer.drain()
 
-    async def start(self) -> None:
-        """Listen on a free port."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        blocking = False
-
-        async def upstream() -> None:
-            nonlocal blocking
-            with contextlib.suppress(OSError):
-                while data := await reader.read(65536):
-                    blocking = blocking or b"BLPOP" in data
-                    up_writer.write(data)
-                    await up_writer.drain()
-
-        async def downstream() -> None:
-            with contextlib.suppress(OSError):
-                while data := await up_reader.read(65536):
-                    if blocking and self.stalled:
-                        self.held.append(data)
-                        continue
-                    if not blocking and self.cut_at is not None and self.cut_at in data:
-                        self.cut_at = None
-                        return
-                    writer.write(data)
-                    await writer.drain()
-
-        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-        self._tasks.update(tasks)
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                self._tasks.discard(task)
-            for w in (writer, up_writer):
-                w.transport.abort()
+    async def _downstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
+    ) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                if conn.blocking and self.stalled:
+                    self.held.append(data)
+                    continue
+                if not conn.blocking and self.cut_at is not None and self.cut_at in data:
+                    self.cut_at = None
+                    return  # the reply is dropped; the connection is closed
+                writer.write(data)
+                await writer.drain()
 
     def holds(self, text: bytes) -> bool:
         """Whether a held reply contains ``text``."""
         return any(text in data for data in self.held)
-
-    async def stop(self) -> None:
-        """Stop listening and close every connection."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
