@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,7 +22,7 @@ from executus import (
 )
 from executus.redis import RedisLane
 
-from .helpers import RedisServer, until
+from .helpers import RedisServer, TcpProxy, until
 
 pytestmark = [pytest.mark.redis, pytest.mark.also_valkey, pytest.mark.timeout(30)]
 
@@ -270,3 +272,58 @@ async def test_a_queued_job_cancelled_elsewhere_ends_cancelled_when_a_heartbeat_
     with pytest.raises(JobCancelled, match=r"^job 'q' in lane 'lane' was cancelled$"):
         await queued
     stop.set()
+
+
+class _HoldsOneRequest(TcpProxy):
+    """A proxy that holds back the first request containing ``hold_when`` (on that
+    connection only) until ``release`` is set; later ones pass."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__("127.0.0.1", upstream_port)
+        self.hold_when: bytes | None = None
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _upstream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Any
+    ) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                if self.hold_when is not None and self.hold_when in data:
+                    self.hold_when = None
+                    self.holding.set()
+                    await self.release.wait()
+                writer.write(data)
+                await writer.drain()
+
+
+async def test_a_submit_cancelled_on_its_way_to_redis_frees_its_slot_once_it_arrives(
+    redis_server: RedisServer, make_lane: LaneFactory, namespace: str
+) -> None:
+    """A submit cancelled while its request is still on its way frees the slot it takes
+    as soon as the request has reached Redis: the clean-up waits for the request, so it
+    cannot overtake it (and miss the job, which then held its slot for a lease)."""
+    proxy = _HoldsOneRequest(redis_server.port)
+    await proxy.start()
+    lane = RedisLane("lane", proxy.url, 1, namespace=namespace, lease=30.0)
+    watcher = make_lane()
+    try:
+        await lane.stats()
+        proxy.hold_when = b"held-job"
+        submit = asyncio.create_task(lane.submit(asyncio.Event().wait, job_id="held-job"))
+        async with asyncio.timeout(5):
+            await proxy.holding.wait()
+        submit.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await submit
+        await asyncio.sleep(0.2)  # time for a clean-up that does not wait to go through
+        proxy.release.set()
+        async with asyncio.timeout(5):  # the lease is 30 s
+            stats = await watcher.stats()
+            while stats.running or stats.queued:
+                await asyncio.sleep(0.02)
+                stats = await watcher.stats()
+    finally:
+        proxy.release.set()
+        await lane.aclose(drain=False)
+        await proxy.stop()

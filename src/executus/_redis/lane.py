@@ -1118,6 +1118,12 @@ class RedisLane(LaneBase):
         """Free what the server recorded of a submit this client has forgotten (its
         reply was lost, or the job ended here meanwhile), queued or granted: only that
         submit's (``nonce``), never a later submit of the same id."""
+        # The submit may not have reached Redis yet (its batch still waits to be sent,
+        # or is on its way on another connection): let the batches sent or queued so
+        # far finish first, so this cancel cannot overtake it.
+        senders = [t for t in self._senders if t is not asyncio.current_task()]
+        if senders:
+            await asyncio.wait(senders)
         with contextlib.suppress(LaneUnavailable):
             reply = await self._eval("cancel", [self._client_id, job_id, "1", nonce])
             self._grants(reply[1:])
