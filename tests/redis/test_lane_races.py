@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -327,3 +329,28 @@ async def test_a_submit_cancelled_on_its_way_to_redis_frees_its_slot_once_it_arr
         proxy.release.set()
         await lane.aclose(drain=False)
         await proxy.stop()
+
+
+async def test_a_first_call_cancelled_while_the_lane_connects_leaves_no_connection_open(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A lane's first call cancelled while the lane connects (at any point) leaves no
+    connection of it open once the lane is closed."""
+    for turns in range(30):  # the cancel lands after this many loop turns
+        lane = RedisLane("lane", redis_server.url, 2, namespace=f"{namespace}-{turns}")
+        task = asyncio.create_task(lane.submit(asyncio.Event().wait))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            handle = await task
+        except asyncio.CancelledError:
+            pass
+        else:
+            await handle.cancel()
+        await lane.aclose(drain=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+        unclosed = [str(w.message) for w in caught if "unclosed" in str(w.message)]
+        assert not unclosed, f"cancelled after {turns} turns: {unclosed}"

@@ -471,6 +471,10 @@ class RedisLane(LaneBase):
         )
 
     async def _close_clients(self) -> None:
+        if self._senders:
+            # A round trip still on its way (its caller was cancelled) would take or
+            # keep a connection after the clients are closed: let it end first.
+            await asyncio.wait(list(self._senders), timeout=self._op_timeout)
         for held in (self._held, self._held_blocking):
             if held is not None:
                 await held.give_back()
