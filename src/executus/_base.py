@@ -12,7 +12,19 @@ from typing import Self
 from ._events import Emitter, LaneObserver
 from ._policies import Preemption, QueuePolicy
 
-__all__ = ["LaneBase", "check_count", "check_preemption", "check_submit_options"]
+__all__ = [
+    "STORED_MAX",
+    "LaneBase",
+    "check_count",
+    "check_preemption",
+    "check_priority",
+    "check_submit_options",
+    "is_utf8",
+]
+
+# Redis keeps a lane's counts and its jobs' priorities as numbers (doubles): they stay
+# exact below this. Lane keeps priorities to the same range, so both take the same.
+STORED_MAX = 2**40
 
 
 def check_count(name: str, value: object) -> int:
@@ -22,6 +34,24 @@ def check_count(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def check_priority(priority: int) -> None:
+    """Refuse a priority outside ``-STORED_MAX .. STORED_MAX`` (exclusive)."""
+    if not -STORED_MAX < priority < STORED_MAX:
+        raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
+
+
+def is_utf8(text: str) -> bool:
+    """True when ``text`` encodes as UTF-8 (no lone surrogates, as bytes of a command
+    line or an environment variable that are not UTF-8 read)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def submit_context(last: contextvars.Context | None) -> contextvars.Context:

@@ -34,6 +34,7 @@ from ._base import (
     check_count,
     check_job_fn,
     check_preemption,
+    check_priority,
     check_submit_options,
     submit_context,
 )
@@ -82,11 +83,6 @@ _CLOSE = "close"
 _PREEMPT = "preempt"
 _PREEMPT_REQUEUE = "preempt-requeue"
 _FOLD = 256  # ended runs kept aside before they are counted in the windows
-# Priorities lie strictly between these, as in RedisLane (which stores them as doubles):
-# aging ranks a job by ``submitted - priority * aging`` in a double, which keeps
-# neighbouring levels apart well within this range (and overflows far beyond it).
-_PRIORITY_MAX = 2**40
-_PRIORITY_MIN = -_PRIORITY_MAX
 
 
 class Lane(LaneBase):
@@ -360,12 +356,14 @@ class Lane(LaneBase):
             and max_wait is None
             and preemptible is False
             and type(priority) is int
-            and -(2**40) < priority < 2**40  # _PRIORITY_MIN/_MAX, folded to constants
+            # STORED_MAX, written out to fold to constants: priorities lie within it, as
+            # in RedisLane; aging ranks a job by ``submitted - priority * aging`` in a
+            # double, which keeps neighbouring levels apart well within this range.
+            and -(2**40) < priority < 2**40
             and (key is None or type(key) is str)
         ):
             check_submit_options(job_id, key, priority, preemptible, max_wait)
-            if not _PRIORITY_MIN < priority < _PRIORITY_MAX:
-                raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
+            check_priority(priority)
         jobs = self._jobs
         loop = asyncio.get_running_loop()
         if loop is not self._loop:

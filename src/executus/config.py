@@ -55,6 +55,8 @@ from typing import (
     runtime_checkable,
 )
 
+from ._base import STORED_MAX, is_utf8
+
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._policies import Preemption, QueuePolicy
@@ -831,7 +833,6 @@ _SINGLE_VALUED = frozenset(
 
 # What a RedisLane can take: counts are stored as numbers (doubles) in Redis, a lease is
 # renewed every lease / 3 seconds, and braces would break a lane's hash tag.
-_REDIS_MAX_STORED = 2**40
 _REDIS_MIN_LEASE = 0.1
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _REDIS_DEFAULT_NAMESPACE = "executus"
@@ -940,7 +941,7 @@ def _read_lane(source: Source, token: str, *, redis: bool, live: bool = False) -
             raise refuse(suffix, f"> {low:g}" if strict else f">= {low:g}")
 
     def stored_count(suffix: str, value: int | None) -> None:
-        if redis and not live and value is not None and value >= _REDIS_MAX_STORED:
+        if redis and not live and value is not None and value >= STORED_MAX:
             raise refuse(suffix, "< 2**40 for a Redis lane")
 
     max_concurrent = get_int(source, key("MAX_CONCURRENT"))
@@ -1061,7 +1062,7 @@ def _check_redis(source: Source, url: str, namespace: str | None) -> None:
     where = _where(source, "REDIS_NAMESPACE")
     if "{" in namespace or "}" in namespace:
         rule = "must not contain '{' or '}'"
-    elif not _utf8(namespace):
+    elif not is_utf8(namespace):
         rule = "must be encodable as UTF-8"
     else:
         return
@@ -1070,16 +1071,6 @@ def _check_redis(source: Source, url: str, namespace: str | None) -> None:
         key="REDIS_NAMESPACE",
         value=namespace,
     )
-
-
-def _utf8(text: str) -> bool:
-    """True when ``text`` can be sent to Redis (an environment variable that is not
-    UTF-8 reads as a str with lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _lists_every_key(source: Source) -> bool:

@@ -61,11 +61,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._base import (
+    STORED_MAX,
     LaneBase,
     check_count,
     check_job_fn,
     check_preemption,
+    check_priority,
     check_submit_options,
+    is_utf8,
     submit_context,
 )
 from .._errors import (
@@ -105,7 +108,6 @@ _LEASE_FRACTION = 0.8  # a client stops its job after this share of the lease un
 _HEARTBEATS_PER_LEASE = 3
 _MAX_QUEUED_REFRESH = 512  # queued jobs whose position one heartbeat refreshes
 _HELD = 4  # idle connections a client keeps out of its pool (``_Held``)
-_MAX_STORED = 2**40  # counts and priorities are stored as numbers (doubles) in Redis
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 # Redis Cluster replies meaning the lane's slot is served elsewhere, is moving, or has no
 # serving node for now (a failover or a slot migration under way).
@@ -1018,8 +1020,7 @@ class RedisLane(LaneBase):
             _check_utf8("job_id", job_id)
         if key is not None:
             _check_utf8("key", key)
-        if abs(priority) >= _MAX_STORED:
-            raise ValueError(f"priority must be between -2**40 and 2**40, got {priority}")
+        check_priority(priority)
         if job_id is None:
             # Unique lane-wide: this client's id (random) and a count of its own.
             self._ids += 1
@@ -1681,7 +1682,7 @@ class RedisLane(LaneBase):
             NotQueued: the job is unknown, running or has ended.
             LaneUnavailable: Redis is unreachable.
         """
-        if not isinstance(job_id, str) or not _utf8(job_id):
+        if not isinstance(job_id, str) or not is_utf8(job_id):
             raise NotQueued(self._name, job_id)  # no job can have this id
         await self._ensure()
         rec = self._jobs.get(job_id)
@@ -1956,25 +1957,14 @@ def _weights(flat: Sequence[str]) -> dict[str, float]:
 def _check_stored_count(name: str, value: object) -> int:
     """``check_count``, and below ``2**40``: Redis keeps the lane's counts as numbers."""
     n = check_count(name, value)
-    if n >= _MAX_STORED:
+    if n >= STORED_MAX:
         raise ValueError(f"{name} must be < 2**40 for a RedisLane, got {n}")
     return n
 
 
-def _utf8(text: str) -> bool:
-    """True when ``text`` can be sent to Redis (no lone surrogates)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _check_utf8(name: str, text: str) -> None:
     """Refuse a str Redis cannot be sent (``ValueError`` naming ``name``)."""
-    if not _utf8(text):
+    if not is_utf8(text):
         raise ValueError(f"{name} must be encodable as UTF-8 (for Redis), got {text!r}")
 
 

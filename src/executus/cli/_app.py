@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 
 from .. import __version__
+from .._base import STORED_MAX, is_utf8
 from .._errors import LaneError, NotQueued
 from .._redis.keys import LaneKeys, check_key_part
 
@@ -39,8 +40,6 @@ _CLUSTER_HELP = (
     f"The URL names a node of a Redis Cluster; reach every node (default: ${_CLUSTER_ENV})."
 )
 BENCHMARKS = ("lane", "scale", "eta", "fairness", "fanout", "redis")
-# A Redis lane stores its counts as numbers (doubles): max_concurrent stays below this.
-_MAX_STORED = 2**40
 
 
 def safe_url(url: str) -> str:
@@ -64,11 +63,8 @@ def _key_part(what: str, value: str) -> str:
         check_key_part(what, value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    try:
-        # Bytes of the command line that are not UTF-8 arrive as lone surrogates.
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise click.BadParameter(f"{what} must be encodable as UTF-8, got {value!r}") from None
+    if not is_utf8(value):  # bytes of the command line that are not UTF-8
+        raise click.BadParameter(f"{what} must be encodable as UTF-8, got {value!r}")
     return value
 
 
@@ -514,7 +510,7 @@ def set_max(url: str, cluster: bool, namespace: str, name: str, n: int) -> None:
     """
     if n < 1:
         raise click.BadParameter(f"max_concurrent must be >= 1, got {n}", param_hint="'N'")
-    if n >= _MAX_STORED:
+    if n >= STORED_MAX:
         raise click.BadParameter(
             f"max_concurrent must be < 2**40 for a Redis lane, got {n}", param_hint="'N'"
         )
