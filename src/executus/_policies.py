@@ -422,13 +422,25 @@ class _FairShareState(PolicyState):
         return flow
 
     def push(self, job: JobHandle[Any], now: float) -> None:
-        flow = self._flows.get(job.key)
+        key = job.key
+        flow = self._flows.get(key)
         if flow is None or not flow.n:
-            flow = self._flow(job.key, flow)
+            flow = self._flow(key, flow)
         n = flow.n
-        self._slots.insert(self._key(flow.tag(flow.head + n), flow.order), flow)
+        # The slot of the key's (n+1)-th queued job; ``_key(flow.tag(j), flow.order)``
+        # and ``_within_key`` written out (every queued job's path).
+        j = flow.head + n
+        if self._unit:
+            slot = (int(flow.base) + j) << _ORDER_BITS | flow.order
+        else:
+            slot = _slot_key(flow.base + j / flow.weight, flow.order)
+        self._slots.insert(slot, flow)
         flow.n = n + 1
-        flow.queue.insert(_within_key(job), job)
+        qkey = job._qkey
+        if qkey is None:
+            p = job.priority
+            qkey = job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
+        flow.queue.insert(qkey, job)
         self._len += 1
 
     def requeue(self, job: JobHandle[Any], now: float) -> None:
@@ -471,8 +483,10 @@ class _FairShareState(PolicyState):
 
     def pop(self) -> JobHandle[Any]:
         flow = self._slots.pop_first_value()
-        self._vtime = flow.tag(flow.head)  # the popped slot is its flow's head slot
-        flow.head += 1
+        head = flow.head
+        # The popped slot is its flow's head slot (``flow.tag(head)``, written out).
+        self._vtime = flow.base + head / flow.weight
+        flow.head = head + 1
         n = flow.n = flow.n - 1
         job: JobHandle[Any] = flow.queue.pop_first_value()
         self._len -= 1
