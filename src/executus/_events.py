@@ -6,15 +6,17 @@ on the next loop step (``call_soon``), never inside the lane's decision step: an
 observer can neither re-enter the lane half-way through a decision nor delay a start.
 
 Observers are callables taking one ``LaneEvent``. A plain function is called on the
-loop; an ``async def`` function gets its own task that awaits each call in order, so a
-slow one never stalls the lane (past ``buffer`` undelivered events it loses the oldest
-and counts them in ``dropped``). Whatever an observer raises is logged to the
-``executus.events`` logger and otherwise ignored.
+loop; an ``async def`` function (or a plain one found to return an awaitable) gets its
+own task that awaits each call in order, so a slow one never stalls the lane (past
+``buffer`` undelivered events it loses the oldest and counts them in ``dropped``).
+Observers run in an empty context, outside any job. Whatever an observer raises is
+logged to the ``executus.events`` logger and otherwise ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import inspect
 import logging
@@ -155,7 +157,9 @@ class Emitter:
             sub.buffer.append(event)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            # In an empty context, not in that of the task that caused the event (often
+            # a job's own): observers run outside any job, and so do their tasks.
+            asyncio.get_running_loop().call_soon(self._flush, context=contextvars.Context())
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -167,18 +171,41 @@ class Emitter:
             if sub.is_async:
                 if sub.task is None or sub.task.done():
                     sub.wakeup = asyncio.Event()
-                    sub.task = asyncio.get_running_loop().create_task(self._drain(sub))
+                    sub.task = asyncio.get_running_loop().create_task(
+                        self._drain(sub), context=contextvars.Context()
+                    )
                 elif sub.wakeup is not None:
                     sub.wakeup.set()
                 continue
             while sub.buffer:
                 event = sub.buffer.popleft()
                 try:
-                    sub.callback(event)
+                    result = sub.callback(event)
                 except Exception:
                     logger.exception("lane observer %r failed on %s", sub.callback, event.kind)
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    # A plain callable that returns an awaitable (``lambda e: q.put(e)``)
+                    # is an async observer: its task awaits this call, then the rest.
+                    sub.is_async = True
+                    sub.wakeup = asyncio.Event()
+                    sub.task = asyncio.get_running_loop().create_task(
+                        self._drain(sub, result, event), context=contextvars.Context()
+                    )
+                    break
 
-    async def _drain(self, sub: _Subscriber) -> None:
+    async def _drain(
+        self,
+        sub: _Subscriber,
+        first: Awaitable[object] | None = None,
+        first_event: LaneEvent | None = None,
+    ) -> None:
+        if first is not None:
+            assert first_event is not None
+            try:
+                await first
+            except Exception:
+                logger.exception("lane observer %r failed on %s", sub.callback, first_event.kind)
         while True:
             while sub.buffer:
                 event = sub.buffer.popleft()

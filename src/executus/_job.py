@@ -113,6 +113,7 @@ class JobHandle(Generic[T]):
         "_seq",
         "_state",
         "_t_end",
+        "_t_requeued",
         "_t_start",
         "_t_submit",
         "_task",
@@ -123,6 +124,10 @@ class JobHandle(Generic[T]):
         "preemptible",
         "priority",
     )
+
+    # When the job was last requeued after a preemption: set by the backend's requeue
+    # (not in ``__init__``, which every job pays), read only once ``_preemptions > 0``.
+    _t_requeued: float
 
     def __init__(
         self,

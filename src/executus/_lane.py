@@ -78,11 +78,30 @@ _END_EVENTS = {
 # Why a running job was cancelled by the lane (recorded before ``task.cancel()``, so the
 # job's end tells a lane-made cancellation from an outside one).
 _CANCEL = "cancel"
+_SELF_CANCEL = "self-cancel"  # raised in the job's own task: its task was not cancelled
 _UNCALLED = object()  # _run: fn has not returned (yet)
 _CLOSE = "close"
 _PREEMPT = "preempt"
 _PREEMPT_REQUEUE = "preempt-requeue"
 _FOLD = 256  # ended runs kept aside before they are counted in the windows
+
+
+def _not_awaitable(returned: object) -> TypeError:
+    """The error of a job whose fn returned something that cannot be awaited (its repr
+    is user code: one that raises must not keep the run from ending)."""
+    name = type(returned).__name__
+    try:
+        shown = f"{returned!r:.80}"
+    except Exception:
+        shown = f"<{name} object>"
+    return TypeError(f"fn must return an awaitable, got {name}: {shown}")
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop: a test clock advanced outside of it
+        return None
 
 
 class Lane(LaneBase):
@@ -311,10 +330,13 @@ class Lane(LaneBase):
             yield job
         except asyncio.CancelledError as exc:
             delivered = self._cancel_delivered(job)
+            own = self._causes.get(job) == _SELF_CANCEL
             error = self._ended(job, None, exc, cancelled=True)
-            if delivered and error is not None and task.uncancel() == 0:
-                # The lane cancelled the body (preemption, cancel, close) and nobody
-                # else did: report why instead of a bare CancelledError.
+            if error is not None and (
+                (delivered and task.uncancel() == 0) or (own and task.cancelling() == 0)
+            ):
+                # The lane cancelled the body (preemption, cancel, close) or the body
+                # its own job, and nobody else did: report why, not a bare CancelledError.
                 raise error from None
             raise
         except BaseException as exc:
@@ -337,8 +359,10 @@ class Lane(LaneBase):
 
     def _cancel_delivered(self, job: JobHandle[Any]) -> bool:
         """Whether the lane has cancelled this running job's task (a cause is recorded
-        and no grace timer still holds the cancel back)."""
-        return job in self._causes and job not in self._timers
+        and no grace timer still holds the cancel back). A job that cancelled itself
+        raised ``CancelledError`` in its own task without cancelling the task."""
+        cause = self._causes.get(job)
+        return cause is not None and cause != _SELF_CANCEL and job not in self._timers
 
     def _submit(
         self,
@@ -472,7 +496,7 @@ class Lane(LaneBase):
                     try:
                         queue.admit(job, self._now())
                     except Exception as exc:
-                        self._drop_queue(exc)  # the arrival starts all the same
+                        self._drop_queue(exc, job)  # the arrival starts all the same
                         queue = self._queue
             elif self._nq:
                 try:
@@ -514,7 +538,9 @@ class Lane(LaneBase):
         job._t_start = now
         self._running[job] = None
         if self._events.active:
-            self._emit(EventKind.STARTED, job, state=_RUNNING, wait=now - job._t_submit)
+            # The queue wait of this start: since the submit, or since the last requeue.
+            queued = job._t_requeued if job._preemptions else job._t_submit
+            self._emit(EventKind.STARTED, job, state=_RUNNING, wait=now - queued)
         fn = job._fn
         if fn is None:  # a slot() job: wake its waiting task, if it waits
             grant = self._grants.pop(job, None)
@@ -551,10 +577,7 @@ class Lane(LaneBase):
                 and not hasattr(awaitable, "__await__")
             ):
                 # Checked here, off the hot path: `await 3` raised this TypeError.
-                exc = TypeError(
-                    f"fn must return an awaitable, got {type(awaitable).__name__}: "
-                    f"{awaitable!r:.80}"
-                )
+                exc = _not_awaitable(awaitable)
             self._ended(job, None, exc, cancelled=False)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -608,6 +631,7 @@ class Lane(LaneBase):
                 else:
                     self._preempted += 1
                     job._preemptions += 1
+                    job._t_requeued = now
                     job._preempt_requested = False
                     job._task = None
                     job._transition(_QUEUED)
@@ -706,6 +730,8 @@ class Lane(LaneBase):
         for victim in reversed(list(self._timers)):
             if surplus <= 0:
                 break
+            if victim not in self._victims:  # a slot's own cancel, held to its next await
+                continue
             self._timers.pop(victim).cancel()
             del self._victims[victim]
             del self._causes[victim]
@@ -716,6 +742,15 @@ class Lane(LaneBase):
         self._timers.pop(job, None)
         task = job._task
         if job._state is _RUNNING and task is not None and not task.done():
+            if job._fn is None and task is _current_task():
+                # A slot body stopping its own job in its own step (its submit preempted
+                # it, it closed the lane, a test clock fired its grace). Cancelling the
+                # running task would outlive a body that then leaves without another
+                # await (3.11's ``uncancel`` keeps such a cancel pending): cancel it
+                # from the loop instead, at the body's next await, held back like a
+                # grace timer until then (so a body that leaves first keeps no cancel).
+                self._timers[job] = self._loop_().call_soon(self._cancel_task, job)
+                return
             task.cancel()
             if not job._begun and job._fn is not None:
                 # A task cancelled before its first step never runs its body (so never
@@ -738,10 +773,11 @@ class Lane(LaneBase):
             self._nq -= 1
         self._end_queued(job, error)
 
-    def _drop_queue(self, error: Exception) -> None:
+    def _drop_queue(self, error: Exception, keep: JobHandle[Any] | None = None) -> None:
         """The queue policy raised: its state is not trusted any more. End every job it
         held CANCELLED (``JobCancelled`` caused by ``error``, so no waiter is stranded)
-        and go on with a fresh state."""
+        and go on with a fresh state. ``keep``: a queued job already taken out of the
+        queue, about to start (a preemption arrival whose ``admit`` raised)."""
         self._queue = self._policy.new_state()
         self._nq = 0
         reason = (
@@ -749,7 +785,11 @@ class Lane(LaneBase):
             f"({type(error).__name__}: {error})"
         )
         front = self._front
-        held = [j for j in self._jobs.values() if j._state is _QUEUED and j not in front]
+        held = [
+            j
+            for j in self._jobs.values()
+            if j._state is _QUEUED and j is not keep and j not in front
+        ]
         for job in held:
             cancelled = JobCancelled(self._name, job.id, reason)
             cancelled.__cause__ = error
@@ -812,7 +852,7 @@ class Lane(LaneBase):
             # The job cancelling itself from its own task: the cancellation is raised
             # right here (cancelling the task would also hit the caller of a slot()
             # body that leaves without another await).
-            self._stop_for(job, _CANCEL)
+            self._stop_for(job, _SELF_CANCEL)
             raise asyncio.CancelledError
         self._cancel_nowait(job, _CANCEL)
         with contextlib.suppress(Exception):  # the outcome is read from the state

@@ -42,6 +42,9 @@ class ManualClock:
     """
 
     def __init__(self, start: float = 1000.0, wall: float = 1_767_225_600.0) -> None:
+        for name, value in (("start", start), ("wall", wall)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         self._now = float(start)
         self._offset = float(wall) - float(start)
         self._timers: list[tuple[float, int, _Timer, Callable[[], object]]] = []
