@@ -168,19 +168,22 @@ class Recorder:
         assert rec.last() == Delivery("user-42", "done")
     """
 
-    __slots__ = ("_changed", "deliveries")
+    __slots__ = ("_waiters", "deliveries")
 
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
-        self._changed: asyncio.Event | None = None
+        # One future per pending ``wait_for`` step, made in the waiter's own loop and
+        # removed when it leaves (timeout, cancel): nothing bound to a loop outlives its
+        # wait, so a recorder can be reused from another event loop (another test).
+        self._waiters: list[asyncio.Future[None]] = []
 
     async def deliver(self, target: str, message: str) -> None:
         """Record ``(target, message)``."""
         self.deliveries.append(Delivery(target, message))
-        changed = self._changed
-        if changed is not None:
-            self._changed = None
-            changed.set()
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def messages(self, target: str | None = None) -> list[str]:
         """The messages delivered, oldest first: all of them, or only those to ``target``."""
@@ -215,11 +218,16 @@ class Recorder:
         Raises:
             TimeoutError: fewer than ``count`` arrived within ``timeout`` seconds.
         """
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while len(self.deliveries) < count:
-                if self._changed is None:
-                    self._changed = asyncio.Event()
-                await self._changed.wait()
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(fut)
+                try:
+                    await fut
+                finally:
+                    if fut in self._waiters:
+                        self._waiters.remove(fut)
         return list(self.deliveries)
 
     def __len__(self) -> int:

@@ -14,6 +14,12 @@ agent answers. ``DispatchGuard`` sits between the host's event stream and the ag
      earlier waiting ones are refused with ``Superseded``. When the running dispatch
      ends, the latest waiting one runs.
 
+A dispatch nested in a dispatch of the same key *in the same task* is refused at once
+with ``KeyBusy`` (``nested=True``) in both modes: in coalesce mode it would otherwise
+wait for itself. From another task (a child task the body awaits) the guard cannot tell
+a nested dispatch from a later arrival: in coalesce mode it waits for the body, so a
+body that awaits such a task deadlocks. Do nested work inside the admitted dispatch.
+
 Every refusal is a ``DispatchRefused``; a refused event's id stays seen, so a
 redelivery of it is a duplicate. An arrival cancelled while it waits for its key never
 reached the agent: its id is forgotten, so a redelivery of it is admitted. A dispatch
@@ -82,11 +88,27 @@ class DuplicateEvent(DispatchRefused):
 
 
 class KeyBusy(DispatchRefused):
-    """``mode="reject"``: a dispatch for the key is already in flight."""
+    """A dispatch for the key is already in flight.
 
-    def __init__(self, key: str, event_id: str | None) -> None:
+    Raised in ``mode="reject"`` for a second arrival, and in either mode for a dispatch
+    nested inside a dispatch of the same key in the same task (which, in coalesce mode,
+    would otherwise wait for itself forever).
+
+    Attributes:
+        nested: True when the dispatch in flight is the caller's own (same task).
+    """
+
+    def __init__(self, key: str, event_id: str | None, *, nested: bool = False) -> None:
+        self.nested = nested
         what = "event" if event_id is None else f"event {event_id!r}"
-        super().__init__(key, event_id, f"{what} refused: a dispatch for key {key!r} is in flight")
+        if nested:
+            message = (
+                f"{what} refused: a dispatch for key {key!r} is already running in this "
+                "task, and a dispatch cannot nest inside one for the same key"
+            )
+        else:
+            message = f"{what} refused: a dispatch for key {key!r} is in flight"
+        super().__init__(key, event_id, message)
 
 
 class Superseded(DispatchRefused):
@@ -111,7 +133,9 @@ class Admission:
         key: the dispatch key.
         event_id: the event id.
         waited: True when the event waited for an earlier dispatch of its key to end.
-        superseded: how many waiting events this one replaced (coalesce mode).
+        superseded: how many waiting events this one replaced (coalesce mode), with
+            those they had replaced in turn; a waiting event that was cancelled was not
+            replaced and is not counted.
     """
 
     key: str | None
@@ -123,21 +147,31 @@ class Admission:
 class _Waiter:
     """The one arrival waiting for a busy key (coalesce mode)."""
 
-    __slots__ = ("by", "event_id", "future", "superseded")
+    __slots__ = ("by", "event_id", "future", "superseded", "task")
 
-    def __init__(self, event_id: str | None, future: asyncio.Future[bool], superseded: int):
+    def __init__(
+        self,
+        event_id: str | None,
+        future: asyncio.Future[bool],
+        superseded: int,
+        task: asyncio.Task[object] | None,
+    ):
         self.event_id = event_id
         self.future = future  # result True: the slot is handed over; False: superseded
         self.superseded = superseded
         self.by: str | None = None  # the id of the arrival that replaced this one
+        self.task = task  # the waiting task: it holds the key once handed the slot
 
 
 class _KeyState:
     """A key with a dispatch in flight. Exists only while the key is busy."""
 
-    __slots__ = ("waiter",)
+    __slots__ = ("holder", "waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, holder: asyncio.Task[object] | None) -> None:
+        # The task holding the key (from the hand-over on, for a waiter handed the slot):
+        # a dispatch of the key from that same task is nested, and refused.
+        self.holder = holder
         self.waiter: _Waiter | None = None
 
 
@@ -146,7 +180,8 @@ class DispatchGuard:
 
     Invariants (all state changes are synchronous, between awaits):
 
-    - a key is in ``_busy`` exactly while one admitted dispatch holds it;
+    - a key is in ``_busy`` exactly while one admitted dispatch holds it, and its
+      ``holder`` is that dispatch's task (from the hand-over on, for a waiter);
     - a busy key has at most one waiter (coalesce mode), and the slot passes to it
       directly when the holder leaves, so no third arrival can slip in between;
     - seen ids are ordered by expiry, as the TTL is constant and the clock monotonic.
@@ -257,22 +292,28 @@ class DispatchGuard:
 
     async def _acquire(self, key: str, event_id: str | None) -> tuple[bool, int]:
         """Take ``key``'s slot; returns (waited, superseded)."""
+        task = asyncio.current_task()
         state = self._busy.get(key)
         if state is None:
-            self._busy[key] = _KeyState()
+            self._busy[key] = _KeyState(task)
             return False, 0
+        if task is not None and state.holder is task:
+            # Nested in this task's own dispatch of the key: waiting would wait for
+            # ourselves (coalesce), so refuse it in both modes alike.
+            raise KeyBusy(key, event_id, nested=True)
         if self.mode == "reject":
             raise KeyBusy(key, event_id)
         superseded = 0
         old = state.waiter
-        if old is not None:
-            # Coalesce: the newer arrival replaces the waiting one.
+        if old is not None and not old.future.done():
+            # Coalesce: the newer arrival replaces the waiting one. A waiter whose future
+            # is done here was cancelled and has not resumed yet: it is not replaced (it
+            # leaves on its own), so neither it nor those it replaced are counted.
             superseded = old.superseded + 1
             old.by = event_id
-            if not old.future.done():
-                old.future.set_result(False)
+            old.future.set_result(False)
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(event_id, fut, superseded)
+        waiter = _Waiter(event_id, fut, superseded, task)
         state.waiter = waiter
         try:
             granted = await fut
@@ -294,6 +335,7 @@ class DispatchGuard:
         state.waiter = None
         if waiter is not None and not waiter.future.done():
             waiter.future.set_result(True)  # direct hand-over: the key stays busy
+            state.holder = waiter.task
             return
         del self._busy[key]
 
@@ -312,10 +354,20 @@ class DispatchGuard:
 
         Raises:
             DuplicateEvent: ``event_id`` was seen within the TTL.
-            KeyBusy: ``mode="reject"`` and a dispatch for ``key`` is in flight.
+            KeyBusy: ``mode="reject"`` and a dispatch for ``key`` is in flight; or, in
+                either mode, this task is already running a dispatch for ``key``
+                (``nested=True``).
             Superseded: ``mode="coalesce"`` and a newer arrival replaced this one while
                 it waited.
+            TypeError: ``key`` or ``event_id`` is neither a ``str`` nor None (checked
+                before anything is recorded).
         """
+        # Checked first: an id recorded for an event that then fails on its key would be
+        # burned (a redelivery of it refused as a duplicate of an event never admitted).
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a str or None, got {key!r}")
+        if event_id is not None and not isinstance(event_id, str):
+            raise TypeError(f"event_id must be a str or None, got {event_id!r}")
         if event_id is not None and not self.remember(event_id):
             raise DuplicateEvent(key, event_id, self.ttl)
         if key is None:
@@ -345,7 +397,8 @@ class DispatchGuard:
         """``dispatch`` as a call: admit the event, then await ``fn()`` holding its key.
 
         Raises:
-            TypeError: ``fn`` is not callable (checked before the event is admitted).
+            TypeError: ``fn`` is not callable, or ``key`` or ``event_id`` is neither a
+                ``str`` nor None (checked before the event is admitted).
             DispatchRefused: as ``dispatch``.
         """
         if not callable(fn):
