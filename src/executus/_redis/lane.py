@@ -341,6 +341,13 @@ class RedisLane(LaneBase):
         self._epoch = ""
         self._fence_floor = 0
         self._jobs: dict[str, _Local] = {}
+        # Submits this client gave up (cancelled, or their reply lost) whose withdrawal
+        # could not reach Redis: (job id, nonce), withdrawn after the next heartbeat
+        # that gets through, so that no other client sees them queued meanwhile.
+        self._orphans: set[tuple[str, str]] = set()
+        # A close whose leave could not reach Redis goes on trying in this task until
+        # Redis would take the client for dead anyway (``_leave_late``).
+        self._farewell: asyncio.Task[None] | None = None
         self._last_ctx: contextvars.Context | None = None  # see ``_submit``
         self._closed = False
         self._hard = False  # closing with drain=False
@@ -524,7 +531,7 @@ class RedisLane(LaneBase):
         async with self._route_lock:
             if self._client is not None and not self._route_stale:
                 return  # another call routed while this one waited
-            if self._closed and not self._started:
+            if self._closed and not self._started and self._farewell is None:
                 raise RedisConnectionError("the lane's client is closed")
             cluster = self._cluster
             assert cluster is not None
@@ -1129,9 +1136,12 @@ class RedisLane(LaneBase):
         senders = [t for t in self._senders if t is not asyncio.current_task()]
         if senders:
             await asyncio.wait(senders)
-        with contextlib.suppress(LaneUnavailable):
+        try:
             reply = await self._eval("cancel", [self._client_id, job_id, "1", nonce])
-            self._grants(reply[1:])
+        except LaneUnavailable:
+            self._orphans.add((job_id, nonce))  # tried again once Redis answers
+            return
+        self._grants(reply[1:])
 
     # -- running ---------------------------------------------------------------------
 
@@ -1508,9 +1518,12 @@ class RedisLane(LaneBase):
                     else:
                         soonest = min(soonest, rec.renewed + limit)
             if now - self._last_beat >= self._lease:
-                # Unreachable past a lease: the server will drop our queued jobs.
+                # Unreachable past a lease: the server will drop our queued jobs, unless
+                # this client's next heartbeat renews its liveness before another
+                # client's sweep has: so they are withdrawn once Redis answers.
                 for rec in list(self._jobs.values()):
                     if rec.handle._state is _QUEUED and rec.seq is not None:
+                        self._orphans.add((rec.handle.id, rec.nonce))
                         self._end_queued(rec, self._lease_lost(rec.handle.id))
             if now >= next_beat or self._hb_kick.is_set():
                 self._hb_kick.clear()
@@ -1583,6 +1596,12 @@ class RedisLane(LaneBase):
             rec = self._jobs.get(_s(victims[i]))
             if rec is not None and rec.cause is None:
                 self._on_message(f"P {_s(victims[i])} {_s(victims[i + 1])} {_s(victims[i + 2])}")
+        if self._orphans and not self._closed:
+            # Redis answers again: withdraw what this client gave up while it did not
+            # (a close's leave drops them all instead).
+            orphans, self._orphans = self._orphans, set()
+            for job_id, nonce in orphans:
+                self._chore(self._forget_remote(job_id, nonce))
 
     def _own(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         """Run a step in a task of its own that ``aclose`` awaits, and return it."""
@@ -1660,7 +1679,9 @@ class RedisLane(LaneBase):
         try:
             reply = await self._eval("cancel", [self._client_id, job.id, "0"])
         except LaneUnavailable:
-            # Ends here; if the server still grants it, the grant is handed back.
+            # Ends here; Redis is told once it answers again (``_orphans``), and if it
+            # grants the job before that, the grant is handed back.
+            self._orphans.add((job.id, rec.nonce))
             self._end_queued(rec, error)
             return
         if _s(reply[0]) == "OK" or _s(reply[1]) == "":
@@ -1815,7 +1836,8 @@ class RedisLane(LaneBase):
             self._emit(EventKind.CLOSED, None)
         self._closed = True
         if not self._started:
-            await self._close_clients()
+            if self._farewell is None or self._farewell.done():
+                await self._close_clients()
             return
         if not drain:
             self._hard = True
@@ -1845,12 +1867,39 @@ class RedisLane(LaneBase):
             await asyncio.wait(tasks, timeout=self._block + 3.0)
         if self._chores:
             await asyncio.wait(list(self._chores), timeout=self._lease)
-        with contextlib.suppress(LaneUnavailable):
-            await self._eval("control", [self._client_id, "bye"], budget=0.5)
+        # The leave drops whatever Redis still holds of this client (queued jobs, slots
+        # granted to it, orphans) and hands the slots on. Redis takes the client for
+        # dead one lease after its last heartbeat (then grants skip its jobs and the
+        # sweep drops them); until then its jobs look queued to every other client, so
+        # the leave is worth retrying until that moment: here within one retry budget,
+        # then in the background (``_leave_late``) so that the close stays bounded.
+        self._orphans.clear()
+        dead_at = self._last_beat + self._lease
+        budget = max(0.5, min(self._retry_budget, dead_at - time.monotonic()))
+        try:
+            await self._eval("control", [self._client_id, "bye"], budget=budget)
+        except LaneUnavailable:
+            if dead_at > time.monotonic():
+                self._started = False
+                self._farewell = asyncio.get_running_loop().create_task(
+                    self._leave_late(dead_at), name=f"executus-redis-leave-{self._name}"
+                )
+                return
         if self._senders:
             await asyncio.wait(list(self._senders), timeout=self._op_timeout)
         self._started = False
         await self._close_clients()
+
+    async def _leave_late(self, dead_at: float) -> None:
+        """A closed client's leave that could not reach Redis: retry it until Redis
+        would take the client for dead anyway (``dead_at``), then close the clients."""
+        try:
+            with contextlib.suppress(LaneUnavailable):
+                budget = dead_at - time.monotonic()
+                if budget > 0:
+                    await self._eval("control", [self._client_id, "bye"], budget=budget)
+        finally:
+            await self._close_clients()
 
     async def _take_back(self, rec: _Local) -> None:
         """Closing without drain: end a queued job with ``LaneClosed`` and free what
