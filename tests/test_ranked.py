@@ -10,10 +10,13 @@ from executus._ranked import RankedMap
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["insert", "pop", "pop_first"]), st.integers(0, 3000))))
-def test_matches_a_sorted_list(ops: list[tuple[str, int]]) -> None:
+@given(
+    st.lists(st.tuples(st.sampled_from(["insert", "pop", "pop_first"]), st.integers(0, 3000))),
+    st.booleans(),
+)
+def test_matches_a_sorted_list(ops: list[tuple[str, int]], ints: bool) -> None:
     """Any mix of inserts and removals keeps order, length and ranks of a sorted list."""
-    ranked: RankedMap[str] = RankedMap()
+    ranked: RankedMap[str] = RankedMap(ints=ints)
     model: list[int] = []
     for op, key in ops:
         if op == "insert" and key not in model:
@@ -80,3 +83,61 @@ def test_ranks_across_many_bucket_runs() -> None:
         assert ranked.rank(model[i]) == i
     ranked.insert(-1, None)
     assert ranked.rank(model[1000]) == 1001
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["insert", "pop", "pop_first"]),
+            st.one_of(st.integers(-3000, 3000), st.integers(-(2**70), 2**70)),
+        )
+    )
+)
+def test_int_buckets_widen_for_keys_beyond_int64(ops: list[tuple[str, int]]) -> None:
+    """An ``ints`` map given keys beyond 64 bits goes on as a plain one, losing nothing."""
+    ranked: RankedMap[int] = RankedMap(ints=True)
+    model: list[int] = []
+    for op, key in ops:
+        if op == "insert" and key not in model:
+            ranked.insert(key, key)
+            model.append(key)
+            model.sort()
+        elif op == "pop" and model:
+            victim = model[key % len(model)]
+            assert ranked.pop(victim) == victim
+            model.remove(victim)
+        elif op == "pop_first" and model:
+            assert ranked.pop_first() == (model[0], model[0])
+            model.pop(0)
+        assert len(ranked) == len(model)
+    assert [k for k, _ in ranked] == model
+    for probe in (-(2**70), -1, 0, 2**64, *model[:20]):
+        assert ranked.rank(probe) == sum(1 for k in model if k < probe)
+
+
+def test_int_buckets_hold_int64_keys_and_widen_once() -> None:
+    """Keys at the int64 bounds stay in machine-int buckets; one beyond widens the map."""
+    ranked: RankedMap[str] = RankedMap(ints=True)
+    for key in (0, 2**63 - 1, -(2**63), 5):
+        ranked.insert(key, str(key))
+    assert ranked._ints
+    assert ranked.pop(2**63 - 1) == str(2**63 - 1)
+    ranked.insert(2**63, "big")
+    assert not ranked._ints
+    assert [k for k, _ in ranked] == [-(2**63), 0, 5, 2**63]
+    assert ranked.rank(2**63) == 3
+    ranked.insert(2**63 - 1, "max")  # inserts go on as in a plain map
+    assert ranked.rank(2**63) == 4
+    with pytest.raises(KeyError):
+        ranked.pop(2**64)
+
+
+def test_int_buckets_refuse_what_a_plain_map_refuses() -> None:
+    """A key that cannot be compared fails as in a plain map, with nothing added."""
+    ranked: RankedMap[str] = RankedMap(ints=True)
+    ranked.insert(1, "one")
+    with pytest.raises(TypeError):
+        ranked.insert("x", "x")
+    assert len(ranked) == 1
+    assert [k for k, _ in ranked] == [1]

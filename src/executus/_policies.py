@@ -113,8 +113,9 @@ class _SortedState(PolicyState):
 
     __slots__ = ("_map",)
 
-    def __init__(self) -> None:
-        self._map: RankedMap[JobHandle[Any]] = RankedMap()
+    def __init__(self, *, ints: bool = True) -> None:
+        # Keys are arrival numbers (ints) unless a subclass's ``_key`` makes others.
+        self._map: RankedMap[JobHandle[Any]] = RankedMap(ints=ints)
 
     def _key(self, job: JobHandle[Any], now: float) -> Any:
         return job._seq
@@ -183,7 +184,7 @@ class _PriorityState(PolicyState):
         self._order: list[int] = []  # the levels' negated priorities, ascending
         self._maps: list[RankedMap[JobHandle[Any]]] = []  # the levels' queues, that order
         # Jobs of levels without a queue of their own, keyed seq - priority * span.
-        self._shared: RankedMap[JobHandle[Any]] = RankedMap()
+        self._shared: RankedMap[JobHandle[Any]] = RankedMap(ints=True)
         self._shared_levels: dict[int, int] = {}  # priority -> its jobs in _shared
 
     def push(self, job: JobHandle[Any], now: float) -> None:
@@ -194,7 +195,7 @@ class _PriorityState(PolicyState):
                 self._shared.insert(job._seq - p * _SEQ_SPAN, job)
                 self._shared_levels[p] = self._shared_levels.get(p, 0) + 1
                 return
-            level = self._levels[p] = RankedMap()
+            level = self._levels[p] = RankedMap(ints=True)
             i = bisect_left(self._order, -p)
             self._order.insert(i, -p)
             self._maps.insert(i, level)
@@ -253,7 +254,7 @@ class _AgingState(_SortedState):
     __slots__ = ("_aging",)
 
     def __init__(self, aging: float) -> None:
-        super().__init__()
+        super().__init__(ints=False)  # keys are (virtual arrival, arrival number)
         self._aging = aging
 
     def _key(self, job: JobHandle[Any], now: float) -> Any:
@@ -315,7 +316,7 @@ class _Flow:
     __slots__ = ("base", "head", "key", "n", "order", "queue", "weight")
 
     def __init__(self, key: str | None, weight: float, order: int, base: float) -> None:
-        self.queue: RankedMap[JobHandle[Any]] = RankedMap()
+        self.queue: RankedMap[JobHandle[Any]] = RankedMap(ints=True)
         self.reset(key, weight, order, base)
 
     def reset(self, key: str | None, weight: float, order: int, base: float) -> None:
@@ -390,7 +391,6 @@ class _FairShareState(PolicyState):
         self._policy = policy
         self._flows: dict[str | None, _Flow] = {}
         self._idle: OrderedDict[str | None, _Flow] = OrderedDict()
-        self._slots: RankedMap[_Flow] = RankedMap()
         self._vtime = 0.0
         self._len = 0
         self._order = itertools.count()
@@ -398,6 +398,9 @@ class _FairShareState(PolicyState):
         # 0 and each start adds 1), so a slot key is the tag's int and the key order,
         # without the float's bits.
         self._unit = not policy.weights and policy.default_weight == 1.0
+        # Unit slot keys are ints (int64 while the tags stay below 2**23); others, the
+        # bits of a double and an order, are wider.
+        self._slots: RankedMap[_Flow] = RankedMap(ints=self._unit)
         # Forgotten flows kept for reuse (with their empty queues): with many keys of one
         # job each, a flow is made and forgotten per job.
         self._spare: list[_Flow] = []

@@ -10,13 +10,19 @@ and deletes move at most one bucket's worth of pointers (a C ``memmove``); the i
 rebuilt lazily, only after a bucket split or removal. Appending past the maximum (FIFO
 arrival) and popping the first key (dispatch) are the fast paths.
 
-Keys must be unique and totally ordered; values ride along in parallel buckets.
+Keys must be unique and totally ordered; values ride along in parallel buckets. A map
+made with ``ints=True`` keeps its keys in buckets of 64-bit machine integers
+(``array('q')``) for as long as every key fits one: a search then reads one contiguous
+block per bucket instead of following a pointer to an int object per comparison, which
+in a deep queue are scattered cache misses. A key that does not fit turns the map back
+to plain lists, once.
 """
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableSequence
 from typing import Any, Generic, TypeVar
 
 __all__ = ["RankedMap"]
@@ -31,10 +37,11 @@ _SHIFT = 6  # log2(_RUN)
 class RankedMap(Generic[V]):
     """Unique sorted keys -> values, with rank (0-based position) queries."""
 
-    __slots__ = ("_keys", "_len", "_lens", "_maxes", "_runs", "_vals")
+    __slots__ = ("_ints", "_keys", "_len", "_lens", "_maxes", "_runs", "_vals")
 
-    def __init__(self) -> None:
-        self._keys: list[list[Any]] = []
+    def __init__(self, *, ints: bool = False) -> None:
+        self._ints = ints  # key buckets are int64 arrays (until a key does not fit)
+        self._keys: list[MutableSequence[Any]] = []
         self._vals: list[list[V]] = []
         self._maxes: list[Any] = []
         self._len = 0
@@ -55,25 +62,33 @@ class RankedMap(Generic[V]):
     def insert(self, key: Any, value: V) -> None:
         """Add ``key`` (which must not be present) with ``value``."""
         maxes = self._maxes
-        self._len += 1
-        if not maxes:
-            self._keys.append([key])
-            self._vals.append([value])
-            maxes.append(key)
-            self._lens = None
+        try:  # (costs nothing unless a key overflows an int64 bucket)
+            if not maxes:
+                self._keys.append(array("q", (key,)) if self._ints else [key])
+                self._vals.append([value])
+                maxes.append(key)
+                self._len += 1
+                self._lens = None
+                return
+            if key > maxes[-1]:
+                b = len(maxes) - 1
+                keys = self._keys[b]
+                keys.append(key)
+                self._vals[b].append(value)
+                maxes[b] = key
+            else:
+                b = bisect_left(maxes, key)
+                keys = self._keys[b]
+                i = bisect_left(keys, key)
+                keys.insert(i, key)
+                self._vals[b].insert(i, value)
+        except (OverflowError, TypeError):
+            if not self._ints:
+                raise
+            self._widen()  # nothing was changed: the key went nowhere
+            self.insert(key, value)
             return
-        if key > maxes[-1]:
-            b = len(maxes) - 1
-            keys = self._keys[b]
-            keys.append(key)
-            self._vals[b].append(value)
-            maxes[b] = key
-        else:
-            b = bisect_left(maxes, key)
-            keys = self._keys[b]
-            i = bisect_left(keys, key)
-            keys.insert(i, key)
-            self._vals[b].insert(i, value)
+        self._len += 1
         if len(keys) > 2 * _LOAD:
             vals = self._vals[b]
             self._keys[b : b + 1] = [keys[:_LOAD], keys[_LOAD:]]
@@ -85,6 +100,11 @@ class RankedMap(Generic[V]):
             if lens is not None:
                 lens[b] += 1
                 self._runs[b >> _SHIFT] += 1
+
+    def _widen(self) -> None:
+        """Keep keys in plain lists from now on (a key does not fit an int64)."""
+        self._ints = False
+        self._keys = [list(keys) for keys in self._keys]
 
     def _drop(self, b: int, i: int) -> V:
         keys = self._keys[b]
