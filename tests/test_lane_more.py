@@ -209,3 +209,18 @@ def test_clock_must_be_a_clock() -> None:
     with pytest.raises(TypeError) as error:
         Lane("x", clock=5)  # type: ignore[arg-type]
     assert str(error.value) == "clock must be a Clock (monotonic, time and call_later), got 5"
+
+
+@pytest.mark.parametrize(
+    ("eta", "max_wait", "shown"),
+    [
+        (3.04, 2.5, "estimated wait 3.0s exceeds max_wait 2.5s"),
+        (0.04, 0.03, "estimated wait 0.04s exceeds max_wait 0.03s"),
+        (0.0312, 0.031, "estimated wait 0.0312s exceeds max_wait 0.031s"),
+        (2.0, 0, "estimated wait 2.0s; max_wait 0 admits only a job that can start at once"),
+    ],
+)
+def test_lane_busy_reads_true(eta: float, max_wait: float, shown: str) -> None:
+    """LaneBusy shows the wait with the digits it takes to exceed max_wait, and states the
+    start-now rule of max_wait=0 instead of comparing with it."""
+    assert str(LaneBusy("x", 2, eta, max_wait)) == f"lane 'x' is busy: position 2, {shown}"

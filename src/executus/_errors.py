@@ -66,10 +66,24 @@ class LaneBusy(LaneError):
         self.position = position
         self.eta = eta
         self.max_wait = max_wait
-        super().__init__(
-            f"lane {lane!r} is busy: position {position}, "
-            f"estimated wait {eta:.1f}s exceeds max_wait {max_wait:g}s"
-        )
+        if max_wait == 0:
+            rule = "max_wait 0 admits only a job that can start at once"
+            message = f"estimated wait {eta:.1f}s; {rule}"
+        else:
+            message = (
+                f"estimated wait {_seconds_above(eta, max_wait)} exceeds max_wait {max_wait:g}s"
+            )
+        super().__init__(f"lane {lane!r} is busy: position {position}, {message}")
+
+
+def _seconds_above(eta: float, limit: float) -> str:
+    """``eta`` in seconds, with one decimal, or as many more (up to six) as it takes to
+    read above ``limit``: a wait of 0.04 s over a limit of 0.03 s is not "0.0s"."""
+    for digits in range(1, 7):
+        text = f"{eta:.{digits}f}"
+        if float(text) > limit:
+            return f"{text}s"
+    return f"{eta:g}s"
 
 
 class NotQueued(LaneError, LookupError):

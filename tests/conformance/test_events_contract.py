@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
@@ -75,3 +76,33 @@ async def test_refusals_cancels_and_preemptions(make_lane: MakeLane) -> None:
         if e.kind in (EventKind.FINISHED, EventKind.CANCELLED, EventKind.PREEMPTED)
     )
     assert ends == {"victim": 1, "queued": 1, "urgent": 1}
+
+
+async def test_a_requeued_jobs_start_reports_its_wait_since_the_requeue(
+    make_lane: MakeLane,
+) -> None:
+    """STARTED.wait of a requeued job's next start counts from its requeue: its first
+    run (here a whole second) is not queue time."""
+    lane = await make_lane("ev", 1, preemption=Preemption(min_runtime=0, requeue=True))
+    log = Log()
+    lane.add_observer(log)
+    runs = 0
+
+    async def victim() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            await asyncio.sleep(60)  # until preempted
+
+    handle = await lane.submit(victim, job_id="victim", preemptible=True)
+    await until(lambda: runs == 1)
+    await asyncio.sleep(1.0)
+    urgent = Gate()
+    await lane.submit(urgent, job_id="urgent", priority=5)
+    await until(lambda: urgent.running)
+    urgent.release()
+    await handle
+    await until(lambda: log.kinds("victim").count("started") == 2)
+    waits = [e.wait for e in log.events if e.job_id == "victim" and e.kind is EventKind.STARTED]
+    assert waits[1] is not None
+    assert 0 <= waits[1] < 1.0

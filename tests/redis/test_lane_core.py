@@ -195,7 +195,8 @@ async def test_max_wait_refuses_and_enqueues_nothing(make_lane: LaneFactory) -> 
     assert (info.value.position, info.value.max_wait) == (1, 0)
     assert info.value.eta == pytest.approx(1.0, abs=0.01)
     assert str(info.value) == (
-        "lane 'lane' is busy: position 1, estimated wait 1.0s exceeds max_wait 0s"
+        "lane 'lane' is busy: position 1, estimated wait 1.0s; "
+        "max_wait 0 admits only a job that can start at once"
     )
     ok = await lane.submit(gate.job("fits"), max_wait=5)
     stats = await lane.stats()

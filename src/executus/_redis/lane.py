@@ -1194,7 +1194,9 @@ class RedisLane(LaneBase):
         job._begun = False
         self._fence_floor = max(self._fence_floor, int(fence))
         if self._events.active:
-            self._emit(EventKind.STARTED, job, state=_RUNNING, wait=now - job._t_submit)
+            # The queue wait of this start: since the submit, or since the last requeue.
+            queued = job._t_requeued if job._preemptions else job._t_submit
+            self._emit(EventKind.STARTED, job, state=_RUNNING, wait=now - queued)
         if rec.fn is None:  # a slot(): its body runs in the waiting task
             if rec.granted is not None and not rec.granted.done():
                 rec.granted.set_result(None)
@@ -1297,6 +1299,7 @@ class RedisLane(LaneBase):
         run = now - (job._t_start if job._t_start is not None else now)
         if requeued:
             job._preemptions += 1
+            job._t_requeued = now
             job._preempt_requested = False
             job._task = None
             rec.cause = None
