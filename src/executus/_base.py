@@ -147,8 +147,9 @@ class LaneBase:
     def add_observer(self, observer: LaneObserver) -> None:
         """Call ``observer(event)`` with every ``LaneEvent`` of this lane from now on.
 
-        Events arrive on the next loop step, in order, never inside the lane's decision.
-        A plain function runs on the loop; an ``async def`` one in its own task, so a
+        Events arrive on the next loop step, in order, never inside the lane's decision,
+        in an empty context (outside any job). A plain function runs on the loop; an
+        ``async def`` one (or a plain one returning an awaitable) in its own task, so a
         slow observer never delays a start (it loses its oldest events past 10,000
         behind). Errors are logged to ``executus.events`` and ignored. Adding the same
         observer twice is a no-op. A distributed lane reports the jobs of this client
