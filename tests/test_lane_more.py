@@ -224,3 +224,56 @@ def test_lane_busy_reads_true(eta: float, max_wait: float, shown: str) -> None:
     """LaneBusy shows the wait with the digits it takes to exceed max_wait, and states the
     start-now rule of max_wait=0 instead of comparing with it."""
     assert str(LaneBusy("x", 2, eta, max_wait)) == f"lane 'x' is busy: position 2, {shown}"
+
+
+async def test_a_job_draining_its_one_slot_lane_does_not_wait_for_the_queue_behind_it() -> None:
+    """A job that closes its own one-slot lane with drain=True returns: the queued jobs
+    need its slot, and run once it has ended."""
+    lane = Lane("x", 1)
+    queued = Gate()
+
+    async def closer() -> str:
+        await lane.submit(queued, job_id="queued")
+        await lane.aclose()  # (in this task: ``wait_for`` would run it in another)
+        return "closed"
+
+    first = await lane.submit(closer)
+    assert await asyncio.wait_for(first, 2) == "closed"
+    await settle()
+    assert queued.running
+    queued.release("ran")
+    assert await lane._jobs["queued"] == "ran"
+    assert not lane._jobs
+
+
+async def test_a_job_draining_its_lane_waits_for_jobs_that_can_end_first() -> None:
+    """A job draining its own lane waits for the other running jobs; once only it runs
+    and the queued jobs need its slot (the limit was lowered), it returns."""
+    lane = Lane("x", 2)
+    other, queued = Gate(), Gate()
+    go, closed = asyncio.Event(), asyncio.Event()
+
+    started_then: list[int] = []
+
+    async def closer() -> None:
+        await go.wait()
+        await lane.aclose()
+        started_then.append(queued.started)
+        closed.set()
+
+    await lane.submit(other, job_id="other")
+    closing = await lane.submit(closer, job_id="closer")
+    await lane.set_max_concurrent(1)
+    waiting = await lane.submit(queued, job_id="queued")
+    assert waiting.state is JobState.QUEUED
+    go.set()
+    await settle()
+    assert not closed.is_set()  # "other" runs and can end first
+    other.release()
+    await asyncio.wait_for(closed.wait(), 1)
+    assert started_then == [0]  # returned while the queued job waited for its slot
+    await asyncio.wait_for(closing, 1)
+    await settle()
+    assert queued.running
+    queued.release()
+    await asyncio.wait_for(waiting, 1)

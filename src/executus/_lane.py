@@ -673,8 +673,8 @@ class Lane(LaneBase):
             )
         if self._nq or self._front or _DEBUG:
             self._reconcile()
-        if self._drained and len(self._jobs) <= 1:
-            self._wake_drained()
+        if self._drained and (len(self._jobs) <= 1 or len(self._running) <= 1):
+            self._wake_drained()  # (a draining close re-checks what it waits for)
         return error
 
     # -- preemption ------------------------------------------------------------------------
@@ -979,7 +979,9 @@ class Lane(LaneBase):
                 has ended.
 
         Calling it again is harmless (and ``drain=False`` after a draining close
-        cancels what is left).
+        cancels what is left). Called from inside one of the lane's jobs, in its task,
+        a draining close waits for the other running jobs only: not for the caller, nor
+        for queued jobs that need its slot (they run once it has ended).
         """
         if not self._closed and self._events.active:
             self._emit(EventKind.CLOSED, None)
@@ -1012,12 +1014,16 @@ class Lane(LaneBase):
             if pending:
                 await asyncio.wait(pending)  # every run's task has ended on return
         # Called from inside one of this lane's jobs (its own task), wait for the
-        # others only: waiting for itself would never return.
+        # others only, and only for those that can end before it does: waiting for
+        # itself, or for queued jobs that need the slot it holds (no other job runs),
+        # would never return. Those queued jobs start once it has ended.
         me = CURRENT_JOB.get()
         if me is not None and (me._backend is not self or me._task is not asyncio.current_task()):
             me = None
         while self._jobs and not (
-            me is not None and len(self._jobs) == 1 and me._state is _RUNNING
+            me is not None
+            and me._state is _RUNNING
+            and (len(self._jobs) == 1 or len(self._running) == 1)
         ):
             fut = self._loop_().create_future()
             self._drained.append(fut)

@@ -1294,3 +1294,87 @@ async def test_cancel_during_a_preemption_grace_cancels(make_lane: MakeLane) -> 
     await until(lambda: arrival_gate.running)
     arrival_gate.release("urgent")
     assert await arrival == "urgent"
+
+
+async def test_a_job_draining_its_own_lane_returns(make_lane: MakeLane) -> None:
+    """A job that closes its own lane with drain=True returns once the other running
+    jobs have ended; a queued job that needs its slot runs after it."""
+    lane = await make_lane("x", 2)
+    other, queued = Gate(), Gate()
+    go = asyncio.Event()
+
+    async def closer() -> str:
+        await go.wait()
+        await lane.aclose()
+        return "closed"
+
+    first = await started(lane, other)
+    closing = await lane.submit(closer)
+    await until(lambda: closing.state is JobState.RUNNING)
+    await lane.set_max_concurrent(1)
+    waiting = await lane.submit(queued)
+    assert waiting.state is JobState.QUEUED
+    go.set()
+    other.release()
+    await first
+    async with asyncio.timeout(5):
+        assert await closing == "closed"
+    await until(lambda: queued.running)
+    queued.release("ran")
+    async with asyncio.timeout(5):
+        assert await waiting == "ran"
+
+
+async def test_a_job_closing_its_own_lane_without_drain_ends_cancelled(
+    make_lane: MakeLane,
+) -> None:
+    """A job that closes its own lane with drain=False is cancelled with the rest, and
+    a later close from outside returns once everything has ended."""
+    lane = await make_lane("x", 2)
+    other, queued = Gate(), Gate()
+    go = asyncio.Event()
+
+    async def closer() -> None:
+        await go.wait()
+        await lane.aclose(drain=False)
+        await asyncio.sleep(30)  # cancelled before this
+
+    first = await started(lane, other)
+    closing = await lane.submit(closer)
+    await until(lambda: closing.state is JobState.RUNNING)
+    waiting = await lane.submit(queued)
+    go.set()
+    async with asyncio.timeout(5):
+        with pytest.raises(JobCancelled):
+            await closing
+        with pytest.raises(JobCancelled):
+            await first
+        with pytest.raises(LaneClosed):
+            await waiting
+        await lane.aclose()
+    assert (closing.state, first.state) == (JobState.CANCELLED, JobState.CANCELLED)
+
+
+@pytest.mark.parametrize("grace", [0, 5])
+async def test_max_wait_zero_admits_a_preemption_only_without_grace(
+    make_lane: MakeLane, grace: float
+) -> None:
+    """With max_wait=0 an arrival that would preempt is admitted when the grace is 0 (it
+    starts once its victim has ended) and refused when the victim has a grace."""
+    lane = await make_lane("gpu", 1, preemption=Preemption(min_runtime=0, grace=grace))
+    victim_gate = Gate()
+    victim = await started(lane, victim_gate, preemptible=True)
+    arrival_gate = Gate()
+    if grace:
+        with pytest.raises(LaneBusy) as info:
+            await lane.submit(arrival_gate, priority=5, max_wait=0)
+        assert (info.value.position, info.value.eta) == (1, grace)
+        assert victim.state is JobState.RUNNING
+        assert not victim.preempt_requested
+        return
+    arrival = await lane.submit(arrival_gate, priority=5, max_wait=0)
+    assert arrival.state in (JobState.QUEUED, JobState.RUNNING)
+    await until(lambda: arrival_gate.running)
+    assert victim.state is JobState.PREEMPTED
+    arrival_gate.release("urgent")
+    assert await arrival == "urgent"

@@ -348,6 +348,9 @@ class RedisLane(LaneBase):
         # A close whose leave could not reach Redis goes on trying in this task until
         # Redis would take the client for dead anyway (``_leave_late``).
         self._farewell: asyncio.Task[None] | None = None
+        # A close called from inside one of this client's jobs is finished by this task
+        # once that job has ended (``_close_after``).
+        self._finisher: asyncio.Task[None] | None = None
         self._last_ctx: contextvars.Context | None = None  # see ``_submit``
         self._closed = False
         self._hard = False  # closing with drain=False
@@ -1373,7 +1376,8 @@ class RedisLane(LaneBase):
         job = rec.handle
         if self._jobs.get(job.id) is rec:
             del self._jobs[job.id]
-        if not self._jobs and self._drained:
+        if self._drained and (not self._jobs or self._finisher is not None):
+            # (a close begun inside a job waits for the other running jobs one by one)
             waiters, self._drained = self._drained, []
             for fut in waiters:
                 if not fut.done():
@@ -1832,7 +1836,10 @@ class RedisLane(LaneBase):
                 ``LaneClosed``), its running jobs are cancelled (``JobCancelled``);
                 return when every task has ended.
 
-        Calling it again is harmless.
+        Calling it again is harmless. Called from inside one of this client's jobs, in
+        its task, a draining close waits for the other running jobs only; the rest of
+        the close (draining, stopping the client) finishes once that job has ended, and
+        a later ``aclose()`` waits for it.
         """
         self._check_loop()
         if not self._closed and self._events.active:
@@ -1849,14 +1856,27 @@ class RedisLane(LaneBase):
             await asyncio.gather(*(self._take_back(rec) for rec in queued))
             for rec in list(self._jobs.values()):
                 self._cancel_task(rec, _CLOSE)
-        if self._jobs:
-            fut = asyncio.get_running_loop().create_future()
-            self._drained.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._drained:
-                    self._drained.remove(fut)
+        me = self._calling_job()
+        if me is not None:
+            # Called from inside one of this client's jobs, in its task: waiting for
+            # every job would wait for this one (and for queued jobs that may need its
+            # slot). Wait for the other running jobs only; a task of its own finishes
+            # the close (drains the rest, stops the client) once this job has ended.
+            if self._finisher is None:
+                self._finisher = asyncio.get_running_loop().create_task(
+                    self._close_after(me), name=f"executus-redis-close-{self._name}"
+                )
+            while any(
+                r.handle is not me and r.handle._state is _RUNNING for r in self._jobs.values()
+            ):
+                await self._job_ended()
+            return
+        finisher = self._finisher
+        if finisher is not None and finisher is not asyncio.current_task():
+            await asyncio.shield(finisher)  # a close begun inside a job: wait for it
+            return
+        while self._jobs:
+            await self._job_ended()
         tasks, self._tasks = self._tasks, []
         self._stopping = True
         if self._blocking is not None:
@@ -1892,6 +1912,29 @@ class RedisLane(LaneBase):
             await asyncio.wait(list(self._senders), timeout=self._op_timeout)
         self._started = False
         await self._close_clients()
+
+    def _calling_job(self) -> JobHandle[Any] | None:
+        """This client's running job whose own task is calling, if any."""
+        job = CURRENT_JOB.get()
+        if job is None or job._backend is not self or job._state is not _RUNNING:
+            return None
+        return job if job._task is asyncio.current_task() else None
+
+    async def _job_ended(self) -> None:
+        """Wait until one of this client's jobs has ended (or every one has)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._drained.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._drained:
+                self._drained.remove(fut)
+
+    async def _close_after(self, job: JobHandle[Any]) -> None:
+        """Finish a close called from inside ``job`` once that job has ended."""
+        with contextlib.suppress(Exception):  # the job's outcome is its waiters' business
+            await job
+        await self.aclose(drain=not self._hard)
 
     async def _leave_late(self, dead_at: float) -> None:
         """A closed client's leave that could not reach Redis: retry it until Redis
