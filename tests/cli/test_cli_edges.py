@@ -128,11 +128,12 @@ def test_redis_demo_waits_for_workers_draining_their_queue(
     redis_server: RedisServer,
     namespace: str,
 ) -> None:
-    """After the traffic the workers may drain as long as it lasted; the demo waits for them."""
+    """A worker slow to report after its traffic is waited for, within the parent's
+    allowance (traffic, then as long again, at least 5 s, plus 60 s)."""
     report = {"index": 0, "peak": 1, "keys": {}}
     fake = tmp_path / "fake-python"
     # 2.4 s real = 960 s on the parent's fast clock: past 600 s of traffic + 60 s, within
-    # the 600 s a worker may spend draining its queue afterwards.
+    # the parent's allowance of 600 s more.
     fake.write_text(
         f"#!{sys.executable}\nimport time\ntime.sleep(2.4)\nprint({json.dumps(report)!r})\n"
     )

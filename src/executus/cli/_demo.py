@@ -207,10 +207,16 @@ async def _traffic(
         except LaneBusy:
             board.row(lane.name, key).refused += 1
 
+    async def pause(seconds: float) -> bool:
+        """Sleep ``seconds``, or until the deadline if sooner; whether traffic goes on."""
+        await asyncio.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
+        return time.monotonic() < deadline
+
     async def user(name: str) -> None:
         rate = 4.0 if name == "mallory" else 1.0  # requests per second
-        while time.monotonic() < deadline:
-            await asyncio.sleep(rng.expovariate(rate))
+        sent = False  # every user sends once, however short --seconds: at its end at the latest
+        while await pause(rng.expovariate(rate)) or not sent:
+            sent = True
             if rng.random() < 0.6:
                 await submit(gpu, name, rng.uniform(0.2, 0.6))
             else:
@@ -222,13 +228,16 @@ async def _traffic(
             mine = board.row(gpu.name, "batch")
             if mine.queued + mine.running < 1 and st.queued < 20:
                 await submit(gpu, "batch", 1.5, preemptible=True)
-            await asyncio.sleep(0.2)
+            await pause(0.2)
 
     async def admin() -> None:
-        await asyncio.sleep(min(1.0, settings.seconds / 3))
-        while time.monotonic() < deadline:
+        # Sleeps end at the deadline: traffic lasts --seconds, not up to 2.5 s more.
+        if not await pause(min(1.0, settings.seconds / 3)):
+            return
+        while True:
             await submit(gpu, "admin", 0.3, priority=10)
-            await asyncio.sleep(2.5)
+            if not await pause(2.5):
+                return
 
     await asyncio.gather(*(user(u) for u in users_for(settings.users)), batch(), admin())
     return handles

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType, TracebackType
 from typing import IO, Any
 
 from rich.console import Console, Group
@@ -57,6 +61,63 @@ def _view(snap: LaneSnapshot | None, title: str, peak: int) -> Group:
     return Group(render_lanes([snap], title=title), note)
 
 
+class _CtrlC:
+    """Ctrl-C (SIGINT) during the demo: the first one stops it, as Python's own handler
+    does (``KeyboardInterrupt``); any later one, or one during a ``held()`` block, is only
+    noted, so it cannot cut short the clean-up the first began (ending the workers,
+    deleting the lane's keys). A Ctrl-C noted during a ``held()`` block entered before any
+    had arrived is raised when the block ends.
+
+    Signals reach the main thread only: in another thread, or when SIGINT is ignored
+    (a background job of a script), this changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self._previous: Any = None
+        self._installed = False
+        self._holding = False
+        self._noted = False
+
+    def __enter__(self) -> _CtrlC:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._installed:
+            previous = self._previous if self._previous is not None else signal.SIG_DFL
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, _signum: int, _frame: FrameType | None) -> None:
+        if self._holding:
+            self._noted = True
+            return
+        self._holding = True  # the clean-up this one starts must run to its end
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Note a Ctrl-C during the block instead of raising it there; raise it after."""
+        was = self._holding
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = was
+        if self._noted and not was:
+            self._holding = True
+            raise KeyboardInterrupt
+
+
 def _cleanup(client: Client, keys: LaneKeys, counter: str) -> None:
     pattern = "".join("\\" + c if c in "*?[]\\" else c for c in keys.prefix) + "*"
     batch = list(client.scan_iter(match=pattern, count=1000))
@@ -91,76 +152,83 @@ def run_redis_demo(
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     peak_seen = 0
-    try:
-        for i in range(where.processes):
-            cfg = {
-                "index": i,
-                "url": where.url,
-                "cluster": where.cluster,
-                "namespace": where.namespace,
-                "lane": lane,
-                "max_concurrent": _MAX_CONCURRENT,
-                "policy": settings.policy,
-                "seconds": settings.seconds,
-                "users": settings.users,
-                "seed": settings.seed,
-                "counter": counter,
-                "processes": where.processes,
-            }
-            # Closed by ``files`` (in the finally below, after the workers ended).
-            # The settings go in on stdin, not on the command line: the URL may carry a
-            # password, and any local user can read a process's arguments (``ps``).
-            in_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
-            in_file.write(json.dumps(cfg))
-            in_file.flush()
-            in_file.seek(0)
-            out_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
-            err_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
-            outputs.append((out_file, err_file))
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "executus.cli._worker"],
-                    stdin=in_file,
-                    stdout=out_file,
-                    stderr=err_file,
-                    text=True,
-                )
-            )
-        # A worker sends traffic for ``seconds``, then drains its queue for as long
-        # again (at least 5 s; see _worker.py) before it reports: wait for all of that.
-        deadline = time.monotonic() + settings.seconds + max(5.0, settings.seconds) + 60
-        snap = None
-        with Live(_view(None, title, 0), console=console, refresh_per_second=4) as live:
-            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-                time.sleep(0.25)
-                snap = read_lane(client, where.namespace, lane) or snap
-                if snap is not None:
-                    peak_seen = max(peak_seen, snap.running)
-                live.update(_view(snap, title, peak_seen))
-        console.line()
-        for p, (out_io, err_io) in zip(procs, outputs, strict=True):
-            if p.poll() is None:
-                p.kill()
-                failures.append(f"process {p.pid} did not finish in time")
-            p.wait(timeout=10)
-            out_io.seek(0)
-            err_io.seek(0)
-            out, err = out_io.read(), err_io.read()
-            if p.returncode != 0:
-                tail = err.strip().splitlines()[-1:] or ["no output"]
-                failures.append(f"process {p.pid} exited with {p.returncode}: {tail[0]}")
-                continue
-            try:
-                results.append(json.loads(out.strip().splitlines()[-1]))
-            except (ValueError, IndexError):
-                failures.append(f"process {p.pid} printed no result")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    with _CtrlC() as ctrl_c:
+        try:
+            for i in range(where.processes):
+                cfg = {
+                    "index": i,
+                    "url": where.url,
+                    "cluster": where.cluster,
+                    "namespace": where.namespace,
+                    "lane": lane,
+                    "max_concurrent": _MAX_CONCURRENT,
+                    "policy": settings.policy,
+                    "seconds": settings.seconds,
+                    "users": settings.users,
+                    "seed": settings.seed,
+                    "counter": counter,
+                    "processes": where.processes,
+                }
+                # Closed by ``files`` (in the finally below, after the workers ended).
+                # The settings go in on stdin, not on the command line: the URL may carry a
+                # password, and any local user can read a process's arguments (``ps``).
+                in_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
+                in_file.write(json.dumps(cfg))
+                in_file.flush()
+                in_file.seek(0)
+                out_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
+                err_file = files.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
+                outputs.append((out_file, err_file))
+                # Held: a Ctrl-C inside Popen, after the fork, would leave a worker untracked.
+                with ctrl_c.held():
+                    procs.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "executus.cli._worker"],
+                            stdin=in_file,
+                            stdout=out_file,
+                            stderr=err_file,
+                            text=True,
+                        )
+                    )
+            # A worker sends traffic for ``seconds``, then drains its queue briefly (see
+            # _worker.py) before it reports; one not done long after that is stuck.
+            deadline = time.monotonic() + settings.seconds + max(5.0, settings.seconds) + 60
+            snap = None
+            with Live(_view(None, title, 0), console=console, refresh_per_second=4) as live:
+                while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                    time.sleep(0.25)
+                    snap = read_lane(client, where.namespace, lane) or snap
+                    if snap is not None:
+                        peak_seen = max(peak_seen, snap.running)
+                    live.update(_view(snap, title, peak_seen))
+            console.line()
+            for p, (out_io, err_io) in zip(procs, outputs, strict=True):
+                if p.poll() is None:
+                    p.kill()
+                    failures.append(f"process {p.pid} did not finish in time")
                 p.wait(timeout=10)
-        files.close()
-        _cleanup(client, keys, counter)
+                out_io.seek(0)
+                err_io.seek(0)
+                out, err = out_io.read(), err_io.read()
+                if p.returncode != 0:
+                    tail = err.strip().splitlines()[-1:] or ["no output"]
+                    failures.append(f"process {p.pid} exited with {p.returncode}: {tail[0]}")
+                    continue
+                try:
+                    results.append(json.loads(out.strip().splitlines()[-1]))
+                except (ValueError, IndexError):
+                    failures.append(f"process {p.pid} printed no result")
+        finally:
+            # However many more Ctrl-Cs arrive: end the workers first (they would write the
+            # lane's keys again), then delete the keys.
+            with ctrl_c.held():
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            p.wait(timeout=10)
+                files.close()
+                _cleanup(client, keys, counter)
     return _conclude(results, failures, where, peak_seen, console)
 
 

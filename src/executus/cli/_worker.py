@@ -26,6 +26,8 @@ from .._policies import Preemption
 from ..redis import RedisLane
 from ._demo import make_policy, users_for
 
+_DRAIN = 1.0  # seconds a worker drains its queue after the traffic, at most
+
 
 async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     rng = random.Random(int(cfg["seed"]) * 1000 + int(cfg["index"]))
@@ -72,30 +74,42 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     deadline = time.monotonic() + seconds
 
+    async def pause(duration: float) -> bool:
+        """Sleep ``duration``, or until the deadline if sooner; whether traffic goes on.
+
+        (The admin's pause is 3 s per process: unclipped, it would outlast the traffic.)
+        """
+        await asyncio.sleep(max(0.0, min(duration, deadline - time.monotonic())))
+        return time.monotonic() < deadline
+
     async def user(name: str) -> None:
         # The demo's traffic, split over the processes.
         rate = (4.0 if name == "mallory" else 1.0) / int(cfg["processes"])
-        while time.monotonic() < deadline:
-            await asyncio.sleep(rng.expovariate(rate))
+        sent = False  # every user sends once, however short the traffic: at its end at the latest
+        while await pause(rng.expovariate(rate)) or not sent:
+            sent = True
             await submit(name, rng.uniform(0.1, 0.4))
 
     async def batch() -> None:
         while time.monotonic() < deadline:
             await submit("batch", 1.0, preemptible=True)
-            await asyncio.sleep(1.0 * int(cfg["processes"]))
+            await pause(1.0 * int(cfg["processes"]))
 
     async def admin() -> None:
-        await asyncio.sleep(rng.uniform(0.5, 1.5))
-        while time.monotonic() < deadline:
+        if not await pause(rng.uniform(0.5, 1.5)):
+            return
+        while True:
             await submit("admin", 0.2, priority=10)
-            await asyncio.sleep(3.0 * int(cfg["processes"]))
+            if not await pause(3.0 * int(cfg["processes"])):
+                return
 
     try:
         await lane.stats()  # attach (stores the lane's settings) before traffic starts
         users = users_for(int(cfg["users"]))
         await asyncio.gather(*(user(u) for u in users), batch(), admin())
         try:
-            await asyncio.wait_for(lane.aclose(drain=True), timeout=max(5.0, seconds))
+            # Drain briefly, then stop what is left: the demo ends soon after --seconds.
+            await asyncio.wait_for(lane.aclose(drain=True), timeout=_DRAIN)
         except TimeoutError:
             await lane.aclose(drain=False)
         for key, handle in handles:
