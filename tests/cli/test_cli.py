@@ -51,6 +51,8 @@ def test_local_demo_runs_and_keeps_the_limits() -> None:
         ),
         (["demo", "--namespace", "a{b"], "namespace must not contain '{' or '}', got 'a{b'"),
         (["demo", "--cluster"], "Error: --cluster needs --redis URL (the URL of a node of the"),
+        (["demo", "--processes", "2"], "Error: --processes needs --redis URL (it sets the lane"),
+        (["demo", "--namespace", "x"], "Error: --namespace needs --redis URL (it sets the lane"),
         (["top", "--interval", "0"], "Invalid value for '--interval': 0.0 is not in the range"),
         (["bench", "--only", "nope"], "Invalid value for '--only': 'nope' is not one of"),
         (["frobnicate"], "No such command 'frobnicate'."),

@@ -362,6 +362,14 @@ def demo(
 
     if cluster and url is None:
         raise click.UsageError("--cluster needs --redis URL (the URL of a node of the cluster)")
+    if url is None:
+        ctx = click.get_current_context()
+        for name in ("processes", "namespace"):
+            source = ctx.get_parameter_source(name)
+            if source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+                raise click.UsageError(
+                    f"--{name} needs --redis URL (it sets the lane the processes share there)"
+                )
     settings = DemoSettings(seconds=seconds, users=users, policy=policy, seed=seed)
     console = _Console()
     if url is None:
