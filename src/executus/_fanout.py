@@ -91,6 +91,10 @@ DEFAULT_READ_AHEAD = 256
 
 _CANCELLED_MSG = "cancelled: the swarm stopped before this item finished"
 
+# A worker (or the reader) lets the event loop run at least once per this many items, in
+# case none of them suspended.
+_YIELD_EVERY = 256
+
 
 class LaneLike(Protocol):
     """The part of a lane's interface that fanout uses (``Lane`` and ``RedisLane``)."""
@@ -509,6 +513,10 @@ class _Swarm(Generic[T, R]):
             raise ValueError(f"progress_interval must be >= 0, got {progress_interval!r}")
         self._progress: ProgressCallback | None = progress
         self._progress_interval = progress_interval
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(
+                f"clock must be a Clock (monotonic, time and call_later), got {clock!r}"
+            )
         self._clock = SystemClock() if clock is None else clock
         self._mono = self._clock.monotonic
         self._wall = self._clock.time() - self._mono()
@@ -614,15 +622,28 @@ class _Swarm(Generic[T, R]):
             self._ring.append(ks)
 
     def _fill(self) -> None:
-        """Read from a synchronous input until the window is full or it ends."""
+        """Read from a synchronous input until the window is full or it ends.
+
+        Items whose key function fails never enter the window, so two more bounds stop
+        a run of them: at most ``read_ahead`` items per call (the event loop is not held
+        for a whole input of them), and for ``fanout_iter`` no reading while the
+        consumer is behind (their outcomes wait for it like any other). The worker that
+        finds nothing to start then yields or waits for the consumer (``_worker``).
+        """
         it = self._it
         assert it is not None
+        budget = self._read_ahead
         while self._n_pending < self._read_ahead and not self._stopping:
+            if not budget or (not self._collect and len(self._out) >= self._out_limit):
+                return
+            budget -= 1
             try:
                 item = next(it)
             except StopIteration:
                 self._exhausted = True
                 self._it = None
+                if not self._n_pending:
+                    self._wake_all()  # nothing left to start: let idle workers leave
                 return
             self._read_one(item)
 
@@ -647,7 +668,15 @@ class _Swarm(Generic[T, R]):
         else:
             ks.in_ring = False
         if self._it is not None:
-            self._fill()  # keep the window full, so other keys' items are in sight
+            try:
+                self._fill()  # keep the window full, so other keys' items are in sight
+            except BaseException:
+                # The input (or a key function's KeyboardInterrupt) broke the swarm: this
+                # item never started, so it goes back to waiting, not counted as running.
+                ks.pending.appendleft(entry)
+                self._n_pending += 1
+                self._release(ks)
+                raise
             if self._stopping:  # reading failed an item under fail_fast: drop this one too
                 self._release(ks)
                 self._record(ks, self._cancel_outcome(ks, entry[0], entry[1], entry[2], None, 0))
@@ -895,6 +924,7 @@ class _Swarm(Generic[T, R]):
         wall = self._wall
         loop = self._loop
         assert loop is not None
+        streak = 0
         while True:
             try:
                 job = self._take()
@@ -904,6 +934,14 @@ class _Swarm(Generic[T, R]):
             if job is None:
                 if self._stopping or (self._exhausted and not self._n_pending):
                     return
+                if self._it is not None and self._n_pending < self._read_ahead:
+                    # Reading paused with room in the window (see ``_fill``): let the
+                    # loop run, or wait for the consumer, then read on.
+                    if not self._collect and len(self._out) >= self._out_limit:
+                        await self._wait_out_space()
+                    else:
+                        await asyncio.sleep(0)
+                    continue
                 fut = loop.create_future()
                 self._idle.append(fut)
                 await fut
@@ -940,6 +978,14 @@ class _Swarm(Generic[T, R]):
                     )
             if not self._collect and len(self._out) >= self._out_limit and not self._stopping:
                 await self._wait_out_space()
+            else:
+                # Items that end without suspending (cached, instant) would otherwise run
+                # the whole swarm in one step, starving every other task and deferring a
+                # cancel or timeout of the caller until the input ends.
+                streak += 1
+                if streak >= _YIELD_EVERY:
+                    streak = 0
+                    await asyncio.sleep(0)
 
     def _item_cancelled(
         self,
@@ -995,8 +1041,10 @@ class _Swarm(Generic[T, R]):
             self._sync_lane_cap(ks)
             value = await handle
         except asyncio.CancelledError as exc:
-            if handle is not None and not handle.done():
-                await end_job(handle, log, "a stopping swarm")
+            if handle is not None:
+                if not handle.done():
+                    await end_job(handle, log, "a stopping swarm")
+                pre += handle.preemptions  # requeues inside the lane before the cancel
             t_start = started[-1] if started else None
             if self._item_cancelled(ks, index, item, t_read, t_start, pre, exc):
                 raise
@@ -1053,11 +1101,26 @@ class _Swarm(Generic[T, R]):
         ait = self._ait
         assert ait is not None
         assert self._loop is not None
+        streak = 0
         try:
             while not self._stopping:
                 while self._n_pending >= self._read_ahead:
                     self._space = self._loop.create_future()
                     await self._space
+                    streak = 0
+                    if self._stopping:
+                        return
+                if not self._collect and len(self._out) >= self._out_limit:
+                    # Outcomes of items whose key failed pile up here too: read on only
+                    # as the consumer takes them.
+                    await self._wait_out_space()
+                    continue
+                streak += 1
+                if streak >= _YIELD_EVERY:
+                    # An input that never suspends, read for items that all fail their
+                    # key (they never fill the window), must not hold the loop.
+                    streak = 0
+                    await asyncio.sleep(0)
                     if self._stopping:
                         return
                 try:
@@ -1295,7 +1358,8 @@ async def fanout(
 
     Raises:
         TypeError: a wrong argument type (not callable ``fn``, a non-int cap, a
-            non-bool flag, an ``async def`` ``key`` or ``progress``...).
+            non-bool flag, an ``async def`` ``key`` or ``progress``, a ``clock`` that is
+            not a ``Clock``...).
         ValueError: a cap or ``read_ahead`` below 1, a negative ``progress_interval``,
             an unknown ``on_preempt``.
         Exception: whatever the input iterator raised (after cancelling the swarm).
@@ -1364,8 +1428,9 @@ def fanout_iter(
     """Like ``fanout``, but yield each ``Outcome`` as soon as its item ends.
 
     The arguments are ``fanout``'s. Memory stays bounded whatever the input size: at
-    most ``read_ahead`` items wait to start, ``max_concurrent`` run, and workers pause
-    while ``max(read_ahead, max_concurrent)`` outcomes wait to be consumed.
+    most ``read_ahead`` items wait to start, ``max_concurrent`` run, and workers (and
+    reading) pause while ``max(read_ahead, max_concurrent)`` outcomes wait to be
+    consumed, the outcomes of items whose key fails included.
     With ``fail_fast``, unread items of a sized input are not reported (reading stops).
 
     Leaving the loop early (``break``, an exception) stops the swarm: its items are

@@ -9,7 +9,8 @@ failed, cancelled, preempted) is delivered at once, replacing anything still wai
 and ends the report: later updates are ignored. A deliverer that raises never fails
 the run: the error is logged (logger ``executus.progress``) and reporting goes on. A
 deliverer may call its own reporter from ``deliver``: such a call returns at once, and
-a terminal update made so is delivered right after the delivery under way.
+a terminal update made so (or what is pending, on ``flush()`` or ``aclose()``) is
+delivered right after the delivery under way.
 
 A lane job can drive a reporter without its code doing anything::
 
@@ -154,7 +155,8 @@ class ProgressReporter:
 
     Raises:
         TypeError: ``interval`` or ``deliver_timeout`` is not a number, ``deliverer`` has
-            no ``deliver`` method, or ``formatter`` is not callable.
+            no ``deliver`` method, ``formatter`` is not callable, or ``clock`` is not a
+            ``Clock``.
         ValueError: ``interval`` is negative or not finite, or ``deliver_timeout`` is
             not > 0 or not finite.
 
@@ -202,6 +204,10 @@ class ProgressReporter:
             )
         if formatter is not None and not callable(formatter):
             raise TypeError(f"formatter must be a callable or None, got {formatter!r}")
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(
+                f"clock must be a Clock (monotonic, time and call_later), got {clock!r}"
+            )
         self.target = target
         self._deliverer: Deliverer = Discard() if deliverer is None else deliverer
         self._interval = float(interval)
@@ -214,6 +220,7 @@ class ProgressReporter:
         self._timer: TimerHandle | None = None
         self._lock = asyncio.Lock()  # deliveries happen one at a time, in order
         self._delivery: object | None = None  # the token of the delivery under way
+        self._flush_asked = False  # flush()/aclose() called from inside that delivery
         self._flushers: set[asyncio.Task[None]] = set()
         self._final: ProgressUpdate | None = None
         self.delivered = 0
@@ -332,12 +339,17 @@ class ProgressReporter:
 
         Called from inside a delivery of this reporter (the deliverer calling ``done()``,
         ``flush()`` or ``aclose()`` from its ``deliver``), it returns at once: the lock
-        is held by that delivery, which delivers a terminal update made meanwhile as
-        soon as its own delivery ends (a non-terminal one waits for its timer).
+        is held by that delivery, which delivers a terminal update made meanwhile, or
+        what is pending when a flush was asked for (``flush()`` and ``aclose()`` stop
+        the timer), as soon as its own delivery ends; an update made so otherwise waits
+        for its timer.
         """
         if self._in_own_delivery():
+            if force:
+                self._flush_asked = True
             return
         async with self._lock:
+            self._flush_asked = False  # a request from a delivery that was cancelled
             while True:
                 text = self._pending
                 if text is None:
@@ -349,9 +361,11 @@ class ProgressReporter:
                             self._timer = self._clock.call_later(due, self._on_timer)
                         return
                 await self._deliver(text)
-                if self._final is None:
+                if self._final is None and not self._flush_asked:
                     return
-                # Loop: a terminal update made from inside that delivery is pending.
+                # Loop: a terminal update, or a flush, was asked for inside that delivery.
+                self._flush_asked = False
+                force = True
 
     def _in_own_delivery(self) -> bool:
         """Whether the running code was called from inside a delivery of this reporter."""
@@ -384,7 +398,11 @@ class ProgressReporter:
         log.warning("progress delivery to %r failed (the run goes on)", self.target, exc_info=True)
 
     async def flush(self) -> None:
-        """Deliver a coalesced update that waits for its interval now."""
+        """Deliver a coalesced update that waits for its interval now.
+
+        Called from inside a delivery of this reporter, it returns at once, and the
+        update is delivered right after that delivery.
+        """
         self._cancel_timer()
         await self._flush(force=True)
 
@@ -392,7 +410,8 @@ class ProgressReporter:
         """Deliver what is pending and stop the timer; wait for deliveries in flight.
 
         Called from inside a delivery of this reporter, it returns at once (the delivery
-        under way is in flight and cannot be waited for from inside itself).
+        under way is in flight and cannot be waited for from inside itself); what is
+        pending is delivered right after that delivery.
         """
         self._cancel_timer()
         await self._flush(force=True)
