@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
@@ -950,6 +951,9 @@ def _read_lane(source: Source, token: str, *, redis: bool, live: bool = False) -
     eta_window = get_int(source, key("ETA_WINDOW"))
     at_least("ETA_WINDOW", eta_window, 1)
     stored_count("ETA_WINDOW", eta_window)
+    if not redis and eta_window is not None and eta_window > sys.maxsize:
+        # A Lane keeps its run times in a deque, whose length is a C ssize_t.
+        raise refuse("ETA_WINDOW", f"<= {sys.maxsize}")
 
     policy_expected = "one of fifo, priority, fair_share"
     policy_raw = _single(source, key("POLICY"), policy_expected)
@@ -1047,14 +1051,49 @@ def _parse_weights(source: Source, key: str, raw: str) -> tuple[tuple[str, float
     return tuple(out.items())
 
 
+# redis-py also reads a password from the query: redis://host/0?password=secret.
+_PASSWORD_PARAM = re.compile(r"([?&;]password=)([^&;#]*)", re.IGNORECASE)
+
+
+def _url_secrets(url: str) -> tuple[tuple[int, int] | None, list[str]]:
+    """Where the password of ``url``'s user info is (offsets, or None when it has none),
+    and the texts of it an error may quote: the password and its start, which urllib
+    reads as a port when the password holds ``/``, ``?`` or ``#`` (a ``password=`` in
+    the query is masked by ``_masked_url``; errors do not quote it).
+
+    The user info ends at the netloc's last ``@`` as ``urlsplit`` reads it; when the
+    netloc has none but the URL has one further on, a password written with ``/``,
+    ``?`` or ``#`` unencoded (``redis://u:pa/ss@host``) is taken to end there: masking
+    too much is better than showing a password.
+    """
+    head, sep, rest = url.partition("//")
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    end = netloc.rfind("@") if "@" in netloc else rest.rfind("@")
+    colon = rest.find(":", 0, max(end, 0))
+    if not sep or end < 0 or colon < 0:
+        return None, []
+    password = rest[colon + 1 : end]
+    secrets = [password, re.split(r"[/?#]", password, maxsplit=1)[0]] if password else []
+    offset = len(head) + len(sep)
+    return (offset + colon + 1, offset + end), secrets
+
+
+def _masked_url(url: str) -> str:
+    """``url`` with its passwords (user info and ``password=`` query) shown as ``***``,
+    for messages and logs: ``redis://u:***@host:6379/0``."""
+    span, _ = _url_secrets(url)
+    if span is not None:
+        url = f"{url[: span[0]]}***{url[span[1] :]}"
+    return _PASSWORD_PARAM.sub(r"\1***", url)
+
+
 def _check_redis(source: Source, url: str, namespace: str | None) -> None:
     """Refuse a Redis URL or namespace a ``RedisLane`` would refuse at first use."""
     if not url.startswith(_REDIS_SCHEMES):
         # The password is masked: the message may end up in a log.
-        shown = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
         raise ConfigError(
             f"config key 'REDIS_URL' ({_where(source, 'REDIS_URL')}): expected a redis://, "
-            f"rediss:// or unix:// URL, got {shown!r}",
+            f"rediss:// or unix:// URL, got {_masked_url(url)!r}",
             key="REDIS_URL",
         )
     if namespace is None:
@@ -1308,6 +1347,16 @@ class Lanes:
         source = self.source
         if source is None:
             return _Snapshot(None, None, False, {})
+        for key in ("REDIS_URL", "REDIS_NAMESPACE"):
+            # get_str would join an array ("redis://n1,redis://n2"): one URL, one namespace.
+            array = _array(source, key) if _raw(source, key) is not None else None
+            if array is not None:
+                shown = [_masked_url(str(v)) for v in array] if key == "REDIS_URL" else array
+                raise ConfigError(
+                    f"config key {key!r} ({_where(source, key)}): expected a single value, "
+                    f"got an array {shown!r}",
+                    key=key,
+                )
         redis_url = get_str(source, "REDIS_URL")
         namespace = get_str(source, "REDIS_NAMESPACE")
         cluster = get_bool(source, "REDIS_CLUSTER")
@@ -1554,6 +1603,9 @@ class Lanes:
             except BaseException:
                 undo_source()
                 raise
+            # A lane its owner closed is not live: nothing is changed on it or reported
+            # (a closed RedisLane refuses every change, which would fail every reload).
+            closed = {id(entry) for entry, _ in plan if getattr(entry.lane, "closed", False)}
             old_snapshot = self._snapshot
             self._snapshot = snap  # a lane built meanwhile (a RedisLane awaits) gets it too
             # (lane, setting, value to put back), recorded before the change is awaited: a
@@ -1561,6 +1613,8 @@ class Lanes:
             done: list[tuple[Any, str, Any]] = []
             try:
                 for entry, new in plan:
+                    if id(entry) in closed:
+                        continue
                     changes = _live_changes(entry.applied, new)
                     if changes and entry.applied.redis_url is not None:
                         # A RedisLane knows the stored settings it adopted once attached.
@@ -1587,6 +1641,8 @@ class Lanes:
             applied: list[tuple[str, str]] = []
             pending: list[tuple[str, str]] = []
             for entry, new in plan:
+                if id(entry) in closed:
+                    continue
                 old = entry.applied
                 name = entry.lane.name
                 applied.extend((name, what) for what, _, _ in _live_changes(old, new))
@@ -1600,6 +1656,8 @@ class Lanes:
                     # An in-process lane has no namespace to keep.
                     if a != b and (what != "redis_namespace" or old.redis_url is not None):
                         pending.append((name, what))
+                        if what == "redis_url":  # the log must not hold a password
+                            a, b = (u if u is None else _masked_url(str(u)) for u in (a, b))
                         logger.warning(
                             "lane %r: %s changed in config (%r -> %r); a live lane keeps "
                             "its %s, the new one applies to lanes built afterwards",

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from click.core import ParameterSource
@@ -26,6 +25,7 @@ from .. import __version__
 from .._base import STORED_MAX, is_utf8
 from .._errors import LaneError, NotQueued
 from .._redis.keys import LaneKeys, check_key_part
+from ..config import _masked_url, _url_secrets
 
 if TYPE_CHECKING:
     import redis
@@ -43,18 +43,19 @@ BENCHMARKS = ("lane", "scale", "eta", "fairness", "fanout", "redis")
 
 
 def safe_url(url: str) -> str:
-    """The URL with its password masked, for messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    # The host and port as written: ``parts.port`` raises on a bad port, and
-    # ``parts.hostname`` drops an IPv6 address's brackets.
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with its passwords masked, for messages: that of its user info
+    (``redis://u:***@host``, also when written unencoded with ``/``, ``?`` or ``#``) and
+    a ``password=`` in its query, which redis-py reads too."""
+    return _masked_url(url)
+
+
+def _scrubbed(error: BaseException, url: str) -> str:
+    """``str(error)`` without the passwords of ``url``: redis-py quotes a part of an
+    unencoded one as a bad port (``'pa'`` of ``redis://u:pa/ss@host``)."""
+    text = str(error)
+    for secret in sorted(filter(None, _url_secrets(url)[1]), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _key_part(what: str, value: str) -> str:
@@ -199,20 +200,26 @@ def redis_client(
         else:
             client = redis.Redis.from_url(url, **options)
     except ValueError as e:
-        raise click.ClickException(f"bad Redis URL {safe_url(url)!r}: {e}") from None
+        raise click.ClickException(
+            f"bad Redis URL {safe_url(url)!r}: {_scrubbed(e, url)}"
+        ) from None
     except redis.exceptions.RedisClusterException as e:
         if "not enabled" in str(e).lower():
             raise click.ClickException(
                 f"Redis at {safe_url(url)} is not in cluster mode: drop --cluster "
                 f"(or unset ${_CLUSTER_ENV})"
             ) from None
-        raise click.ClickException(f"cannot reach Redis at {safe_url(url)}: {e}") from None
+        raise click.ClickException(
+            f"cannot reach Redis at {safe_url(url)}: {_scrubbed(e, url)}"
+        ) from None
     try:
         try:
             client.ping()
             wrong_mode = not cluster and _is_cluster_node(client)
         except failed as e:
-            raise click.ClickException(f"cannot reach Redis at {safe_url(url)}: {e}") from None
+            raise click.ClickException(
+                f"cannot reach Redis at {safe_url(url)}: {_scrubbed(e, url)}"
+            ) from None
         if wrong_mode:
             raise click.ClickException(
                 f"Redis at {safe_url(url)} is a node of a Redis Cluster: pass --cluster "
@@ -221,7 +228,9 @@ def redis_client(
         try:
             yield client
         except failed as e:
-            raise click.ClickException(f"Redis at {safe_url(url)} failed: {e}") from None
+            raise click.ClickException(
+                f"Redis at {safe_url(url)} failed: {_scrubbed(e, url)}"
+            ) from None
     finally:
         client.close()
 
@@ -592,7 +601,7 @@ def bench(quick: bool, only: tuple[str, ...], bench_dir: Path | None) -> None:
             "no bench/ directory found: run from a source checkout or pass --dir PATH"
         )
     failed = []
-    for name in only or BENCHMARKS:
+    for name in dict.fromkeys(only or BENCHMARKS):  # each once: --only lane --only lane
         script = directory / f"bench_{name}.py"
         if not script.is_file():
             failed.append(name)

@@ -289,19 +289,21 @@ def render_lanes(snapshots: Iterable[LaneSnapshot], *, title: str, keys_per_lane
     """A table with one row per lane, then the busiest keys of each lane.
 
     Lane-wide counters (preempted, refused, ...) are in the JSON output only: the
-    table keeps to 80 columns.
+    table keeps to 80 columns. On a narrower terminal every column folds, so no figure
+    or name is cut off (rich squeezes a lone foldable column to nothing). Names, keys
+    and the title are plain text: a job key such as ``[/b]`` is not markup.
     """
     snaps = list(snapshots)
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("lane", style="bold", overflow="fold")
-    table.add_column("policy", no_wrap=True)
+    table.add_column("policy", overflow="fold")
     for col in ("slots", "queued", "oldest", "ended/1m", "mean run", "procs"):
-        table.add_column(col, justify="right", no_wrap=True)
+        table.add_column(col, justify="right", overflow="fold")
     for snap in snaps:
         full = snap.running >= snap.max_concurrent
         table.add_row(
-            snap.name,
-            _SHORT.get(snap.policy, snap.policy) + ("*" if snap.preemption else ""),
+            Text(snap.name),
+            Text(_SHORT.get(snap.policy, snap.policy) + ("*" if snap.preemption else "")),
             Text(f"{snap.running}/{snap.max_concurrent}", style="red" if full else "green"),
             str(snap.queued),
             _secs(snap.oldest_wait),
@@ -321,12 +323,12 @@ def render_lanes(snapshots: Iterable[LaneSnapshot], *, title: str, keys_per_lane
     keys.add_column("lane", overflow="fold")
     keys.add_column("key", overflow="fold")
     for col in ("running", "queued", "oldest"):
-        keys.add_column(col, justify="right")
+        keys.add_column(col, justify="right", overflow="fold")
     for snap in snaps:
         for kl in snap.keys[:keys_per_lane]:
             keys.add_row(
-                snap.name,
-                "(none)" if kl.key is None else kl.key,
+                Text(snap.name),
+                Text("(none)" if kl.key is None else kl.key),
                 str(kl.running),
                 str(kl.queued),
                 _secs(kl.oldest_wait),
@@ -336,7 +338,7 @@ def render_lanes(snapshots: Iterable[LaneSnapshot], *, title: str, keys_per_lane
             note = f"+{more} keys" if more > 0 else ""
             if snap.keys_truncated:
                 note += f" ({_truncation(snap)})"
-            keys.add_row(snap.name, Text(note.strip(), style="dim"), "", "", "")
+            keys.add_row(Text(snap.name), Text(note.strip(), style="dim"), "", "", "")
     return Group(table, keys)
 
 
