@@ -22,10 +22,11 @@ Keys (after the prefix)::
     rh           list   the last 256 run times, each over the window's mean before it
     rs           hash   field "s": rh sorted, with its mean and cv^2 (msgpack; rebuilt on demand)
     tp           hash   unix second -> runs ended in it (the last minute's throughput)
-    procs        zset   client id -> liveness deadline (server ms)
+    procs        zset   client id -> liveness deadline (server ms); -1: lapsed, its queued
+                        jobs dropped, some of its jobs still holding slots
     pj:<client>  set    a client's queued and running job ids
     wake:<client> list  wake-ups for one client: grants, preemptions, lost leases
-    sweep        string the sweep's guard (SET NX PX)
+    sweep        string the guard (SET NX PX) of the sweep's second look at dead clients
 """
 
 from __future__ import annotations

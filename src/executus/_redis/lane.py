@@ -16,8 +16,8 @@ How a job moves (one client = one ``RedisLane`` object):
    cancels arrive there - directed to the one client concerned, never broadcast.
 4. Each client's heartbeat task renews all its leases in one script every ``lease / 3``
    seconds, learns which it lost, picks up any grant whose wake-up was lost, refreshes
-   the positions and ETAs of its queued jobs, and (one client per interval, guarded by
-   ``SET NX PX``) drops the queued jobs of clients that died.
+   the positions and ETAs of its queued jobs, and drops the queued jobs of clients whose
+   liveness has lapsed (so nobody's position counts them any longer).
 5. A job whose lease was not renewed for ``0.8 * lease`` is cancelled by its own client
    with ``LeaseLost`` before the server can hand its slot to someone else.
 6. Redis losing the lane (a restart without persistence, a flush) shows up as a missing
@@ -1280,7 +1280,10 @@ class RedisLane(LaneBase):
         else:
             rec.releasing = True
             try:
-                reply = await self._release(job.id, fence, outcome)
+                if outcome == "preq":  # its reply says whether the job was requeued
+                    reply = await self._release(job.id, fence, outcome)
+                else:
+                    reply = await self._release_bounded(job.id, fence, outcome)
             finally:
                 rec.releasing = False
             if reply is not None and _s(reply[0]) == "REQ":
@@ -1371,6 +1374,18 @@ class RedisLane(LaneBase):
         if _s(reply[0]) != "REQ":  # a requeue's grants wait for ``_finish``
             self._grants(reply[3:])
         return reply
+
+    async def _release_bounded(self, job_id: str, fence: str, outcome: str) -> list[Any] | None:
+        """``_release`` for a run whose end does not depend on the reply: waited for
+        within the retry budget, as any call is; past it (Redis unreachable) the release
+        goes on in the background (fenced, so harmless whenever it lands) and the job's
+        waiters get its outcome now instead of one lease later."""
+        try:
+            async with asyncio.timeout(self._retry_budget):
+                return await self._release(job_id, fence, outcome)
+        except TimeoutError:
+            self._chore(self._release(job_id, fence, outcome))
+            return None
 
     def _forget(self, rec: _Local) -> None:
         job = rec.handle

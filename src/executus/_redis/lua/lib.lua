@@ -39,6 +39,15 @@ local function corrupt(what)
   error({err = 'EXECUTUS corrupt lane state: ' .. what})
 end
 
+-- A victim's grace (ms): the one it was asked with ('vg', stored when it was chosen),
+-- so that a change of the lane's preemption setting leaves a grace under way as it was
+-- (the in-process lane's timer); a victim re-marked after lost state has the setting's.
+local function grace_of(vg)
+  local g = tonumber(vg)
+  if g and g >= 0 and g < math.huge then return g end
+  return C.pgrace
+end
+
 -- The counters scripts HINCRBY: one that is not an integer would fail a script half
 -- way (Redis does not undo the writes before the error), so every script checks them
 -- before it writes anything.
@@ -58,12 +67,19 @@ local function load_cfg()
     pgrace = tonumber(r[9]), preq = r[10] == '1', win = tonumber(r[11]),
     rec = tonumber(r[12]), t0 = tonumber(r[13])}
   if r[2] ~= '1' then corrupt('format version ' .. tostring(r[2])) end
-  if not C.max or C.max < 1 then corrupt('max ' .. tostring(r[3])) end
+  -- Numbers as Redis stores them: finite (tonumber reads 'nan', 'inf' and '1e999',
+  -- which would fail a ZADD or LRANGE half way through a script, or stall every grant),
+  -- within range, and whole where Redis needs an integer.
+  if not (C.max and C.max >= 1 and C.max < 2 ^ 53 and C.max % 1 == 0) then
+    corrupt('max ' .. tostring(r[3]))
+  end
   if C.pol ~= 'fifo' and C.pol ~= 'prio' and C.pol ~= 'fair' then
     corrupt('policy ' .. tostring(r[4]))
   end
-  if not C.aging or not C.dw or C.dw <= 0 or not C.pmin or not C.pgrace or not C.win
-    or C.win < 1 or not C.rec then
+  local function ok(v, lo) return v and v >= lo and v < math.huge end
+  if not (ok(C.aging, 0) and ok(C.dw, 0) and C.dw > 0 and ok(C.pmin, 0)
+    and ok(C.pgrace, 0) and ok(C.win, 1) and C.win < 2 ^ 53 and C.win % 1 == 0 and ok(C.rec, 0)
+    and (C.t0 == nil or ok(C.t0, 0))) then
     corrupt('config fields')
   end
   return true
@@ -215,6 +231,8 @@ local function q_remove(J)
   redis.call('ZREM', QT, J.id)
   if J.pq == '1' then
     redis.call('LREM', PQ, 1, J.id)
+  elseif not J.m then
+    return  -- (a damaged hash: no member to remove)
   elseif C.pol ~= 'fair' then
     redis.call('ZREM', Q, J.m)
   else
@@ -268,11 +286,19 @@ end
 
 local function jget(id)
   local r = redis.call('HMGET', jk(id), 'o', 'ek', 'p', 'x', 's', 'sub', 'l', 'm', 'qs',
-    'st', 'f', 'state', 'pq', 'va', 'nc', 'rf')
+    'st', 'f', 'state', 'pq', 'va', 'nc', 'rf', 'vg')
   if not r[1] then return nil end
-  return {id = id, o = r[1], ek = r[2], p = tonumber(r[3]), x = r[4], s = r[5],
+  local J = {id = id, o = r[1], ek = r[2], p = tonumber(r[3]), x = r[4], s = r[5],
     sub = r[6], l = tonumber(r[7]), m = r[8], qs = r[9], st = tonumber(r[10]), f = r[11],
-    state = r[12], pq = r[13], va = tonumber(r[14]), nc = r[15], rf = r[16]}
+    state = r[12], pq = r[13], va = tonumber(r[14]), nc = r[15], rf = r[16],
+    vg = grace_of(r[17])}
+  -- A hash another client wrote badly (a priority or lease that is not a finite
+  -- number, no queue member) would fail a script half way through a grant or a
+  -- victim's choice: such a job is marked bad, and dropped where it would start.
+  local p, l = J.p, J.l
+  J.bad = not (p and p > -math.huge and p < math.huge and l and l > 0 and l < math.huge
+    and J.m)
+  return J
 end
 
 -- Position (1 = next) of a queued job if nothing else arrived.
@@ -454,10 +480,10 @@ local function eta_state(now)
   if ES then return ES end
   local elapsed, held = {}, {}
   for _, id in ipairs(redis.call('ZRANGE', HOLD, 0, 999)) do
-    local r = redis.call('HMGET', jk(id), 'st', 'va')
+    local r = redis.call('HMGET', jk(id), 'st', 'va', 'vg')
     local va = tonumber(r[2])
     if va then
-      held[#held + 1] = math.max(0, (va + C.pgrace - now) / 1000)
+      held[#held + 1] = math.max(0, (va + grace_of(r[3]) - now) / 1000)
     else
       elapsed[#elapsed + 1] = (now - (tonumber(r[1]) or now)) / 1000
     end
@@ -655,17 +681,19 @@ end
 local function spare(now)
   local marked = {}
   for _, hid in ipairs(redis.call('ZRANGE', HOLD, 0, 999)) do
-    local r = redis.call('HMGET', jk(hid), 'va', 'f', 'o')
+    local r = redis.call('HMGET', jk(hid), 'va', 'f', 'o', 'vg')
     local va = tonumber(r[1])
-    if va then marked[#marked + 1] = {id = hid, va = va, f = r[2], o = r[3]} end
+    if va then
+      marked[#marked + 1] = {id = hid, va = va, f = r[2], o = r[3], vg = grace_of(r[4])}
+    end
   end
   local surplus = #marked - redis.call('LLEN', PQ)
   if surplus <= 0 then return end
   table.sort(marked, function(a, b) return a.va > b.va end)  -- latest chosen first
   for _, m in ipairs(marked) do
     if surplus <= 0 then return end
-    if m.va + C.pgrace > now and m.o then
-      redis.call('HDEL', jk(m.id), 'va')
+    if m.va + m.vg > now and m.o then
+      redis.call('HDEL', jk(m.id), 'va', 'vg')
       wake(m.o, 'U ' .. m.id .. ' ' .. (m.f or '0'), now)
       surplus = surplus - 1
     end
@@ -686,7 +714,7 @@ local function grant(now, caller, out)
     local J = jget(id)
     if J then
       J.pq = nil
-      if alive(J.o, now) then
+      if alive(J.o, now) and not J.bad then
         if arrival and C.pol == 'fair' then fair_charge(J.ek) end
         start(J, now, caller, out)
         running = running + 1

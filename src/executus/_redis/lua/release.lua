@@ -30,7 +30,7 @@ if J and J.state == 'r' and J.f == fence and redis.call('ZSCORE', HOLD, id) then
   if outcome == 'preq' and C.preq then
     -- back to the queue at its original arrival place
     -- (rf: the run it was requeued from, so that a retry of this release says so)
-    redis.call('HDEL', jk(id), 'st', 'f', 'va', 'pq')
+    redis.call('HDEL', jk(id), 'st', 'f', 'va', 'vg', 'pq')
     redis.call('HSET', jk(id), 'state', 'q', 'rf', fence)
     J.pq = nil
     q_push(J, true)

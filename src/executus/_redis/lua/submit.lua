@@ -97,7 +97,8 @@ if C.pon and C.rec <= now and redis.call('ZCARD', HOLD) >= C.max then
   local best = nil
   for _, hid in ipairs(held) do
     local H = jget(hid)
-    if H and H.x == '1' and not H.va and H.p < prio and H.st and now - H.st >= C.pmin then
+    if H and not H.bad and H.x == '1' and not H.va and H.p < prio and H.st
+      and now - H.st >= C.pmin then
       if not best or H.p < best.p or (H.p == best.p and H.st < best.st) then best = H end
     end
   end
@@ -121,7 +122,7 @@ if victim then
   redis.call('ZADD', QT, J.sub, id)
   redis.call('HSET', jk(id), 'pq', '1')
   J.pq = '1'
-  redis.call('HSET', jk(victim.id), 'va', I(now))
+  redis.call('HSET', jk(victim.id), 'va', I(now), 'vg', I(C.pgrace))
 end
 local pos, e = 0, 0
 if estimate or max_wait >= 0 then
@@ -132,7 +133,7 @@ end
 -- measurable time estimate a wait of 0); a preemption arrival starts once its victim
 -- has ended, as in the in-process lane.
 if max_wait >= 0 and (e * 1000 > max_wait or (max_wait == 0 and not victim)) then
-  if victim then redis.call('HDEL', jk(victim.id), 'va') end
+  if victim then redis.call('HDEL', jk(victim.id), 'va', 'vg') end
   q_remove(J)
   redis.call('DEL', jk(id))
   redis.call('HINCRBY', CFG, 'n_rej', 1)
