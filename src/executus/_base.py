@@ -4,6 +4,7 @@ same words)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import math
 from types import TracebackType
@@ -20,6 +21,7 @@ __all__ = [
     "check_priority",
     "check_submit_options",
     "is_utf8",
+    "wait_woken",
 ]
 
 # Redis keeps a lane's counts and its jobs' priorities as numbers (doubles): they stay
@@ -52,6 +54,19 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+async def wait_woken(waiters: list[asyncio.Future[None]]) -> None:
+    """Wait until whoever holds ``waiters`` resolves the future this adds to it (it takes
+    the list's futures out, or swaps the list, as it wakes them); a wait cut short
+    (cancelled, timed out) takes its own future out."""
+    fut = asyncio.get_running_loop().create_future()
+    waiters.append(fut)
+    try:
+        await fut
+    finally:
+        if fut in waiters:
+            waiters.remove(fut)
 
 
 def submit_context(last: contextvars.Context | None) -> contextvars.Context:

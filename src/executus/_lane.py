@@ -37,6 +37,7 @@ from ._base import (
     check_priority,
     check_submit_options,
     submit_context,
+    wait_woken,
 )
 from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
@@ -1025,13 +1026,7 @@ class Lane(LaneBase):
             and me._state is _RUNNING
             and (len(self._jobs) == 1 or len(self._running) == 1)
         ):
-            fut = self._loop_().create_future()
-            self._drained.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._drained:
-                    self._drained.remove(fut)
+            await wait_woken(self._drained)
 
     # -- observers -------------------------------------------------------------------------
 

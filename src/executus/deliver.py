@@ -31,6 +31,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol, TextIO, runtime_checkable
 
+from ._base import wait_woken
+
 __all__ = [
     "CallbackDeliverer",
     "Deliverer",
@@ -218,16 +220,9 @@ class Recorder:
         Raises:
             TimeoutError: fewer than ``count`` arrived within ``timeout`` seconds.
         """
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while len(self.deliveries) < count:
-                fut: asyncio.Future[None] = loop.create_future()
-                self._waiters.append(fut)
-                try:
-                    await fut
-                finally:
-                    if fut in self._waiters:
-                        self._waiters.remove(fut)
+                await wait_woken(self._waiters)
         return list(self.deliveries)
 
     def __len__(self) -> int:

@@ -70,6 +70,7 @@ from .._base import (
     check_submit_options,
     is_utf8,
     submit_context,
+    wait_woken,
 )
 from .._errors import (
     DuplicateJob,
@@ -1937,13 +1938,7 @@ class RedisLane(LaneBase):
 
     async def _job_ended(self) -> None:
         """Wait until one of this client's jobs has ended (or every one has)."""
-        fut = asyncio.get_running_loop().create_future()
-        self._drained.append(fut)
-        try:
-            await fut
-        finally:
-            if fut in self._drained:
-                self._drained.remove(fut)
+        await wait_woken(self._drained)
 
     async def _close_after(self, job: JobHandle[Any]) -> None:
         """Finish a close called from inside ``job`` once that job has ended."""
