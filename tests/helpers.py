@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from executus import JobHandle, Lane, LaneUnavailable
@@ -83,3 +86,20 @@ class UnreachableOnCancel(Lane):
 
     async def _job_cancel(self, job: JobHandle[Any]) -> bool:
         raise LaneUnavailable(f"lane {self.name!r}: redis unreachable")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_plain_executus(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python -S -m executus ARGS`` from the source tree: no site packages, so only
+    the standard library (the plain-text fallback of the command)."""
+    return subprocess.run(
+        [sys.executable, "-S", "-m", "executus", *args],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )

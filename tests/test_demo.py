@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
-from pathlib import Path
 
 from executus._demo import run_demo
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_plain_executus
 
 
 def test_demo_reports_fairness_preemption_and_limits() -> None:
@@ -30,29 +26,13 @@ def test_demo_reports_fairness_preemption_and_limits() -> None:
 
 def test_demo_command_needs_only_the_standard_library() -> None:
     """`python -m executus demo --help` runs from the source tree with no install."""
-    result = subprocess.run(
-        [sys.executable, "-S", "-m", "executus", "demo", "--help"],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+    result = run_plain_executus("demo", "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: executus demo" in result.stdout
 
 
 def test_bad_scale_is_refused() -> None:
     """A non-positive --scale is a usage error of the plain demo, naming the value."""
-    result = subprocess.run(
-        [sys.executable, "-S", "-m", "executus", "demo", "--scale", "0"],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+    result = run_plain_executus("demo", "--scale", "0")
     assert result.returncode == 2
     assert "--scale must be > 0, got 0.0" in result.stderr

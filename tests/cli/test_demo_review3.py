@@ -21,6 +21,7 @@ from rich.console import Console
 from executus._demo import run_demo
 from executus.cli import _demo, _worker
 from executus.cli._demo import DemoSettings, run_local_demo
+from tests.helpers import run_plain_executus
 from tests.redis.helpers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,15 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 def test_plain_demo_refuses_scales_where_its_story_cannot_happen(scale: str, message: str) -> None:
     """A --scale too small for the story, or so large the demo never ends, is a usage error."""
-    result = subprocess.run(
-        [sys.executable, "-S", "-m", "executus", "demo", "--scale", scale],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=10,
-    )
+    result = run_plain_executus("demo", "--scale", scale, timeout=10)
     assert result.returncode == 2, result.stdout
     assert result.stderr.endswith(f"executus demo: error: {message}\n")
     assert result.stdout == ""
@@ -57,15 +50,7 @@ def test_plain_demo_refuses_scales_where_its_story_cannot_happen(scale: str, mes
 
 def test_plain_demo_help_speaks_to_the_user() -> None:
     """`demo --help` says what the demo shows and the --scale range, not a docstring."""
-    result = subprocess.run(
-        [sys.executable, "-S", "-m", "executus", "demo", "--help"],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=10,
-    )
+    result = run_plain_executus("demo", "--help", timeout=10)
     assert result.returncode == 0, result.stderr
     assert "returns the exit code" not in result.stdout
     assert "``" not in result.stdout
