@@ -644,7 +644,8 @@ async def test_a_removed_setting_falls_back_to_the_next_source_then_the_default(
     two.write_text("[lanes.a]\nmax_concurrent = 4\n")
     lanes = Lanes(ChainSource(TomlSource(one), TomlSource(two)))
     a = lanes.get("a", max_concurrent=2, preemption=Preemption(min_runtime=5))
-    assert (a.max_concurrent, a.preemption) == (3, Preemption(grace=1))
+    # Setting by setting: the file's grace, the code's min_runtime.
+    assert (a.max_concurrent, a.preemption) == (3, Preemption(min_runtime=5, grace=1))
     one.write_text("")
     assert await lanes.reload() == ReloadResult(
         applied=(("a", "max_concurrent"), ("a", "preemption"))
@@ -895,3 +896,15 @@ async def test_a_failed_reload_puts_back_the_stored_settings_a_redis_lane_adopte
         assert check.preemption == Preemption(min_runtime=10)
     finally:
         await check.aclose()
+
+
+def test_config_preemption_fields_override_the_codes_one_by_one() -> None:
+    """A PREEMPT_* setting replaces that field of the code's Preemption only; the
+    fields config leaves unset keep the code's values, and PREEMPT=false disables it."""
+    code = Preemption(min_runtime=10, grace=3, requeue=True)
+    lanes = Lanes(MappingSource({"LANE_A_PREEMPT_GRACE": "2s", "LANE_B_PREEMPT": "false"}))
+    assert lanes.get("a", preemption=code).preemption == Preemption(10, 2, True)
+    assert lanes.get("b", preemption=code).preemption is None
+    assert lanes.get("c", preemption=code).preemption == code
+    bare = Lanes(MappingSource({"LANE_D_PREEMPT_REQUEUE": "yes"}))
+    assert bare.get("d").preemption == Preemption(requeue=True)

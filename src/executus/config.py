@@ -891,8 +891,12 @@ class LaneSettings:
             )
         return FIFO()
 
-    def make_preemption(self) -> Preemption | bool | None:
+    def make_preemption(self, base: Preemption | None = None) -> Preemption | bool | None:
         """The preemption these settings describe.
+
+        Args:
+            base: the code's default preemption: a field config leaves unset keeps its
+                value (setting by setting), else ``Preemption()``'s.
 
         Returns:
             A ``Preemption`` when enabled, None when explicitly disabled
@@ -906,10 +910,13 @@ class LaneSettings:
             v is None for v in (self.preempt_min_runtime, self.preempt_grace, self.preempt_requeue)
         ):
             return False
+        base = base or Preemption()
         return Preemption(
-            min_runtime=30.0 if self.preempt_min_runtime is None else self.preempt_min_runtime,
-            grace=0.0 if self.preempt_grace is None else self.preempt_grace,
-            requeue=bool(self.preempt_requeue),
+            min_runtime=(
+                base.min_runtime if self.preempt_min_runtime is None else self.preempt_min_runtime
+            ),
+            grace=base.grace if self.preempt_grace is None else self.preempt_grace,
+            requeue=base.requeue if self.preempt_requeue is None else self.preempt_requeue,
         )
 
 
@@ -1441,7 +1448,7 @@ class Lanes:
     def _effective(self, token: str, defaults: _Defaults, snap: _Snapshot) -> _Effective:
         s = snap.lanes.get(token) or LaneSettings(name=token)
         policy = s.make_policy()
-        preemption = s.make_preemption()
+        preemption = s.make_preemption(defaults.preemption)
         redis = snap.redis_url is not None
         max_concurrent = (
             s.max_concurrent if s.max_concurrent is not None else defaults.max_concurrent
