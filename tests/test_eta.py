@@ -366,7 +366,24 @@ def test_a_job_outliving_every_run_gets_half_the_mean() -> None:
 def test_instant_runs_mean_no_wait() -> None:
     """A window of zero-length runs: queued jobs are expected to start at once."""
     assert estimate_wait(5, 2, [0.0, 0.0], window(0.0, 0.0), 0) == 0.0
-    assert estimate_wait(5, 2, [0.0], window(0.0), 0, held=[2.0]) == 2.0
+    # The running job ends at once and its slot then runs every queued zero-length job
+    # at once: nothing waits for the other slot's 2 s grace.
+    assert estimate_wait(5, 2, [0.0], window(0.0), 0, held=[2.0]) == 0.0
+
+
+def test_instant_runs_over_the_limit_wait_for_the_first_slot_kept() -> None:
+    """Zero-length runs over a lowered limit: the first slot ends that only bring running
+    down to the limit free nothing; the next one serves every queued job at once."""
+    w = window(0.0)
+    # 4 busy in 2 slots: the running job ends at once and the 1 s grace ends next, both
+    # taken by the excess of 2; the 3 s grace frees the first slot for the queue.
+    for position in (1, 2, 9):
+        assert estimate_wait(position, 2, [0.0], w, 0, held=[5.0, 1.0, 3.0]) == 3.0
+    # 4 busy in 2 slots, 3 of them ending at once: one more than the excess.
+    for position in (1, 2, 9):
+        assert estimate_wait(position, 2, [0.0, 0.0, 0.0], w, 0, held=[4.0]) == 0.0
+    # Every slot held, none over the limit: the first grace to end serves the queue.
+    assert estimate_wait(3, 2, [], w, 0, held=[4.0, 1.5]) == 1.5
 
 
 def test_many_slots_use_quantiles_of_the_residuals() -> None:

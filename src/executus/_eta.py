@@ -315,8 +315,13 @@ def estimate_wait(
     # than the limit (it was lowered); free slots are events at time 0.
     excess = busy - slots
     target = position - 0.5 + max(0, excess)
-    if mean <= 0.0:  # every run took no measurable time
-        return max(held, default=0.0) if position + max(0, excess) > len(elapsed) else 0.0
+    if mean <= 0.0:
+        # Every run took no measurable time: the first slot that frees for the queue runs
+        # every queued job at once. Free slots and running jobs free at once; the first
+        # ``excess`` of those events and then of the promised slots (in time order) free
+        # nothing for the queue.
+        k = max(0, excess) - len(elapsed) - max(0, -excess)
+        return 0.0 if k < 0 else sorted(held)[k]  # k < len(held) since slots >= 1
     return _solve(target, mean, window, elapsed, held, max(0, -excess))
 
 

@@ -459,7 +459,9 @@ class _FairShareState(PolicyState):
             self._len += 1
             return
         if flow is not None:
-            flow.head -= 1  # its finish tag drops by one start before re-backlogging
+            # Its finish tag drops by one start, then it re-backlogs as an idle key
+            # does, at max(V, that tag): no credit for the time it had nothing queued.
+            flow.head -= 1
         self.push(job, now)
 
     def admit(self, job: JobHandle[Any], now: float) -> None:

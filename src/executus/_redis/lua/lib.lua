@@ -138,7 +138,9 @@ local function weight(ek)
 end
 
 -- Put a job (fields in J: id, m, qs, ek, sub) into the policy's queue. ``requeue``
--- refunds a preempted start: the job gets back its key's head slot.
+-- refunds a preempted start: the job gets back its key's head slot. A key with nothing
+-- else queued then restarts as an idle key does, at max(V, its refunded finish tag):
+-- no credit for the time it had nothing queued (the in-process _FairShareState.requeue).
 local function q_push(J, requeue)
   if C.pol ~= 'fair' then
     redis.call('ZADD', Q, J.qs, J.m)
@@ -152,10 +154,8 @@ local function q_push(J, requeue)
       if requeue then f.h = f.h - 1 end
       if f.n == 0 then
         redis.call('ZREM', FI, flow_mk(f))
-        if not requeue then
-          f.b = math.max(V, f.b + f.h / f.w)
-          f.h = 0
-        end
+        f.b = math.max(V, f.b + f.h / f.w)
+        f.h = 0
       end
     end
     f.n = f.n + 1
@@ -598,9 +598,13 @@ local function eta(p, now)
     if p <= #held then return held[p] end
     return (held[#held] or 0) + (p - #held) * S.step
   end
-  if S.mean <= 0 then  -- every run took no measurable time
-    if p + S.excess > #S.elapsed then return held[#held] or 0 end
-    return 0
+  if S.mean <= 0 then
+    -- Every run took no measurable time: the first slot that frees for the queue runs
+    -- every queued job at once. Free slots and running jobs free at once; the first
+    -- S.excess of those events and then of the (sorted) held slots free nothing for it.
+    local k = S.excess - #S.elapsed - math.max(0, C.max - #S.elapsed - #held)
+    if k < 0 then return 0 end
+    return held[k + 1] or 0
   end
   return eta_solve(S, p - 0.5 + S.excess)
 end
