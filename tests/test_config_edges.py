@@ -697,7 +697,7 @@ async def test_reload_refuses_a_limit_a_redis_lane_cannot_store(
         await lanes.aclose()
 
 
-# -- review: plain floats, reloads cancelled or failing midway ----------------------------------
+# -- plain floats, reloads cancelled or failing midway ----------------------------------
 
 
 @pytest.mark.parametrize(

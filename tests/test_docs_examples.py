@@ -1,13 +1,13 @@
 """The documentation's examples run as shown: README.md's tour, every complete example in
-docs/ (the ones that end in ``asyncio.run``), the custom policy of docs/lanes.md, and
-the error messages the docs quote."""
+docs/ (the ones that end in ``asyncio.run``; those of ``RedisLane`` against a private
+redis-server), the custom policy of docs/lanes.md, and the error messages the docs quote."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,16 @@ def complete_examples() -> list[Any]:
     return found
 
 
+def redis_examples() -> list[Any]:
+    """Every block that runs itself against the Redis of ``redis://localhost:6379/0``."""
+    found = []
+    for page in PAGES:
+        for i, block in enumerate(python_blocks(page)):
+            if "asyncio.run(" in block and "executus.redis" in block:
+                found.append(pytest.param(block, id=f"{page.name}#{i}"))
+    return found
+
+
 def expected_output(block: str) -> list[str] | None:
     """The ``# ...`` lines after an example's last ``asyncio.run(main())``: what it prints."""
     tail = block.rsplit("asyncio.run(main())", 1)[1]
@@ -54,10 +64,30 @@ def test_complete_example_runs(block: str, capsys: pytest.CaptureFixture[str]) -
         assert printed == expected
 
 
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The URL of a private redis-server on a free port (skipped without the backend)."""
+    pytest.importorskip("executus.redis", reason="executus.redis is not available")
+    from tests.redis.conftest import running_server
+
+    with running_server("redis", tmp_path) as server:
+        yield server.url
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("block", redis_examples())
+def test_complete_redis_example_runs(block: str, redis_url: str) -> None:
+    """A complete RedisLane example runs as shown, against a private redis-server."""
+    source = block.replace("redis://localhost:6379/0", redis_url)
+    assert source != block, "the example no longer names redis://localhost:6379/0"
+    exec(compile(source, "<docs example>", "exec"), {"__name__": "__main__"})
+
+
 def test_there_are_complete_examples() -> None:
     """The examples above are found (a change to the docs' fences would hide them)."""
     ids = {p.id for p in complete_examples()}
     assert {"fanout.md#0", "progress.md#2", "progress.md#3"} <= ids
+    assert "redis.md#0" in {p.id for p in redis_examples()}
 
 
 class _Llm:
@@ -160,6 +190,7 @@ async def test_quoted_error_messages_are_the_real_ones() -> None:
 
     assert message(lambda: Lane("")) in text
     assert message(lambda: Lane("x", 0)) in text
+    assert message(lambda: Lane("x", eta_window=0)) in text
     lane = Lane("x", 1)
     gate = asyncio.Event()
     running = await lane.submit(gate.wait, job_id="j")

@@ -1,4 +1,4 @@
-"""executus.config, third review: passwords in URLs, arrays, ETA windows, closed lanes."""
+"""executus.config and the command: passwords in URLs, arrays, ETA windows, closed lanes."""
 
 from __future__ import annotations
 

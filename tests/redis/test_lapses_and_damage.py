@@ -1,4 +1,4 @@
-"""RedisLane against a real redis-server (review 4): answers during an outage, and
+"""RedisLane against a real redis-server: answers during an outage, and
 lane keys another client wrote badly."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``executus`` command, third review: passwords in URLs, markup in names, narrow terminals."""
+"""The ``executus`` command: passwords in URLs, markup in names, narrow terminals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The demos, third review: scales, honest summaries, time budget, Ctrl-C during clean-up."""
+"""The demos: scales, honest summaries, time budget, Ctrl-C during clean-up."""
 
 from __future__ import annotations
 

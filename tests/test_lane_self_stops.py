@@ -1,4 +1,4 @@
-"""The in-process lane, third review: user objects that misbehave while a run ends, a
+"""The in-process lane: user objects that misbehave while a run ends, a
 policy that fails on a preemption arrival, a slot that swallows its own cancel, and the
 context observers run in."""
 

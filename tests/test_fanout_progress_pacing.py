@@ -1,4 +1,4 @@
-"""Review 3 of fanout and run progress: backpressure and event-loop fairness, counts after
+"""fanout and run progress: backpressure and event-loop fairness, counts after
 an input error or a lane requeue, a flush from inside a delivery, clock checks."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review of the harness seams (third pass): nested dispatch, superseded counts, Recorder."""
+"""The harness seams: nested dispatch, superseded counts, Recorder."""
 
 from __future__ import annotations
 

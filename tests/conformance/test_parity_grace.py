@@ -1,4 +1,4 @@
-"""Parity of RedisLane with the in-process Lane, checked on every backend (review 3)."""
+"""Parity of RedisLane with the in-process Lane, checked on every backend."""
 
 from __future__ import annotations
 
