@@ -640,6 +640,10 @@ class Lane(LaneBase):
                     if self._events.active:
                         self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=now - started)
                     self._reconcile()
+                    if self._drained and len(self._running) <= 1:
+                        # A close inside the one job left running (a lowered limit keeps
+                        # the requeued job and any arrival queued) waits no longer.
+                        self._wake_drained()
                     return None
             if cause == _PREEMPT:
                 self._preempted += 1
