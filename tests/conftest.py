@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from executus.testing import ManualClock
@@ -11,3 +15,16 @@ from executus.testing import ManualClock
 def clock() -> ManualClock:
     """A clock that moves only when the test advances it."""
     return ManualClock()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The URL of a private redis-server on a free port (skipped without the backend or
+    the server binary)."""
+    pytest.importorskip("executus.redis", reason="executus.redis is not available")
+    if shutil.which("redis-server") is None:  # pragma: no cover - depends on the machine
+        pytest.skip("redis-server is not installed")
+    from tests.redis.conftest import running_server
+
+    with running_server("redis", tmp_path) as server:
+        yield server.url

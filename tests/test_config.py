@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shutil
-import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -601,25 +598,6 @@ async def test_reload_treats_an_unset_policy_as_fifo() -> None:
 
 
 # -- Redis lanes from config -------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """The URL of a private redis-server on a free port (skipped without the backend)."""
-    pytest.importorskip("executus.redis", reason="executus.redis is not available")
-    if shutil.which("redis-server") is None:  # pragma: no cover - depends on the machine
-        pytest.skip("redis-server is not installed")
-    from tests.redis.helpers import RedisServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    server = RedisServer(port, tmp_path)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.mark.redis

@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -655,16 +655,6 @@ async def test_a_removed_setting_falls_back_to_the_next_source_then_the_default(
     assert await lanes.reload() == ReloadResult(applied=(("a", "max_concurrent"),))
     assert (a.max_concurrent, a.preemption) == (2, Preemption(min_runtime=5))
     await lanes.aclose()
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """The URL of a private redis-server on a free port (skipped without the backend)."""
-    pytest.importorskip("executus.redis", reason="executus.redis is not available")
-    from tests.redis.conftest import running_server
-
-    with running_server("redis", tmp_path) as server:
-        yield server.url
 
 
 @pytest.mark.redis

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +62,6 @@ def test_complete_example_runs(block: str, capsys: pytest.CaptureFixture[str]) -
     expected = expected_output(block)
     if expected is not None:
         assert printed == expected
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """The URL of a private redis-server on a free port (skipped without the backend)."""
-    pytest.importorskip("executus.redis", reason="executus.redis is not available")
-    from tests.redis.conftest import running_server
-
-    with running_server("redis", tmp_path) as server:
-        yield server.url
 
 
 @pytest.mark.redis

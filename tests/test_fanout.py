@@ -7,12 +7,9 @@ import contextlib
 import io
 import logging
 import random
-import shutil
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -896,24 +893,6 @@ async def test_fail_fast_on_a_key_error_while_reading_ahead() -> None:
     assert isinstance(outcomes[1].error, LookupError)
     assert outcomes[0].cancelled
     assert all(o.cancelled for o in outcomes[2:])
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server on a free port (skipped when redis-server is missing)."""
-    if shutil.which("redis-server") is None:  # pragma: no cover - depends on the machine
-        pytest.skip("redis-server is not installed")
-    from .redis.helpers import RedisServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    server = RedisServer(port, tmp_path)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.mark.redis
