@@ -20,6 +20,8 @@ second is an outage to alert on.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "DuplicateJob",
     "JobCancelled",
@@ -33,8 +35,30 @@ __all__ = [
 ]
 
 
+def _rebuilt(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> BaseException:
+    """An exception of ``cls`` with ``args`` and the attributes in ``state``, made without
+    calling its ``__init__`` (whose parameters are not its ``args``): unpickling."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def reduce_error(exc: BaseException) -> tuple[Any, ...]:
+    """``__reduce__`` for an exception whose ``__init__`` takes other parameters than its
+    ``args`` (``JobCancelled(lane, job_id)`` keeps its message as ``args``): pickle its
+    type, message and attributes, so it crosses a process boundary (multiprocessing, a
+    process pool, a logging queue) intact instead of failing to unpickle."""
+    return (_rebuilt, (type(exc), exc.args, dict(exc.__dict__)))
+
+
 class LaneError(Exception):
     """Base class of every error raised by a lane."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_error(self)
 
 
 class LaneClosed(LaneError):

@@ -45,9 +45,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._clock import SystemClock
+from ._errors import reduce_error
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -78,6 +79,9 @@ class DispatchRefused(Exception):
         self.key = key
         self.event_id = event_id
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_error(self)
 
 
 class DuplicateEvent(DispatchRefused):

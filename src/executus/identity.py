@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from ._errors import NotQueued
+from ._errors import NotQueued, reduce_error
 from ._job import JobHandle
 
 __all__ = [
@@ -62,6 +62,9 @@ class Forbidden(PermissionError):
         self.user = user
         self.action = action
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_error(self)
 
 
 @dataclass(frozen=True, slots=True)

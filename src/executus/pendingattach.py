@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from ._clock import SystemClock
+from ._errors import reduce_error
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -61,6 +62,9 @@ class AttachmentLimit(Exception):
         self.bound = bound
         where = f"key {key!r} already holds" if limit == "max_per_key" else "all keys already hold"
         super().__init__(f"{limit} is {bound}: {where} {bound} pending items")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_error(self)
 
 
 class PendingAttachments(Generic[T]):
