@@ -186,7 +186,11 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match=r"^interval must be > 0 seconds or None, got 0$"):
         LaneMetrics(registry=CollectorRegistry(), interval=0)
     metrics = LaneMetrics(registry=CollectorRegistry())
-    with pytest.raises(TypeError, match=r"^lane must have add_observer\(fn\) and async stats\(\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"^lane must have name, add_observer\(fn\), remove_observer\(fn\) and async "
+        r"stats\(\)",
+    ):
         metrics.watch(object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^port must be an int in 0\.\.65535, got 70000$"):
         serve(70000)

@@ -11,8 +11,8 @@ Two sources feed the metrics, each where it is exact:
   snapshots: every process reports the same value, so aggregate them with ``max``,
   not ``sum``.
 
-Any lane that has ``add_observer(fn)`` and ``async stats()`` can be watched: ``Lane``
-and ``RedisLane`` alike.
+Any lane that has ``name``, ``add_observer(fn)``, ``remove_observer(fn)`` and ``async
+stats()`` can be watched: ``Lane`` and ``RedisLane`` alike.
 
 Example::
 
@@ -320,15 +320,16 @@ class LaneMetrics:
         Watching a lane twice is a no-op.
 
         Raises:
-            TypeError: ``lane`` has no ``add_observer`` / ``stats``.
+            TypeError: ``lane`` lacks ``name``, ``add_observer``, ``remove_observer``
+                or ``stats``.
             ValueError: another lane of the same name is watched here (the two would
                 write one set of series: the ``lane`` label is the name).
             RuntimeError: no event loop is running.
         """
         if not isinstance(lane, ObservableLane):
             raise TypeError(
-                f"lane must have add_observer(fn) and async stats() (a Lane or RedisLane), "
-                f"got {lane!r}"
+                "lane must have name, add_observer(fn), remove_observer(fn) and async "
+                f"stats() (a Lane or RedisLane), got {lane!r}"
             )
         if id(lane) in self._watches:
             return
