@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 from executus._demo import run_demo
-from tests.helpers import run_plain_executus
+from tests.helpers import ROOT, run_plain_executus
 
 
 def test_demo_reports_fairness_preemption_and_limits() -> None:
@@ -36,3 +39,19 @@ def test_bad_scale_is_refused() -> None:
     result = run_plain_executus("demo", "--scale", "0")
     assert result.returncode == 2
     assert "--scale must be > 0, got 0.0" in result.stderr
+
+
+def test_the_readme_demo_command_runs_the_plain_demo() -> None:
+    """`bash scripts/demo` (the README's first command) runs the plain-text demo with no
+    site packages, whatever the interpreter has installed, and exits 0."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo"), "--scale", "0.1"],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "What happened:" in result.stdout
+    assert "the plain-text demo" in result.stderr  # not the live one, though click is here
