@@ -277,3 +277,17 @@ async def test_a_job_draining_its_lane_waits_for_jobs_that_can_end_first() -> No
     assert queued.running
     queued.release()
     await asyncio.wait_for(waiting, 1)
+
+
+async def test_an_eta_window_beyond_what_a_lane_can_hold_is_a_value_error() -> None:
+    """An eta_window above sys.maxsize is a ValueError naming the bound, at construction
+    and in set_eta_window (it was a raw OverflowError)."""
+    import sys
+
+    message = rf"^eta_window must be <= {sys.maxsize}, got {sys.maxsize + 1}$"
+    with pytest.raises(ValueError, match=message):
+        Lane("x", eta_window=sys.maxsize + 1)
+    lane = Lane("x")
+    with pytest.raises(ValueError, match=message):
+        await lane.set_eta_window(sys.maxsize + 1)
+    assert lane._window.size == 16

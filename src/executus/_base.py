@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+import sys
 from types import TracebackType
 from typing import Self
 
@@ -20,6 +21,7 @@ __all__ = [
     "check_preemption",
     "check_priority",
     "check_submit_options",
+    "check_window",
     "is_utf8",
     "wait_woken",
 ]
@@ -36,6 +38,15 @@ def check_count(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def check_window(value: object) -> int:
+    """An ``eta_window``: an int from 1 to ``sys.maxsize`` (a window keeps its run times
+    in a deque, whose length is a C ``ssize_t``), else TypeError / ValueError."""
+    n = check_count("eta_window", value)
+    if n > sys.maxsize:
+        raise ValueError(f"eta_window must be <= {sys.maxsize}, got {n}")
+    return n
 
 
 def check_priority(priority: int) -> None:

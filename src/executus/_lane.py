@@ -36,6 +36,7 @@ from ._base import (
     check_preemption,
     check_priority,
     check_submit_options,
+    check_window,
     submit_context,
     wait_woken,
 )
@@ -145,7 +146,7 @@ class Lane(LaneBase):
         elif not isinstance(policy, QueuePolicy):
             raise TypeError(f"policy must be a QueuePolicy (FIFO(), ...), got {policy!r}")
         check_preemption(preemption)
-        check_count("eta_window", eta_window)
+        check_window(eta_window)
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(
                 f"clock must be a Clock (monotonic, time and call_later), got {clock!r}"
@@ -968,7 +969,7 @@ class Lane(LaneBase):
 
     async def set_eta_window(self, n: int) -> None:
         """Average the last ``n`` run times (>= 1) in wait estimates from now on."""
-        check_count("eta_window", n)
+        check_window(n)
         self._fold()
         self._window.resize(n)
 

@@ -188,3 +188,21 @@ def test_top_says_when_more_than_1000_running_jobs_leave_keys_uncounted(
     Console(file=out, width=200).print(render_lanes([snap], title="top"))
     [row] = [line for line in out.getvalue().splitlines() if "keys of the first" in line]
     assert row.split() == ["gpu", *f"({note})".split()]
+
+
+@pytest.mark.timeout(10)
+def test_redis_demo_shows_a_worker_error_as_written(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """A worker that fails with brackets in its error (``[/x]``) is reported as written,
+    not parsed as markup (which crashed the report)."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.stderr.write('boom [/x] [bold]\\n')\nsys.exit(3)\n"
+    )
+    code, text = _demo_with_fake_worker(fake, 0.2, monkeypatch, redis_server, namespace)
+    assert code == 1, text
+    assert "exited with 3: boom [/x] [bold]" in text

@@ -323,5 +323,5 @@ def run_local_demo(settings: DemoSettings, console: Console) -> int:
     try:
         return asyncio.run(_local(settings, console))
     except LaneError as exc:  # pragma: no cover - the demo's own traffic never errs
-        console.print(f"demo failed: {exc}")
+        console.print(Text(f"demo failed: {exc}"))  # lane names are not markup
         return 1

@@ -258,7 +258,7 @@ def _conclude(
     console.print(table)
     peak = max((int(r["peak"]) for r in results), default=0)
     for failure in failures:
-        console.print(f"[red]{failure}[/red]")
+        console.print(Text(failure, style="red"))  # a worker's error is not markup
     held = peak <= _MAX_CONCURRENT and peak_seen <= _MAX_CONCURRENT
     verdict = "the limit held lane-wide" if held else "THE LIMIT WAS EXCEEDED"
     console.print(
