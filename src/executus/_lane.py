@@ -641,9 +641,7 @@ class Lane(LaneBase):
                     if self._events.active:
                         self._emit(EventKind.PREEMPTED, job, state=_QUEUED, run=now - started)
                     self._reconcile()
-                    if self._drained and len(self._running) <= 1:
-                        # A close inside the one job left running (a lowered limit keeps
-                        # the requeued job and any arrival queued) waits no longer.
+                    if self._drained:
                         self._wake_drained()
                     return None
             if cause == _PREEMPT:
@@ -679,8 +677,8 @@ class Lane(LaneBase):
             )
         if self._nq or self._front or _DEBUG:
             self._reconcile()
-        if self._drained and (len(self._jobs) <= 1 or len(self._running) <= 1):
-            self._wake_drained()  # (a draining close re-checks what it waits for)
+        if self._drained:  # (tested here: every run's path)
+            self._wake_drained()
         return error
 
     # -- preemption ------------------------------------------------------------------------
@@ -784,12 +782,27 @@ class Lane(LaneBase):
         held CANCELLED (``JobCancelled`` caused by ``error``, so no waiter is stranded)
         and go on with a fresh state. ``keep``: a queued job already taken out of the
         queue, about to start (a preemption arrival whose ``admit`` raised)."""
-        self._queue = self._policy.new_state()
-        self._nq = 0
         reason = (
             f"cancelled: queue policy {self._policy.name!r} failed "
             f"({type(error).__name__}: {error})"
         )
+
+        def cancelled(job: JobHandle[Any]) -> BaseException:
+            exc = JobCancelled(self._name, job.id, reason)
+            exc.__cause__ = error
+            return exc
+
+        self._clear_queue(cancelled, keep)
+
+    def _clear_queue(
+        self,
+        error: Callable[[JobHandle[Any]], BaseException],
+        keep: JobHandle[Any] | None = None,
+    ) -> None:
+        """End every job the policy's queue holds CANCELLED with ``error(job)``, without
+        asking the policy (it may have failed), and go on with a fresh queue state."""
+        self._queue = self._policy.new_state()
+        self._nq = 0
         front = self._front
         held = [
             j
@@ -797,9 +810,7 @@ class Lane(LaneBase):
             if j._state is _QUEUED and j is not keep and j not in front
         ]
         for job in held:
-            cancelled = JobCancelled(self._name, job.id, reason)
-            cancelled.__cause__ = error
-            self._end_queued(job, cancelled)
+            self._end_queued(job, error(job))
 
     def _bad_pop(self, queue: PolicyState, popped: object) -> RuntimeError:
         """The error of a policy whose ``pop`` returned something that is not a queued
@@ -824,7 +835,7 @@ class Lane(LaneBase):
         job._end(_CANCELLED, self._now(), exc=error)
         if self._events.active:
             self._emit(EventKind.CANCELLED, job, state=JobState.CANCELLED)
-        if self._drained and len(self._jobs) <= 1:
+        if self._drained:
             self._wake_drained()
 
     def _stop_for(self, job: JobHandle[Any], cause: str) -> None:
@@ -994,23 +1005,10 @@ class Lane(LaneBase):
         self._closed = True
         if not drain:
             message = f"lane {self._name!r} was closed before the job started"
-            front, queue = self._front, self._queue
+            front = self._front
             while front:
                 self._end_queued(front.popleft(), LaneClosed(self._name, message))
-            while self._nq:
-                try:
-                    job = queue.pop()
-                    if (
-                        not isinstance(job, JobHandle)
-                        or job._backend is not self
-                        or (job._state is not _QUEUED)
-                    ):
-                        raise self._bad_pop(queue, job)
-                except Exception as exc:
-                    self._drop_queue(exc)
-                    break
-                self._nq -= 1
-                self._end_queued(job, LaneClosed(self._name, message))
+            self._clear_queue(lambda _: LaneClosed(self._name, message))
             tasks = [
                 job._task for job in self._running if job._fn is not None and job._task is not None
             ]
@@ -1043,6 +1041,11 @@ class Lane(LaneBase):
             self._events.emit_job(kind, self._name, wall, job, **fields)
 
     def _wake_drained(self) -> None:
+        """Wake the draining closes once at most one job runs: what they wait for can
+        only be over then (a close from outside waits for every job; one inside a job
+        for the other running ones). Each checks its own condition again."""
+        if len(self._running) > 1:
+            return
         waiters, self._drained = self._drained, []
         for fut in waiters:
             if not fut.done():
