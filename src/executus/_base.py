@@ -9,9 +9,10 @@ import contextvars
 import math
 import sys
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from ._events import Emitter, LaneObserver
+from ._job import CURRENT_JOB, JobHandle, JobState
 from ._policies import Preemption, QueuePolicy
 
 __all__ = [
@@ -186,6 +187,15 @@ class LaneBase:
     def remove_observer(self, observer: LaneObserver) -> None:
         """Stop sending events to ``observer`` (unknown observers are ignored)."""
         self._events.remove(observer)
+
+    def _calling_job(self) -> JobHandle[Any] | None:
+        """This lane's running job whose own task is calling, if any (a close from inside
+        a job must not wait for that job)."""
+        job = CURRENT_JOB.get()
+        backend: object = None if job is None else job._backend
+        if job is None or backend is not self or job._state is not JobState.RUNNING:
+            return None
+        return job if job._task is asyncio.current_task() else None
 
     async def aclose(self, *, drain: bool = True) -> None:
         """Close the lane (see the backend's documentation)."""

@@ -1021,9 +1021,7 @@ class Lane(LaneBase):
         # others only, and only for those that can end before it does: waiting for
         # itself, or for queued jobs that need the slot it holds (no other job runs),
         # would never return. Those queued jobs start once it has ended.
-        me = CURRENT_JOB.get()
-        if me is not None and (me._backend is not self or me._task is not asyncio.current_task()):
-            me = None
+        me = self._calling_job()
         while self._jobs and not (
             me is not None
             and me._state is _RUNNING

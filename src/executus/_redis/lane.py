@@ -1885,14 +1885,14 @@ class RedisLane(LaneBase):
             while any(
                 r.handle is not me and r.handle._state is _RUNNING for r in self._jobs.values()
             ):
-                await self._job_ended()
+                await wait_woken(self._drained)
             return
         finisher = self._finisher
         if finisher is not None and finisher is not asyncio.current_task():
             await asyncio.shield(finisher)  # a close begun inside a job: wait for it
             return
         while self._jobs:
-            await self._job_ended()
+            await wait_woken(self._drained)
         tasks, self._tasks = self._tasks, []
         self._stopping = True
         if self._blocking is not None:
@@ -1928,17 +1928,6 @@ class RedisLane(LaneBase):
             await asyncio.wait(list(self._senders), timeout=self._op_timeout)
         self._started = False
         await self._close_clients()
-
-    def _calling_job(self) -> JobHandle[Any] | None:
-        """This client's running job whose own task is calling, if any."""
-        job = CURRENT_JOB.get()
-        if job is None or job._backend is not self or job._state is not _RUNNING:
-            return None
-        return job if job._task is asyncio.current_task() else None
-
-    async def _job_ended(self) -> None:
-        """Wait until one of this client's jobs has ended (or every one has)."""
-        await wait_woken(self._drained)
 
     async def _close_after(self, job: JobHandle[Any]) -> None:
         """Finish a close called from inside ``job`` once that job has ended."""
