@@ -430,20 +430,9 @@ class _FairShareState(PolicyState):
         if flow is None or not flow.n:
             flow = self._flow(key, flow)
         n = flow.n
-        # The slot of the key's (n+1)-th queued job; ``_key(flow.tag(j), flow.order)``
-        # and ``_within_key`` written out (every queued job's path).
-        j = flow.head + n
-        if self._unit:
-            slot = (int(flow.base) + j) << _ORDER_BITS | flow.order
-        else:
-            slot = _slot_key(flow.base + j / flow.weight, flow.order)
-        self._slots.insert(slot, flow)
+        self._slots.insert(self._key(flow.tag(flow.head + n), flow.order), flow)
         flow.n = n + 1
-        qkey = job._qkey
-        if qkey is None:
-            p = job.priority
-            qkey = job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
-        flow.queue.insert(qkey, job)
+        flow.queue.insert(_within_key(job), job)
         self._len += 1
 
     def requeue(self, job: JobHandle[Any], now: float) -> None:
@@ -488,10 +477,8 @@ class _FairShareState(PolicyState):
 
     def pop(self) -> JobHandle[Any]:
         flow = self._slots.pop_first_value()
-        head = flow.head
-        # The popped slot is its flow's head slot (``flow.tag(head)``, written out).
-        self._vtime = flow.base + head / flow.weight
-        flow.head = head + 1
+        self._vtime = flow.tag(flow.head)  # the popped slot is its flow's head slot
+        flow.head += 1
         n = flow.n = flow.n - 1
         job: JobHandle[Any] = flow.queue.pop_first_value()
         self._len -= 1
