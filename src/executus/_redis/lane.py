@@ -1924,10 +1924,8 @@ class RedisLane(LaneBase):
                     self._leave_late(dead_at), name=f"executus-redis-leave-{self._name}"
                 )
                 return
-        if self._senders:
-            await asyncio.wait(list(self._senders), timeout=self._op_timeout)
         self._started = False
-        await self._close_clients()
+        await self._close_clients()  # (after the round trips still on their way)
 
     async def _close_after(self, job: JobHandle[Any]) -> None:
         """Finish a close called from inside ``job`` once that job has ended."""
