@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+from bisect import bisect_left
+from unittest.mock import patch
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from executus import _ranked as ranked_module
 from executus._ranked import RankedMap
 
 
@@ -141,3 +147,96 @@ def test_int_buckets_refuse_what_a_plain_map_refuses() -> None:
         ranked.insert("x", "x")
     assert len(ranked) == 1
     assert [k for k, _ in ranked] == [1]
+
+
+class _Value:
+    """A value a weak reference can follow."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["insert", "insert", "pop", "pop_first", "pop_first_value", "pop_absent"]
+            ),
+            st.integers(-50, 300),
+        ),
+        max_size=400,
+    ),
+    st.booleans(),
+)
+def test_small_buckets_match_a_sorted_list(ops: list[tuple[str, int]], ints: bool) -> None:
+    """With buckets of a few keys, pops from the front, inserts before them, splits and
+    removals of whole buckets keep order, ranks, first values and lookups right."""
+    with patch.object(ranked_module, "_LOAD", 2):
+        ranked: RankedMap[int] = RankedMap(ints=ints)
+        model: list[int] = []
+        for op, key in ops:
+            if op == "insert" and key not in model:
+                ranked.insert(key, key * 10)
+                model.append(key)
+                model.sort()
+            elif op == "pop" and model:
+                victim = model[key % len(model)]
+                assert ranked.pop(victim) == victim * 10
+                model.remove(victim)
+            elif op == "pop_first" and model:
+                assert ranked.pop_first() == (model[0], model[0] * 10)
+                model.pop(0)
+            elif op == "pop_first_value" and model:
+                assert ranked.first_value() == model[0] * 10
+                assert ranked.pop_first_value() == model[0] * 10
+                model.pop(0)
+            elif op == "pop_absent" and key not in model:
+                with pytest.raises(KeyError):
+                    ranked.pop(key)
+            assert len(ranked) == len(model)
+            assert ranked.rank(key) == bisect_left(model, key)
+        assert [k for k, _ in ranked] == model
+        assert [v for _, v in ranked] == [k * 10 for k in model]
+        for probe in (-51, 301, *model):
+            assert ranked.rank(probe) == bisect_left(model, probe)
+
+
+@pytest.mark.parametrize("ints", [True, False])
+def test_popped_keys_are_gone_and_values_released(ints: bool) -> None:
+    """A key popped from the front cannot be found, ranked or popped again, the map
+    keeps no reference to its value, and it can be inserted anew."""
+    ranked: RankedMap[_Value] = RankedMap(ints=ints)
+    values = {k: _Value() for k in range(10)}
+    for k, v in values.items():
+        ranked.insert(k, v)
+    refs = [weakref.ref(values.pop(k)) for k in range(3)]
+    ranked.pop_first_value()
+    ranked.pop_first_value()
+    assert ranked.pop_first()[0] == 2
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    with pytest.raises(KeyError):
+        ranked.pop(1)
+    assert ranked.rank(1) == 0
+    assert ranked.rank(5) == 2
+    ranked.insert(1, values.setdefault(1, _Value()))  # before every key left
+    ranked.insert(-5, values.setdefault(-5, _Value()))
+    assert [k for k, _ in ranked] == [-5, 1, 3, 4, 5, 6, 7, 8, 9]
+    assert ranked.rank(3) == 2
+    assert ranked.pop(1) is values[1]
+    assert ranked.pop_first() == (-5, values[-5])
+
+
+@pytest.mark.parametrize("ints", [True, False])
+def test_first_bucket_splits_behind_popped_entries(ints: bool) -> None:
+    """A first bucket that fills up behind popped entries splits into live keys only."""
+    with patch.object(ranked_module, "_LOAD", 2):
+        ranked: RankedMap[int] = RankedMap(ints=ints)
+        for k in range(3):
+            ranked.insert(k, k)
+        assert ranked.pop_first() == (0, 0)
+        assert ranked.pop_first_value() == 1
+        for k in range(3, 7):  # appends into the first (and last) bucket
+            ranked.insert(k, k)
+        assert [ranked.pop_first_value() for _ in range(3)] == [2, 3, 4]
+        ranked.insert(-1, -1)
+        assert [k for k, _ in ranked] == [-1, 5, 6]
+        assert [ranked.rank(k) for k in (-1, 5, 6, 7)] == [0, 1, 2, 3]

@@ -8,7 +8,11 @@ of 64 buckets, their sum (a two-level prefix index): an insert or delete updates
 counters, and a rank query adds at most 64 + B/64 counters with the C ``sum``. Inserts
 and deletes move at most one bucket's worth of pointers (a C ``memmove``); the index is
 rebuilt lazily, only after a bucket split or removal. Appending past the maximum (FIFO
-arrival) and popping the first key (dispatch) are the fast paths.
+arrival) and popping the first key (dispatch) are the fast paths. Popping the first key
+moves nothing: the first bucket keeps a prefix of popped entries (their values
+released), searched past and dropped with the bucket, so a dispatch from a queue whose
+first bucket is cold in the cache (one of many per-key queues) touches one entry, not
+the whole bucket.
 
 Keys must be unique and totally ordered; values ride along in parallel buckets. A map
 made with ``ints=True`` keeps its keys in buckets of 64-bit machine integers
@@ -23,7 +27,8 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, MutableSequence
-from typing import Any, Generic, TypeVar
+from itertools import islice
+from typing import Any, Generic, TypeVar, cast
 
 __all__ = ["RankedMap"]
 
@@ -37,10 +42,13 @@ _SHIFT = 6  # log2(_RUN)
 class RankedMap(Generic[V]):
     """Unique sorted keys -> values, with rank (0-based position) queries."""
 
-    __slots__ = ("_ints", "_keys", "_len", "_lens", "_maxes", "_runs", "_vals")
+    __slots__ = ("_dead", "_ints", "_keys", "_len", "_lens", "_maxes", "_runs", "_vals")
 
     def __init__(self, *, ints: bool = False) -> None:
         self._ints = ints  # key buckets are int64 arrays (until a key does not fit)
+        # Popped entries at the front of the first bucket: their keys are stale (every
+        # search in that bucket starts past them) and their values None.
+        self._dead = 0
         self._keys: list[MutableSequence[Any]] = []
         self._vals: list[list[V]] = []
         self._maxes: list[Any] = []
@@ -56,8 +64,10 @@ class RankedMap(Generic[V]):
         return self._len > 0
 
     def __iter__(self) -> Iterator[tuple[Any, V]]:
+        skip = self._dead
         for keys, vals in zip(self._keys, self._vals, strict=True):
-            yield from zip(keys, vals, strict=True)
+            yield from islice(zip(keys, vals, strict=True), skip, None)
+            skip = 0
 
     def insert(self, key: Any, value: V) -> None:
         """Add ``key`` (which must not be present) with ``value``."""
@@ -79,9 +89,15 @@ class RankedMap(Generic[V]):
             else:
                 b = bisect_left(maxes, key)
                 keys = self._keys[b]
-                i = bisect_left(keys, key)
-                keys.insert(i, key)
-                self._vals[b].insert(i, value)
+                dead = 0 if b else self._dead
+                i = bisect_left(keys, key, dead)
+                if i == dead and dead:  # a new first key takes the last popped entry
+                    keys[i - 1] = key
+                    self._vals[0][i - 1] = value
+                    self._dead = i - 1
+                else:
+                    keys.insert(i, key)
+                    self._vals[b].insert(i, value)
         except (OverflowError, TypeError):
             if not self._ints:
                 raise
@@ -89,6 +105,8 @@ class RankedMap(Generic[V]):
             self.insert(key, value)
             return
         self._len += 1
+        if len(keys) > 2 * _LOAD and not b and self._dead:
+            self._compact()  # the first bucket is full of popped entries: drop them
         if len(keys) > 2 * _LOAD:
             vals = self._vals[b]
             self._keys[b : b + 1] = [keys[:_LOAD], keys[_LOAD:]]
@@ -106,16 +124,32 @@ class RankedMap(Generic[V]):
         self._ints = False
         self._keys = [list(keys) for keys in self._keys]
 
+    def _compact(self) -> None:
+        """Drop the popped entries at the front of the first bucket."""
+        dead = self._dead
+        del self._keys[0][:dead]
+        del self._vals[0][:dead]
+        self._dead = 0
+
     def _drop(self, b: int, i: int) -> V:
         keys = self._keys[b]
         vals = self._vals[b]
-        del keys[i]
-        value = vals.pop(i)
+        if not b and i == self._dead:  # the first key: mark it popped, move nothing
+            value = vals[i]
+            vals[i] = cast(V, None)  # the map holds no reference to a popped value
+            self._dead = i = i + 1
+            empty = i == len(keys)
+        else:
+            del keys[i]
+            value = vals.pop(i)
+            empty = len(keys) == (0 if b else self._dead)
         self._len -= 1
-        if not keys:
+        if empty:
             del self._keys[b]
             del self._vals[b]
             del self._maxes[b]
+            if not b:
+                self._dead = 0
             self._lens = None
         else:
             if i == len(keys):
@@ -132,7 +166,7 @@ class RankedMap(Generic[V]):
         b = bisect_left(maxes, key)
         if b < len(maxes):
             keys = self._keys[b]
-            i = bisect_left(keys, key)
+            i = bisect_left(keys, key, 0 if b else self._dead)
             if i < len(keys) and keys[i] == key:
                 return self._drop(b, i)
         raise KeyError(key)
@@ -141,29 +175,33 @@ class RankedMap(Generic[V]):
         """Remove and return the smallest (key, value). Raises IndexError if empty."""
         if not self._len:
             raise IndexError("pop from an empty RankedMap")
-        key = self._keys[0][0]
-        return key, self._drop(0, 0)
+        dead = self._dead
+        key = self._keys[0][dead]
+        return key, self._drop(0, dead)
 
     def first_value(self) -> V:
         """The value of the smallest key. Raises IndexError if empty."""
         if not self._len:
             raise IndexError("first of an empty RankedMap")
-        return self._vals[0][0]
+        return self._vals[0][self._dead]
 
     def pop_first_value(self) -> V:
         """Remove the smallest key and return its value. Raises IndexError if empty."""
         if not self._len:
             raise IndexError("pop from an empty RankedMap")
-        keys = self._keys[0]
-        if len(keys) > 1:  # the common case, inlined: the first bucket stays
-            del keys[0]
+        dead = self._dead
+        if dead + 1 < len(self._keys[0]):  # the common case, inlined: the bucket stays
+            vals = self._vals[0]
+            value = vals[dead]
+            vals[dead] = cast(V, None)
+            self._dead = dead + 1
             self._len -= 1
             lens = self._lens
             if lens is not None:
                 lens[0] -= 1
                 self._runs[0] -= 1
-            return self._vals[0].pop(0)
-        return self._drop(0, 0)
+            return value
+        return self._drop(0, dead)
 
     def rank(self, key: Any) -> int:
         """How many keys are smaller than ``key`` (present or not)."""
@@ -176,9 +214,14 @@ class RankedMap(Generic[V]):
             lens = self._build()
         run = b >> _SHIFT
         before = sum(self._runs[:run]) + sum(lens[run << _SHIFT : b])
-        return before + bisect_left(self._keys[b], key)
+        if b:
+            return before + bisect_left(self._keys[b], key)
+        dead = self._dead
+        return bisect_left(self._keys[0], key, dead) - dead
 
     def _build(self) -> list[int]:
         lens = self._lens = list(map(len, self._keys))
+        if lens:
+            lens[0] -= self._dead
         self._runs = [sum(lens[i : i + _RUN]) for i in range(0, len(lens), _RUN)]
         return lens
