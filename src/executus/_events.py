@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._job import JobHandle, JobState
+from ._tasks import spawn
 
 __all__ = ["EventKind", "LaneEvent", "LaneObserver", "LoggingObserver"]
 
@@ -171,8 +172,11 @@ class Emitter:
             if sub.is_async:
                 if sub.task is None or sub.task.done():
                     sub.wakeup = asyncio.Event()
-                    sub.task = asyncio.get_running_loop().create_task(
-                        self._drain(sub), context=contextvars.Context()
+                    sub.task = spawn(
+                        asyncio.get_running_loop(),
+                        self._drain,
+                        sub,
+                        context=contextvars.Context(),
                     )
                 elif sub.wakeup is not None:
                     sub.wakeup.set()
@@ -189,8 +193,13 @@ class Emitter:
                     # is an async observer: its task awaits this call, then the rest.
                     sub.is_async = True
                     sub.wakeup = asyncio.Event()
-                    sub.task = asyncio.get_running_loop().create_task(
-                        self._drain(sub, result, event), context=contextvars.Context()
+                    sub.task = spawn(
+                        asyncio.get_running_loop(),
+                        self._drain,
+                        sub,
+                        result,
+                        event,
+                        context=contextvars.Context(),
                     )
                     break
 

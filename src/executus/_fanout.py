@@ -51,6 +51,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Hashable,
     Iterable,
     Iterator,
@@ -67,6 +68,7 @@ from ._cleanup import end_job, wait_ended
 from ._clock import Clock, SystemClock
 from ._errors import JobPreempted
 from ._job import JobHandle, JobState
+from ._tasks import spawn
 
 __all__ = [
     "DEFAULT_READ_AHEAD",
@@ -735,9 +737,11 @@ class _Swarm(Generic[T, R]):
             if not fut.done():
                 fut.set_result(None)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+    def _spawn(
+        self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any
+    ) -> asyncio.Task[None]:
         assert self._loop is not None
-        task: asyncio.Task[None] = self._loop.create_task(coro)
+        task = spawn(self._loop, fn, *args)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -747,7 +751,7 @@ class _Swarm(Generic[T, R]):
         # finished while a worker is about to start; the done callback runs even if the
         # task is cancelled before its first step.
         self._n_workers += 1
-        task = self._spawn(self._worker())
+        task = self._spawn(self._worker)
         self._unstarted.add(task)
         task.add_done_callback(self._worker_done)
 
@@ -1179,12 +1183,12 @@ class _Swarm(Generic[T, R]):
         self._finished = self._loop.create_future()
         self._t0 = self._mono()
         if self._ait is not None:
-            self._spawn(self._reader()).add_done_callback(self._reader_done)
+            self._spawn(self._reader).add_done_callback(self._reader_done)
         else:
             self._spawn_worker()
         if self._progress is not None:
             self._report(force=True)
-            self._ticker_task = self._spawn(self._ticker())
+            self._ticker_task = self._spawn(self._ticker)
 
     async def wait_finished(self) -> None:
         assert self._finished is not None
@@ -1217,7 +1221,7 @@ class _Swarm(Generic[T, R]):
         if close_input and ait is not None and not self._input_ended and aclose is not None:
             self._input_ended = True
             assert self._loop is not None
-            closing = self._loop.create_task(self._close_input(ait, aclose))
+            closing = spawn(self._loop, self._close_input, ait, aclose)
             if await wait_ended({closing}):
                 cancelled_again = True
         if cancelled_again:

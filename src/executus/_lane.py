@@ -54,6 +54,7 @@ from ._events import Emitter, EventKind, LaneEvent
 from ._job import CURRENT_JOB, JobHandle, JobState
 from ._policies import FIFO, PolicyState, Preemption, QueuePolicy
 from ._stats import LaneStats
+from ._tasks import spawn
 
 __all__ = ["Lane"]
 
@@ -551,16 +552,16 @@ class Lane(LaneBase):
         else:
             job._begun = False
             loop = self._loop_()
-            coro = self._run(job, fn)
             ctx = job._ctx
             if ctx is not None:  # each run gets its own copy of the (shared) snapshot
                 ctx = ctx.copy()
             # asyncio.Task directly unless the loop has a task factory: the loop's
-            # create_task adds a Python-level call per job.
+            # create_task adds a Python-level call per job. A factory may start tasks
+            # eagerly; ``spawn`` keeps the body out of this call even then.
             if loop.get_task_factory() is None:
-                job._task = asyncio.Task(coro, loop=loop, context=ctx)
+                job._task = asyncio.Task(self._run(job, fn), loop=loop, context=ctx)
             else:
-                job._task = loop.create_task(coro, context=ctx)
+                job._task = spawn(loop, self._run, job, fn, context=ctx)
 
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
         job._begun = True

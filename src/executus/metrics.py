@@ -52,6 +52,7 @@ from ._errors import LaneClosed
 from ._events import EventKind, LaneEvent, LaneObserver
 from ._job import JobState
 from ._stats import LaneStats
+from ._tasks import spawn
 
 __all__ = [
     "DEFAULT_RUN_BUCKETS",
@@ -137,8 +138,8 @@ class _Watch:
         if self.refreshing is not None and not self.refreshing.done():
             self.again = True
             return self.refreshing
-        self.refreshing = asyncio.get_running_loop().create_task(
-            self._refresh_loop(), name=f"executus-metrics-{self.name}"
+        self.refreshing = spawn(
+            asyncio.get_running_loop(), self._refresh_loop, name=f"executus-metrics-{self.name}"
         )
         return self.refreshing
 
@@ -351,7 +352,7 @@ class LaneMetrics:
         w.kick()
         # A closed lane changes only through its last events, which reach the observer.
         if self.interval is not None and not getattr(lane, "closed", False):
-            w.poller = loop.create_task(w.poll(self.interval), name=f"executus-metrics-poll-{name}")
+            w.poller = spawn(loop, w.poll, self.interval, name=f"executus-metrics-poll-{name}")
 
     async def unwatch(self, lane: ObservableLane) -> None:
         """Stop following ``lane`` (its series stay at their last values)."""

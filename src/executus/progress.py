@@ -31,12 +31,14 @@ import math
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
 
 from ._cleanup import end_job, wait_ended
 from ._clock import Clock, SystemClock, TimerHandle
 from ._job import JobHandle, JobState
+from ._tasks import spawn
 from .deliver import Deliverer, Discard
 
 __all__ = [
@@ -324,7 +326,7 @@ class ProgressReporter:
 
     def _on_timer(self) -> None:
         self._timer = None
-        task = asyncio.get_running_loop().create_task(self._flush())
+        task = spawn(asyncio.get_running_loop(), self._flush)
         self._flushers.add(task)
         task.add_done_callback(self._flushers.discard)
 
@@ -592,7 +594,7 @@ async def run_with_progress(
                 "progress reporting of a refused job failed (its error stands)", exc_info=True
             )
         raise
-    tracker = asyncio.ensure_future(reporter.track(handle, poll=every))
+    tracker = spawn(asyncio.get_running_loop(), partial(reporter.track, handle, poll=every))
     try:
         value: T = await handle
     except asyncio.CancelledError:

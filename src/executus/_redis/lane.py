@@ -86,6 +86,7 @@ from .._events import Emitter, EventKind, LaneEvent
 from .._job import CURRENT_JOB, JobHandle, JobState
 from .._policies import FIFO, FairShare, Preemption, Priority, QueuePolicy
 from .._stats import LaneStats
+from .._tasks import spawn
 from . import scripts
 from .keys import LaneKeys, check_key_part
 
@@ -466,8 +467,8 @@ class RedisLane(LaneBase):
             self._last_beat = time.monotonic()
             loop = self._loop = asyncio.get_running_loop()
             self._tasks = [
-                loop.create_task(self._wake_loop(), name=f"executus-redis-wake-{self._name}"),
-                loop.create_task(self._beat_loop(), name=f"executus-redis-beat-{self._name}"),
+                spawn(loop, self._wake_loop, name=f"executus-redis-wake-{self._name}"),
+                spawn(loop, self._beat_loop, name=f"executus-redis-beat-{self._name}"),
             ]
 
     def _blocking_client(self, client: aioredis.Redis) -> aioredis.Redis:
@@ -582,7 +583,7 @@ class RedisLane(LaneBase):
             # The sender's first step runs in the loop's next turn and takes every
             # call queued by then.
             self._flush_scheduled = True
-            task = asyncio.get_running_loop().create_task(self._send())
+            task = spawn(asyncio.get_running_loop(), self._send)
             self._senders.add(task)
             task.add_done_callback(self._senders.discard)
         return await fut
@@ -1206,8 +1207,11 @@ class RedisLane(LaneBase):
                 rec.granted.set_result(None)
             return
         ctx = job._ctx
-        job._task = asyncio.get_running_loop().create_task(
-            self._run(rec, rec.fn),
+        job._task = spawn(
+            asyncio.get_running_loop(),
+            self._run,
+            rec,
+            rec.fn,
             name=f"executus-job-{job.id}",
             context=None if ctx is None else ctx.copy(),
         )
@@ -1879,8 +1883,11 @@ class RedisLane(LaneBase):
             # slot). Wait for the other running jobs only; a task of its own finishes
             # the close (drains the rest, stops the client) once this job has ended.
             if self._finisher is None:
-                self._finisher = asyncio.get_running_loop().create_task(
-                    self._close_after(me), name=f"executus-redis-close-{self._name}"
+                self._finisher = spawn(
+                    asyncio.get_running_loop(),
+                    self._close_after,
+                    me,
+                    name=f"executus-redis-close-{self._name}",
                 )
             while any(
                 r.handle is not me and r.handle._state is _RUNNING for r in self._jobs.values()
@@ -1920,8 +1927,11 @@ class RedisLane(LaneBase):
         except LaneUnavailable:
             if dead_at > time.monotonic():
                 self._started = False
-                self._farewell = asyncio.get_running_loop().create_task(
-                    self._leave_late(dead_at), name=f"executus-redis-leave-{self._name}"
+                self._farewell = spawn(
+                    asyncio.get_running_loop(),
+                    self._leave_late,
+                    dead_at,
+                    name=f"executus-redis-leave-{self._name}",
                 )
                 return
         self._started = False

@@ -1,0 +1,104 @@
+"""Lanes, fanout and observers under task factories, eager ones included.
+
+The scenarios are in ``tests/eager_scenarios.py``. Where this interpreter has
+``asyncio.eager_task_factory`` (3.12+) they run here; otherwise they run in a
+subprocess under a 3.12+ interpreter found on this machine. Under a task factory that
+does not start tasks eagerly they run everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import eager_scenarios
+from tests.eager_scenarios import SCENARIOS
+
+HAS_EAGER = hasattr(asyncio, "eager_task_factory")
+SCRIPT = Path(eager_scenarios.__file__).resolve()
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _plain_factory(
+    loop: asyncio.AbstractEventLoop, coro: Any, /, **kwargs: Any
+) -> asyncio.Task[Any]:
+    """A task factory that starts tasks as asyncio's default does (a tracing hook's
+    shape)."""
+    return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+async def test_under_a_task_factory(scenario: Callable[[], Awaitable[None]]) -> None:
+    """Each scenario passes on a loop with a (non-eager) task factory."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(_plain_factory)
+    try:
+        async with asyncio.timeout(eager_scenarios.LIMIT):
+            await scenario()
+    finally:
+        loop.set_task_factory(None)
+
+
+@pytest.mark.skipif(not HAS_EAGER, reason="asyncio.eager_task_factory needs Python 3.12+")
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+async def test_under_the_eager_task_factory(scenario: Callable[[], Awaitable[None]]) -> None:
+    """Each scenario passes on a loop that starts tasks eagerly."""
+    await eager_scenarios.run_eagerly(scenario)
+
+
+def _newer_python() -> str | None:
+    """A Python 3.12+ interpreter on this machine, if any."""
+    home = os.path.expanduser("~")
+    candidates = [
+        *(shutil.which(f"python3.{minor}") for minor in range(12, 20)),
+        *sorted(glob.glob(f"{home}/.pyenv/versions/3.1[2-9]*/bin/python"), reverse=True),
+        *sorted(glob.glob("/usr/bin/python3.1[2-9]"), reverse=True),
+        *sorted(glob.glob("/usr/local/bin/python3.1[2-9]"), reverse=True),
+    ]
+    for exe in candidates:
+        if not exe:
+            continue
+        try:
+            probe = subprocess.run(
+                [exe, "-c", "import asyncio; asyncio.eager_task_factory"],
+                capture_output=True,
+                timeout=20,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return exe
+    return None
+
+
+@pytest.mark.skipif(HAS_EAGER, reason="this interpreter runs the scenarios itself")
+def test_under_the_eager_task_factory_of_a_newer_python() -> None:
+    """Each scenario passes under a 3.12+ interpreter's eager task factory."""
+    exe = _newer_python()
+    if exe is None:
+        pytest.skip("no Python 3.12+ interpreter on this machine")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    run = subprocess.run(
+        [exe, "-I", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, (exe, run.stdout, run.stderr[-3000:])
+    assert run.stdout.split() == [word for s in SCENARIOS for word in ("ok", s.__name__)], (
+        run.stdout
+    )
+    assert sys.version_info < (3, 12)
