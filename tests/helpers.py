@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import glob
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -103,3 +106,35 @@ def run_plain_executus(*args: str, timeout: float = 30) -> subprocess.CompletedP
         check=False,
         timeout=timeout,
     )
+
+
+def newer_pythons() -> list[str]:
+    """Python 3.12+ interpreters on this machine other than this one's version, one per
+    version, newest first (found on ``PATH``, in pyenv and in the usual prefixes)."""
+    home = os.path.expanduser("~")
+    candidates = [
+        *(shutil.which(f"python3.{minor}") for minor in range(12, 20)),
+        *glob.glob(f"{home}/.pyenv/versions/3.1[2-9]*/bin/python"),
+        *glob.glob("/usr/bin/python3.1[2-9]"),
+        *glob.glob("/usr/local/bin/python3.1[2-9]"),
+    ]
+    found: dict[tuple[int, int], str] = {}
+    for exe in candidates:
+        if not exe:
+            continue
+        try:
+            probe = subprocess.run(
+                [exe, "-I", "-c", "import sys; print(*sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode != 0:  # e.g. a pyenv shim for a version not selected
+            continue
+        major, minor = map(int, probe.stdout.split())
+        if (major, minor) >= (3, 12) and (major, minor) != sys.version_info[:2]:
+            found.setdefault((major, minor), exe)
+    return [found[v] for v in sorted(found, reverse=True)]

@@ -9,9 +9,7 @@ does not start tasks eagerly they run everywhere.
 from __future__ import annotations
 
 import asyncio
-import glob
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,6 +20,7 @@ import pytest
 
 from tests import eager_scenarios
 from tests.eager_scenarios import SCENARIOS
+from tests.helpers import newer_pythons
 
 HAS_EAGER = hasattr(asyncio, "eager_task_factory")
 SCRIPT = Path(eager_scenarios.__file__).resolve()
@@ -56,38 +55,13 @@ async def test_under_the_eager_task_factory(scenario: Callable[[], Awaitable[Non
     await eager_scenarios.run_eagerly(scenario)
 
 
-def _newer_python() -> str | None:
-    """A Python 3.12+ interpreter on this machine, if any."""
-    home = os.path.expanduser("~")
-    candidates = [
-        *(shutil.which(f"python3.{minor}") for minor in range(12, 20)),
-        *sorted(glob.glob(f"{home}/.pyenv/versions/3.1[2-9]*/bin/python"), reverse=True),
-        *sorted(glob.glob("/usr/bin/python3.1[2-9]"), reverse=True),
-        *sorted(glob.glob("/usr/local/bin/python3.1[2-9]"), reverse=True),
-    ]
-    for exe in candidates:
-        if not exe:
-            continue
-        try:
-            probe = subprocess.run(
-                [exe, "-c", "import asyncio; asyncio.eager_task_factory"],
-                capture_output=True,
-                timeout=20,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if probe.returncode == 0:
-            return exe
-    return None
-
-
 @pytest.mark.skipif(HAS_EAGER, reason="this interpreter runs the scenarios itself")
 def test_under_the_eager_task_factory_of_a_newer_python() -> None:
     """Each scenario passes under a 3.12+ interpreter's eager task factory."""
-    exe = _newer_python()
-    if exe is None:
+    newer = newer_pythons()
+    if not newer:
         pytest.skip("no Python 3.12+ interpreter on this machine")
+    exe = newer[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     run = subprocess.run(
         [exe, "-I", str(SCRIPT)],

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import executus
+from tests.helpers import newer_pythons
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +40,20 @@ def test_core_imports_only_the_standard_library() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: ")
+
+
+def test_import_is_silent_on_every_python_here() -> None:
+    """``import executus`` prints nothing, warnings made errors, on this Python and on
+    every newer one found on the machine (3.13 warns about an unawaited ``aclose()``)."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'src')!r}); import gc, executus; gc.collect()"
+    )
+    for exe in [sys.executable, *newer_pythons()]:
+        run = subprocess.run(
+            [exe, "-I", "-X", "dev", "-W", "error", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (exe, run.returncode, run.stdout, run.stderr) == (exe, 0, "", "")
