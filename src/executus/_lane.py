@@ -23,8 +23,9 @@ import contextlib
 import contextvars
 import sys
 import time
+import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -167,6 +168,9 @@ class Lane(LaneBase):
         self._mono0 = self._now()
         self._wall0 = datetime.fromtimestamp(self._clock.time(), UTC)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Suspended for the life of the lane's loop, and closed by the loop's shutdown
+        # (see ``_watch``).
+        self._loop_watch: AsyncGenerator[None, None] | None = None
 
         self._jobs: dict[str, JobHandle[Any]] = {}  # queued and running, by id
         self._running: dict[JobHandle[Any], None] = {}  # holding a slot, start order
@@ -401,6 +405,7 @@ class Lane(LaneBase):
                     "have ended)"
                 )
             self._loop = loop  # first use, or every job of the last loop has ended
+            self._watch(loop)
         seq = self._seq
         self._seq = seq + 1
         if job_id is None:
@@ -483,7 +488,37 @@ class Lane(LaneBase):
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+            self._watch(loop)
         return loop
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Learn when ``loop`` shuts down while the lane still holds jobs on it.
+
+        ``asyncio.run`` (and any runner that calls ``loop.shutdown_asyncgens()``)
+        cancels the loop's tasks, then closes the async generators the loop has seen
+        start. A job cancelled there frees its slot, and the next queued job would start
+        in a task nobody cancels any more, destroyed pending with the loop: the lane
+        keeps one suspended generator on the loop, whose closing ends what is left.
+        """
+        watch = _loop_shutdown(weakref.ref(self), loop)
+        with contextlib.suppress(StopIteration):  # run to its one ``yield``, in this call
+            watch.asend(None).send(None)
+        self._loop_watch = watch
+
+    async def _loop_shut_down(self) -> None:
+        """The lane's loop shuts down: queued jobs end CANCELLED, running ones are
+        cancelled, and this returns once their tasks have ended and observers have had
+        every event. The lane stays open (a later ``asyncio.run`` may use it)."""
+        tasks = self._stop_everything(
+            lambda job: JobCancelled(self._name, job.id, "cancelled: its event loop shut down"),
+            _CANCEL,
+        )
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+        # Observers get the last events while the loop still runs; their tasks stop,
+        # and start again on the next loop that uses the lane.
+        await self._events.aclose()
 
     # -- the decision step -----------------------------------------------------------------
 
@@ -813,6 +848,24 @@ class Lane(LaneBase):
         for job in held:
             self._end_queued(job, error(job))
 
+    def _stop_everything(
+        self, error: Callable[[JobHandle[Any]], BaseException], cause: str
+    ) -> list[asyncio.Task[None]]:
+        """End every queued job CANCELLED with ``error(job)`` (preemption arrivals
+        first, so nothing is left to start), then cancel every running job for
+        ``cause``. Returns the running jobs' tasks."""
+        front = self._front
+        while front:
+            job = front.popleft()
+            self._end_queued(job, error(job))
+        self._clear_queue(error)
+        tasks = [
+            job._task for job in self._running if job._fn is not None and job._task is not None
+        ]
+        for job in list(self._running):
+            self._cancel_nowait(job, cause)
+        return tasks
+
     def _bad_pop(self, queue: PolicyState, popped: object) -> RuntimeError:
         """The error of a policy whose ``pop`` returned something that is not a queued
         job of this lane (it is then not trusted any more: see ``_drop_queue``)."""
@@ -1006,15 +1059,7 @@ class Lane(LaneBase):
         self._closed = True
         if not drain:
             message = f"lane {self._name!r} was closed before the job started"
-            front = self._front
-            while front:
-                self._end_queued(front.popleft(), LaneClosed(self._name, message))
-            self._clear_queue(lambda _: LaneClosed(self._name, message))
-            tasks = [
-                job._task for job in self._running if job._fn is not None and job._task is not None
-            ]
-            for job in list(self._running):
-                self._cancel_nowait(job, _CLOSE)
+            tasks = self._stop_everything(lambda _: LaneClosed(self._name, message), _CLOSE)
             pending = [t for t in tasks if not t.done()]
             if pending:
                 await asyncio.wait(pending)  # every run's task has ended on return
@@ -1049,3 +1094,19 @@ class Lane(LaneBase):
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+
+async def _loop_shutdown(
+    lane: weakref.ref[Lane], loop: asyncio.AbstractEventLoop
+) -> AsyncGenerator[None, None]:
+    """Suspended at its ``yield`` while ``loop`` lives (see ``Lane._watch``)."""
+    try:
+        yield
+    finally:
+        owner = lane()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # collected outside any loop: nothing to end here
+            running = None
+        if owner is not None and owner._loop is loop and running is loop:
+            await owner._loop_shut_down()

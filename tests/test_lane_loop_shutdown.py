@@ -1,0 +1,125 @@
+"""A lane whose event loop shuts down (``asyncio.run`` returning) with jobs still on it.
+
+The runner cancels the loop's tasks, then closes its async generators; the lane ends
+every job it still holds there, and a later ``asyncio.run`` can use it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from executus import EventKind, JobCancelled, JobHandle, JobState, Lane, LaneEvent
+
+
+async def _forever() -> None:
+    await asyncio.sleep(3600)
+
+
+def _fill(lane: Lane, handles: list[JobHandle[Any]], n: int) -> None:
+    async def main() -> None:
+        handles.extend([await lane.submit(_forever) for _ in range(n)])
+        await asyncio.sleep(0.01)  # the first job runs, the rest wait
+
+    asyncio.run(main())
+    gc.collect()
+
+
+def test_jobs_left_on_a_finished_run_end_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    """Queued and running jobs end CANCELLED when asyncio.run returns, none starts
+    in a task left pending, and the lane serves the next asyncio.run."""
+    lane = Lane("gpu", 1)
+    handles: list[JobHandle[Any]] = []
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        _fill(lane, handles, 5)
+    assert [h.state for h in handles] == [JobState.CANCELLED] * 5
+    assert [r.getMessage() for r in caplog.records] == []
+    # The runner cancelled the running job; the next one may start in that moment,
+    # and is cancelled with the rest; the others never started.
+    assert [str(h.exception()) for h in handles] == [
+        "job 'gpu-0' in lane 'gpu' was cancelled",
+        "job 'gpu-1' in lane 'gpu' was cancelled",
+        *(
+            f"job {h.id!r} in lane 'gpu' was cancelled: its event loop shut down"
+            for h in handles[2:]
+        ),
+    ]
+    assert all(isinstance(h.exception(), JobCancelled) for h in handles)
+
+    async def again() -> str:
+        return await lane.run(lambda: asyncio.sleep(0, "next run"))
+
+    assert asyncio.run(again()) == "next run"
+
+    async def stats() -> tuple[int, int, int]:
+        s = await lane.stats()
+        return s.running, s.queued, s.cancelled
+
+    assert asyncio.run(stats()) == (0, 0, 5)
+
+
+def test_preemption_arrivals_and_a_deep_queue_end_too() -> None:
+    """Every kind of waiting job ends: a preemption arrival and many queued jobs."""
+    from executus import Preemption, Priority
+
+    lane = Lane("gpu", 2, policy=Priority(), preemption=Preemption(min_runtime=0, grace=60))
+    handles: list[JobHandle[Any]] = []
+
+    async def main() -> None:
+        handles.extend([await lane.submit(_forever, preemptible=True) for _ in range(2)])
+        await asyncio.sleep(0)
+        handles.append(await lane.submit(_forever, priority=9))  # waits for a grace
+        handles.extend([await lane.submit(_forever) for _ in range(200)])
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert Counter(h.state for h in handles) == {JobState.CANCELLED: 203}
+
+
+def test_observers_get_every_last_event(caplog: pytest.LogCaptureFixture) -> None:
+    """Async and plain observers get the CANCELLED events of the shutdown, and no
+    observer task is left pending with the loop."""
+    lane = Lane("gpu", 1)
+    seen: list[tuple[str, EventKind]] = []
+
+    async def recorder(event: LaneEvent) -> None:
+        # (An observer cancelled by the runner in the middle of an event loses that
+        # event; this one finishes each event in one step.)
+        seen.append(("async", event.kind))
+
+    def plain(event: LaneEvent) -> None:
+        seen.append(("plain", event.kind))
+
+    lane.add_observer(recorder)
+    lane.add_observer(plain)
+    handles: list[JobHandle[Any]] = []
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        _fill(lane, handles, 4)
+    assert [r.getMessage() for r in caplog.records] == []
+    for who in ("async", "plain"):
+        kinds = Counter(kind for w, kind in seen if w == who)
+        assert kinds[EventKind.SUBMITTED] == 4, (who, kinds)
+        assert kinds[EventKind.CANCELLED] == 4, (who, kinds)
+
+
+def test_an_idle_lane_and_a_closed_one_are_left_as_they_are() -> None:
+    """A lane with nothing on its loop, or one closed already, is not changed."""
+    idle = Lane("idle", 1)
+    closed = Lane("closed", 1)
+
+    async def main() -> None:
+        assert await idle.run(lambda: asyncio.sleep(0, 1)) == 1
+        assert await closed.run(lambda: asyncio.sleep(0, 2)) == 2
+        await closed.aclose()
+
+    asyncio.run(main())
+
+    async def after() -> tuple[int, bool]:
+        return (await idle.stats()).succeeded, closed.closed
+
+    assert asyncio.run(after()) == (1, True)
