@@ -5,9 +5,12 @@ same words)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
 import sys
+import weakref
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any, Self
 
@@ -145,6 +148,27 @@ class LaneBase:
     _preemption: Preemption | None
     _closed: bool
     _events: Emitter
+    _loop: asyncio.AbstractEventLoop | None
+    # Suspended for the life of the lane's loop, closed by the loop's shutdown (``_watch``).
+    _loop_watch: AsyncGenerator[None, None] | None = None
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Learn when ``loop`` shuts down while the lane still holds jobs on it.
+
+        ``asyncio.run`` (and any runner that calls ``loop.shutdown_asyncgens()``)
+        cancels the loop's tasks, then closes the async generators the loop has seen
+        start. A job cancelled there frees its slot, and the next queued job would start
+        in a task nobody cancels any more, destroyed pending with the loop: the lane
+        keeps one suspended generator on the loop, whose closing calls
+        ``_loop_shut_down`` to end what is left.
+        """
+        watch = _loop_shutdown(weakref.ref(self), loop)
+        with contextlib.suppress(StopIteration):  # run to its one ``yield``, in this call
+            watch.asend(None).send(None)
+        self._loop_watch = watch
+
+    async def _loop_shut_down(self) -> None:
+        """End what the lane holds on its loop, which shuts down (see ``_watch``)."""
 
     @property
     def name(self) -> str:
@@ -211,3 +235,19 @@ class LaneBase:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose(drain=True)
+
+
+async def _loop_shutdown(
+    lane: weakref.ref[LaneBase], loop: asyncio.AbstractEventLoop
+) -> AsyncGenerator[None, None]:
+    """Suspended at its ``yield`` while ``loop`` lives (see ``LaneBase._watch``)."""
+    try:
+        yield
+    finally:
+        owner = lane()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # collected outside any loop: nothing to end here
+            running = None
+        if owner is not None and owner._loop is loop and running is loop:
+            await owner._loop_shut_down()

@@ -23,9 +23,8 @@ import contextlib
 import contextvars
 import sys
 import time
-import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -168,9 +167,6 @@ class Lane(LaneBase):
         self._mono0 = self._now()
         self._wall0 = datetime.fromtimestamp(self._clock.time(), UTC)
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Suspended for the life of the lane's loop, and closed by the loop's shutdown
-        # (see ``_watch``).
-        self._loop_watch: AsyncGenerator[None, None] | None = None
 
         self._jobs: dict[str, JobHandle[Any]] = {}  # queued and running, by id
         self._running: dict[JobHandle[Any], None] = {}  # holding a slot, start order
@@ -490,20 +486,6 @@ class Lane(LaneBase):
             loop = self._loop = asyncio.get_running_loop()
             self._watch(loop)
         return loop
-
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Learn when ``loop`` shuts down while the lane still holds jobs on it.
-
-        ``asyncio.run`` (and any runner that calls ``loop.shutdown_asyncgens()``)
-        cancels the loop's tasks, then closes the async generators the loop has seen
-        start. A job cancelled there frees its slot, and the next queued job would start
-        in a task nobody cancels any more, destroyed pending with the loop: the lane
-        keeps one suspended generator on the loop, whose closing ends what is left.
-        """
-        watch = _loop_shutdown(weakref.ref(self), loop)
-        with contextlib.suppress(StopIteration):  # run to its one ``yield``, in this call
-            watch.asend(None).send(None)
-        self._loop_watch = watch
 
     async def _loop_shut_down(self) -> None:
         """The lane's loop shuts down: queued jobs end CANCELLED, running ones are
@@ -1094,19 +1076,3 @@ class Lane(LaneBase):
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
-
-
-async def _loop_shutdown(
-    lane: weakref.ref[Lane], loop: asyncio.AbstractEventLoop
-) -> AsyncGenerator[None, None]:
-    """Suspended at its ``yield`` while ``loop`` lives (see ``Lane._watch``)."""
-    try:
-        yield
-    finally:
-        owner = lane()
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # collected outside any loop: nothing to end here
-            running = None
-        if owner is not None and owner._loop is loop and running is loop:
-            await owner._loop_shut_down()

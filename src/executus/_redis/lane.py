@@ -78,6 +78,7 @@ from .._errors import (
     JobPreempted,
     LaneBusy,
     LaneClosed,
+    LaneError,
     LaneUnavailable,
     LeaseLost,
     NotQueued,
@@ -466,6 +467,7 @@ class RedisLane(LaneBase):
             self._started = True
             self._last_beat = time.monotonic()
             loop = self._loop = asyncio.get_running_loop()
+            self._watch(loop)
             self._tasks = [
                 spawn(loop, self._wake_loop, name=f"executus-redis-wake-{self._name}"),
                 spawn(loop, self._beat_loop, name=f"executus-redis-beat-{self._name}"),
@@ -1844,6 +1846,13 @@ class RedisLane(LaneBase):
 
     def _closed_message(self) -> str:
         return f"lane {self._name!r} was closed before the job started"
+
+    async def _loop_shut_down(self) -> None:
+        """Its loop shuts down with this client open (a RedisLane serves one loop): close
+        it as ``aclose(drain=False)`` does. Redis unreachable, the lane's leases and
+        liveness recover the rest, as after a crash."""
+        with contextlib.suppress(LaneError):
+            await self.aclose(drain=False)
 
     async def aclose(self, *, drain: bool = True) -> None:
         """Close this client of the lane: refuse new submits here (``LaneClosed``).
