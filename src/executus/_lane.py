@@ -491,13 +491,10 @@ class Lane(LaneBase):
         """The lane's loop shuts down: queued jobs end CANCELLED, running ones are
         cancelled, and this returns once their tasks have ended and observers have had
         every event. The lane stays open (a later ``asyncio.run`` may use it)."""
-        tasks = self._stop_everything(
+        await self._stop_everything(
             lambda job: JobCancelled(self._name, job.id, "cancelled: its event loop shut down"),
             _CANCEL,
         )
-        pending = [t for t in tasks if not t.done()]
-        if pending:
-            await asyncio.wait(pending)
         # Observers get the last events while the loop still runs; their tasks stop,
         # and start again on the next loop that uses the lane.
         await self._events.aclose()
@@ -830,12 +827,12 @@ class Lane(LaneBase):
         for job in held:
             self._end_queued(job, error(job))
 
-    def _stop_everything(
+    async def _stop_everything(
         self, error: Callable[[JobHandle[Any]], BaseException], cause: str
-    ) -> list[asyncio.Task[None]]:
+    ) -> None:
         """End every queued job CANCELLED with ``error(job)`` (preemption arrivals
-        first, so nothing is left to start), then cancel every running job for
-        ``cause``. Returns the running jobs' tasks."""
+        first, so nothing is left to start), cancel every running job for ``cause``,
+        and return once every run's task has ended."""
         front = self._front
         while front:
             job = front.popleft()
@@ -846,7 +843,9 @@ class Lane(LaneBase):
         ]
         for job in list(self._running):
             self._cancel_nowait(job, cause)
-        return tasks
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
 
     def _bad_pop(self, queue: PolicyState, popped: object) -> RuntimeError:
         """The error of a policy whose ``pop`` returned something that is not a queued
@@ -1041,10 +1040,7 @@ class Lane(LaneBase):
         self._closed = True
         if not drain:
             message = f"lane {self._name!r} was closed before the job started"
-            tasks = self._stop_everything(lambda _: LaneClosed(self._name, message), _CLOSE)
-            pending = [t for t in tasks if not t.done()]
-            if pending:
-                await asyncio.wait(pending)  # every run's task has ended on return
+            await self._stop_everything(lambda _: LaneClosed(self._name, message), _CLOSE)
         # Called from inside one of this lane's jobs (its own task), wait for the
         # others only, and only for those that can end before it does: waiting for
         # itself, or for queued jobs that need the slot it holds (no other job runs),
