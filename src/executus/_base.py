@@ -149,11 +149,12 @@ class LaneBase:
     _closed: bool
     _events: Emitter
     _loop: asyncio.AbstractEventLoop | None
-    # Suspended for the life of the lane's loop, closed by the loop's shutdown (``_watch``).
+    # Suspended for the life of the lane's loop, closed by the loop's shutdown (``_bind``).
     _loop_watch: AsyncGenerator[None, None] | None = None
 
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Learn when ``loop`` shuts down while the lane still holds jobs on it.
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        """Make ``loop`` the lane's loop, and learn when it shuts down while the lane
+        still holds jobs on it. Returns ``loop``.
 
         ``asyncio.run`` (and any runner that calls ``loop.shutdown_asyncgens()``)
         cancels the loop's tasks, then closes the async generators the loop has seen
@@ -162,13 +163,15 @@ class LaneBase:
         keeps one suspended generator on the loop, whose closing calls
         ``_loop_shut_down`` to end what is left.
         """
+        self._loop = loop
         watch = _loop_shutdown(weakref.ref(self), loop)
         with contextlib.suppress(StopIteration):  # run to its one ``yield``, in this call
             watch.asend(None).send(None)
         self._loop_watch = watch
+        return loop
 
     async def _loop_shut_down(self) -> None:
-        """End what the lane holds on its loop, which shuts down (see ``_watch``)."""
+        """End what the lane holds on its loop, which shuts down (see ``_bind``)."""
 
     @property
     def name(self) -> str:
@@ -240,7 +243,7 @@ class LaneBase:
 async def _loop_shutdown(
     lane: weakref.ref[LaneBase], loop: asyncio.AbstractEventLoop
 ) -> AsyncGenerator[None, None]:
-    """Suspended at its ``yield`` while ``loop`` lives (see ``LaneBase._watch``)."""
+    """Suspended at its ``yield`` while ``loop`` lives (see ``LaneBase._bind``)."""
     try:
         yield
     finally:

@@ -400,8 +400,7 @@ class Lane(LaneBase):
                     "one event loop at a time (it can move to another once its jobs "
                     "have ended)"
                 )
-            self._loop = loop  # first use, or every job of the last loop has ended
-            self._watch(loop)
+            self._bind(loop)  # first use, or every job of the last loop has ended
         seq = self._seq
         self._seq = seq + 1
         if job_id is None:
@@ -483,8 +482,7 @@ class Lane(LaneBase):
     def _loop_(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-            self._watch(loop)
+            loop = self._bind(asyncio.get_running_loop())
         return loop
 
     async def _loop_shut_down(self) -> None:

@@ -466,8 +466,7 @@ class RedisLane(LaneBase):
                 raise
             self._started = True
             self._last_beat = time.monotonic()
-            loop = self._loop = asyncio.get_running_loop()
-            self._watch(loop)
+            loop = self._bind(asyncio.get_running_loop())
             self._tasks = [
                 spawn(loop, self._wake_loop, name=f"executus-redis-wake-{self._name}"),
                 spawn(loop, self._beat_loop, name=f"executus-redis-beat-{self._name}"),
