@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +39,31 @@ def valkey_server_binary() -> str | None:
             if path.is_file() and os.access(path, os.X_OK):
                 return str(path)
     return None
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a child gets when its parent dies
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this process ends, however
+    it ends (killed outright, ``os._exit`` from a timeout), so a test run that dies never
+    leaves a server behind. Linux only, and only when called on the main thread: the
+    signal follows the thread that started the child, and a thread ends long before the
+    run does (a server restarted from ``asyncio.to_thread`` is then stopped by its test
+    as before). None where it does not apply."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was set
+            os._exit(1)
+
+    return preexec
 
 
 class RedisServer:
@@ -114,6 +143,7 @@ class RedisServer:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent(),
             )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
