@@ -139,6 +139,19 @@ class _SortedState(PolicyState):
         return len(self._map)
 
 
+class _FifoState(_SortedState):
+    """Arrival order: the sort key is the arrival number."""
+
+    __slots__ = ()
+
+    def push(self, job: JobHandle[Any], now: float) -> None:
+        # ``_SortedState.push`` with ``_key`` written out: every queued job's path.
+        key = job._qkey
+        if key is None:  # a requeued job keeps the key of its first arrival
+            key = job._qkey = job._seq
+        self._map.insert(key, job)
+
+
 class FIFO(QueuePolicy):
     """First in, first out: arrival order. Priority matters only for preemption.
 
@@ -150,7 +163,7 @@ class FIFO(QueuePolicy):
     name = "fifo"
 
     def new_state(self) -> PolicyState:
-        return _SortedState()
+        return _FifoState()
 
     def __eq__(self, other: object) -> bool:
         return type(other) is FIFO
@@ -430,9 +443,20 @@ class _FairShareState(PolicyState):
         if flow is None or not flow.n:
             flow = self._flow(key, flow)
         n = flow.n
-        self._slots.insert(self._key(flow.tag(flow.head + n), flow.order), flow)
+        # ``_key(flow.tag(j), flow.order)`` and ``_within_key(job)``, written out: this
+        # is every queued job's path.
+        j = flow.head + n
+        if self._unit:
+            slot = int(flow.base + j) << _ORDER_BITS | flow.order
+        else:
+            slot = _slot_key(flow.base + j / flow.weight, flow.order)
+        self._slots.insert(slot, flow)
         flow.n = n + 1
-        flow.queue.insert(_within_key(job), job)
+        qkey = job._qkey
+        if qkey is None:
+            p = job.priority
+            qkey = job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
+        flow.queue.insert(qkey, job)
         self._len += 1
 
     def requeue(self, job: JobHandle[Any], now: float) -> None:
@@ -477,8 +501,9 @@ class _FairShareState(PolicyState):
 
     def pop(self) -> JobHandle[Any]:
         flow = self._slots.pop_first_value()
-        self._vtime = flow.tag(flow.head)  # the popped slot is its flow's head slot
-        flow.head += 1
+        head = flow.head  # the popped slot is its flow's head slot
+        self._vtime = flow.base + head / flow.weight
+        flow.head = head + 1
         n = flow.n = flow.n - 1
         job: JobHandle[Any] = flow.queue.pop_first_value()
         self._len -= 1
