@@ -915,3 +915,44 @@ async def test_redis_lane_keys_use_the_lane_wide_cap(redis_url: str) -> None:
     assert [o.value for o in outcomes] == list(range(12))
     assert probe.peak["gpu"] <= 2
     assert (stats.submitted, stats.succeeded) == (12, 12)
+
+
+async def test_lane_keys_share_their_lane_s_cap() -> None:
+    """Keys served by one lane keep at most its max_concurrent jobs in it between them."""
+    gate = GateAll(key=lambda x: f"user{x % 10}")
+    async with Lane("gpu", 2) as lane:
+        task = asyncio.create_task(
+            fanout(range(40), gate, key=lambda x: f"user{x % 10}", lanes=lane)
+        )
+        try:
+            await settle(10)
+            stats = await lane.stats()
+            assert (stats.running, stats.queued) == (2, 0)
+            interactive = await lane.submit(lambda: asyncio.sleep(0), key="interactive")
+            assert interactive.position == 1
+        finally:
+            gate.gate.set()
+        outcomes = await task
+    assert [o.value for o in outcomes] == list(range(40))
+
+
+async def test_a_lane_s_shared_cap_follows_a_resize_and_spares_other_lanes() -> None:
+    """A raised lane lets more of its keys' items in at once; another lane counts apart."""
+    gate = GateAll(key=lambda x: x % 4)
+    async with Lane("gpu", 1) as gpu, Lane("cpu", 2) as cpu:
+        lanes: dict[Hashable, Lane] = {0: gpu, 1: gpu, 2: cpu, 3: cpu}
+        task = asyncio.create_task(fanout(range(40), gate, key=lambda x: x % 4, lanes=lanes))
+        try:
+            await settle(10)
+            in_lanes = [(s.running, s.queued) for s in (await gpu.stats(), await cpu.stats())]
+            assert in_lanes == [(1, 0), (2, 0)]
+            await gpu.set_max_concurrent(3)
+            gate.gate.set()  # the items running end; the next ones wait again
+            gate.gate.clear()
+            await settle(20)
+            stats = await gpu.stats()
+            assert (stats.running, stats.queued) == (3, 0)
+        finally:
+            gate.gate.set()
+        outcomes = await task
+    assert [o.value for o in outcomes] == list(range(40))

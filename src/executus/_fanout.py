@@ -372,13 +372,35 @@ ProgressCallback = Callable[[FanoutProgress], object]
 # -- the engine ----------------------------------------------------------------------------
 
 
+class _LaneBudget:
+    """The in-flight budget of one lane, shared by the keys it serves that have no
+    ``per_key`` entry: together they keep at most the lane's ``max_concurrent`` jobs in
+    it, read again as the lane learns its limit (a ``RedisLane`` adopts the stored one at
+    its first call) or is resized. ``waiting``: those keys with items to start, out of
+    the ring until the budget has room (in the order they ran out of it)."""
+
+    __slots__ = ("cap", "lane", "running", "waiting")
+
+    def __init__(self, lane: LaneLike, cap: int) -> None:
+        self.lane = lane
+        self.cap = cap
+        self.running = 0
+        self.waiting: deque[_KeyState] = deque()
+
+    def follow(self) -> None:
+        """Read the lane's limit again."""
+        cap = _lane_limit(self.lane)
+        if cap is not None:
+            self.cap = cap
+
+
 class _KeyState:
-    """One key's queue and counters. ``in_ring``: it is in the round-robin ring.
-    ``lane_cap``: ``cap`` is its lane's ``max_concurrent`` (no ``per_key`` entry), read
-    again as the lane learns its limit (a ``RedisLane`` adopts the stored one at its
-    first call) or is resized."""
+    """One key's queue and counters. ``in_ring``: it is in the round-robin ring, or
+    waits in its lane budget's ``waiting`` for room. ``budget``: the lane budget the key
+    counts against (a lane key without its own ``per_key`` entry), or None."""
 
     __slots__ = (
+        "budget",
         "cancelled",
         "cap",
         "done",
@@ -386,19 +408,22 @@ class _KeyState:
         "in_ring",
         "key",
         "lane",
-        "lane_cap",
         "lane_key",
         "pending",
         "running",
     )
 
     def __init__(
-        self, key: Hashable, cap: int | None, lane: LaneLike | None, lane_cap: bool = False
+        self,
+        key: Hashable,
+        cap: int | None,
+        lane: LaneLike | None,
+        budget: _LaneBudget | None = None,
     ) -> None:
         self.key = key
         self.cap = cap
         self.lane = lane
-        self.lane_cap = lane_cap
+        self.budget = budget
         self.lane_key: str | None = key if key is None or isinstance(key, str) else str(key)
         self.pending: deque[tuple[int, Any, float, int]] = deque()
         self.running = 0
@@ -541,6 +566,7 @@ class _Swarm(Generic[T, R]):
 
         # Scheduling state.
         self._keys: dict[Hashable, _KeyState] = {}
+        self._budgets: dict[int, _LaneBudget] = {}  # by id() of the lane
         self._keep_keys = self._progress is not None  # per-key counts outlive idle keys
         self._ring: deque[_KeyState] = deque()
         self._n_pending = 0
@@ -576,29 +602,39 @@ class _Swarm(Generic[T, R]):
         if ks is None:
             lane = self._lanes.get(k, self._lane_all)
             cap = self._caps.get(k, self._default_cap)
-            lane_cap = False
+            budget = None
             if cap is None and lane is not None:
-                # A lane key without its own cap keeps at most one job per lane slot in
-                # flight, so interactive jobs are not queued behind a swarm backlog.
-                cap = _lane_limit(lane)
-                lane_cap = cap is not None
-            ks = self._keys[k] = _KeyState(k, cap, lane, lane_cap)
+                # Lane keys without their own cap keep at most one job per lane slot in
+                # flight between them, so interactive jobs are not queued behind a swarm
+                # backlog.
+                budget = self._budgets.get(id(lane))
+                if budget is None:
+                    limit = _lane_limit(lane)
+                    if limit is not None:
+                        budget = self._budgets[id(lane)] = _LaneBudget(lane, limit)
+            ks = self._keys[k] = _KeyState(k, cap, lane, budget)
         return ks
 
     def _sync_lane_cap(self, ks: _KeyState) -> None:
-        """Follow the lane's limit in a key capped by it: a ``RedisLane`` knows the
+        """Follow the lane's limit in a key's lane budget: a ``RedisLane`` knows the
         lane-wide limit only once it has talked to Redis, and any lane may be resized
-        while the swarm runs. A raised cap puts the key's waiting items in reach."""
-        if not ks.lane_cap:
+        while the swarm runs. A raised limit puts waiting keys' items in reach."""
+        budget = ks.budget
+        if budget is None:
             return
-        cap = _lane_limit(ks.lane)
-        if cap is None or cap == ks.cap:
-            return
-        ks.cap = cap
-        if ks.pending and not ks.in_ring and ks.running < cap and not self._stopping:
-            ks.in_ring = True
-            self._ring.append(ks)
+        cap = budget.cap
+        budget.follow()
+        if budget.cap > cap and self._unpark(budget):
             self._more_hands()
+
+    def _unpark(self, budget: _LaneBudget) -> int:
+        """Put keys waiting for room in ``budget`` back in the ring, as many as it has
+        room for; return how many."""
+        waiting = budget.waiting
+        moved = min(len(waiting), budget.cap - budget.running)
+        for _ in range(moved):
+            self._ring.append(waiting.popleft())  # (in_ring stays True)
+        return max(moved, 0)
 
     def _read_one(self, item: T) -> None:
         """Put a freshly read item into its key's queue (or record its key error)."""
@@ -621,7 +657,7 @@ class _Swarm(Generic[T, R]):
         self._n_pending += 1
         if not ks.in_ring and (ks.cap is None or ks.running < ks.cap):
             ks.in_ring = True
-            self._ring.append(ks)
+            self._ring.append(ks)  # (``_take`` checks its lane budget)
 
     def _fill(self) -> None:
         """Read from a synchronous input until the window is full or it ends.
@@ -661,6 +697,18 @@ class _Swarm(Generic[T, R]):
             if not ring:
                 return None
         ks = ring.popleft()
+        budget = ks.budget
+        while budget is not None and budget.running >= budget.cap:
+            budget.waiting.append(ks)  # its lane has the swarm's share in flight
+            if not ring:
+                if self._it is not None:
+                    self._fill()  # other keys' items may be next in the input
+                if not ring:
+                    return None
+            ks = ring.popleft()
+            budget = ks.budget
+        if budget is not None:
+            budget.running += 1
         entry = ks.pending.popleft()
         self._n_pending -= 1
         ks.running += 1
@@ -697,10 +745,13 @@ class _Swarm(Generic[T, R]):
         """A slot of ``ks`` is free again."""
         ks.running -= 1
         self._running -= 1
-        if ks.lane_cap:
-            cap = _lane_limit(ks.lane)
-            if cap is not None:
-                ks.cap = cap
+        budget = ks.budget
+        if budget is not None:
+            budget.running -= 1
+            budget.follow()
+            # The worker releasing takes one; more room (a raised limit) wants more.
+            if budget.waiting and not self._stopping and self._unpark(budget) > 1:
+                self._more_hands()
         if ks.pending:
             if not ks.in_ring and (ks.cap is None or ks.running < ks.cap):
                 ks.in_ring = True
@@ -829,6 +880,8 @@ class _Swarm(Generic[T, R]):
                 self._record(ks, self._cancel_outcome(ks, index, item, t_read, None, pre))
             ks.in_ring = False
         self._ring.clear()
+        for budget in self._budgets.values():
+            budget.waiting.clear()
         if self._collect and self._it is not None and self._total is not None:
             # A sized input (a list, a range...) gets one outcome per element, so the
             # result lines up with it; unread items are reported cancelled too.
@@ -1337,8 +1390,9 @@ async def fanout(
             key). Such a key's items run as jobs of its lane, submitted with
             ``priority=lane_priority`` and ``preemptible=lane_preemptible``; an item
             holds its fanout slot while its job is queued or running. The job's lane key
-            is the item's key (``str(key)`` unless it is a str or None). Without its own
-            ``per_key`` entry, a lane key is capped at the lane's ``max_concurrent``.
+            is the item's key (``str(key)`` unless it is a str or None). The keys a
+            lane serves without a ``per_key`` entry of their own keep at most the
+            lane's ``max_concurrent`` jobs in it between them.
         fail_fast: on the first item that fails, cancel every item still queued or
             running (their outcomes are cancelled: ``error`` is a CancelledError) and
             stop reading the input. For a sized input (list, tuple, range...) the unread
