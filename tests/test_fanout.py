@@ -417,6 +417,31 @@ async def test_fanout_iter_bounds_outcomes_waiting_for_a_slow_consumer() -> None
     await it.aclose()
 
 
+async def test_fanout_iter_without_a_global_cap_starts_nothing_while_the_consumer_is_behind() -> (
+    None
+):
+    """With no max_concurrent, no item starts once read_ahead outcomes wait for the consumer."""
+    ended = 0
+    late: list[int] = []
+    consumed = 0
+
+    async def fn(x: int) -> int:
+        nonlocal ended
+        if ended - consumed >= 8:  # read_ahead outcomes wait already
+            late.append(x)
+        await asyncio.sleep(0.001 if x % 2 else 0)
+        ended += 1
+        return x
+
+    it = fanout_iter(range(100_000), fn, read_ahead=8)
+    await anext(it)
+    consumed = 1
+    await asyncio.sleep(0.1)
+    await it.aclose()
+    assert late == []
+    assert ended < 1_000
+
+
 def test_default_read_ahead() -> None:
     """The default window is documented as 256 items."""
     assert DEFAULT_READ_AHEAD == 256

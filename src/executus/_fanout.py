@@ -983,6 +983,9 @@ class _Swarm(Generic[T, R]):
         assert loop is not None
         streak = 0
         while True:
+            if not self._collect and len(self._out) >= self._out_limit and not self._stopping:
+                # The consumer is behind: start nothing (a worker just spawned included).
+                await self._wait_out_space()
             try:
                 job = self._take()
             except BaseException as exc:  # the input iterator failed
@@ -1033,12 +1036,11 @@ class _Swarm(Generic[T, R]):
                             index, item, ks.key, True, value, None, t_read, t_start, mono(), wall
                         ),
                     )
-            if not self._collect and len(self._out) >= self._out_limit and not self._stopping:
-                await self._wait_out_space()
-            else:
+            if self._collect or len(self._out) < self._out_limit or self._stopping:
                 # Items that end without suspending (cached, instant) would otherwise run
                 # the whole swarm in one step, starving every other task and deferring a
-                # cancel or timeout of the caller until the input ends.
+                # cancel or timeout of the caller until the input ends. (A consumer
+                # behind: the loop's top waits for it.)
                 streak += 1
                 if streak >= _YIELD_EVERY:
                     streak = 0
