@@ -161,3 +161,82 @@ async def test_a_key_function_raising_cancelled_error_fails_only_its_item(source
     assert outcomes[2].error is error
     assert outcomes[2].key is None
     assert [o.value for o in outcomes if o.ok] == [0, 1, 3, 4]
+
+
+class _AsyncKey:
+    async def __call__(self, item: int) -> Hashable:
+        return item % 2
+
+
+class _AsyncProgress:
+    async def __call__(self, p: FanoutProgress) -> None:
+        pass
+
+
+async def test_an_object_with_an_async_call_is_refused_as_key_or_progress() -> None:
+    """An instance whose __call__ is async def is refused as key and as progress, as an
+    async def function is."""
+    key = _AsyncKey()
+    with pytest.raises(TypeError) as info:
+        await fanout([1, 2], _echo, key=key, per_key=1)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        f"key must be a plain (not async) callable returning the item's key, got {key!r}"
+    )
+    show = _AsyncProgress()
+    with pytest.raises(TypeError) as info:
+        await fanout([1], _echo, progress=show)
+    assert str(info.value) == (
+        f"progress must be a plain (not async) callable, as it is called synchronously, "
+        f"got {show!r}"
+    )
+
+
+async def test_a_key_function_returning_an_awaitable_fails_its_items() -> None:
+    """A plain key function that returns a coroutine fails each item with a TypeError
+    (the coroutine is closed, not taken for the key)."""
+
+    async def user_of(x: int) -> int:
+        return x % 2
+
+    def key(x: int) -> Any:
+        return user_of(x)
+
+    ran: list[int] = []
+
+    async def fn(x: int) -> int:
+        ran.append(x)
+        return x
+
+    outcomes = await fanout([1, 2], fn, key=key, per_key=1)
+    assert ran == []
+    for o in outcomes:
+        assert isinstance(o.error, TypeError)
+        assert str(o.error).startswith(
+            "key must be a plain (not async) callable, as it is called synchronously; "
+            f"{key!r} returned <coroutine object"
+        )
+
+
+async def test_a_progress_callback_returning_an_awaitable_is_logged_once_and_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain progress callback that returns a coroutine is logged as refused once and
+    not called again; the swarm runs on."""
+    calls: list[FanoutProgress] = []
+
+    async def record(p: FanoutProgress) -> None:
+        calls.append(p)
+
+    def show(p: FanoutProgress) -> Any:
+        return record(p)
+
+    outcomes = await fanout(range(5), _echo, progress=show, progress_interval=0)
+    assert [o.value for o in outcomes] == list(range(5))
+    assert calls == []
+    refused = [r for r in caplog.records if r.name == "executus.fanout"]
+    assert len(refused) == 1
+    assert refused[0].exc_info is not None
+    assert str(refused[0].exc_info[1]).startswith(
+        f"progress must be a plain (not async) callable, as it is called synchronously; "
+        f"{show!r} returned <coroutine object"
+    )

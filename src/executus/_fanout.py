@@ -441,10 +441,29 @@ def _check_cap(name: str, value: object) -> int:
     return value
 
 
+def _is_async(fn: object) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts
+    )
+
+
+def _refuse_awaitable(what: str, fn: object, result: object) -> TypeError:
+    """The error of a callable that must be plain but returned an awaitable (closed here,
+    so it is not reported as never awaited)."""
+    close = getattr(result, "close", None)
+    if callable(close):
+        close()
+    return TypeError(
+        f"{what} must be a plain (not async) callable, as it is called synchronously; "
+        f"{fn!r} returned {result!r}"
+    )
+
+
 def _check_key(key: object) -> None:
     if key is not None and not callable(key):
         raise TypeError(f"key must be a callable or None, got {key!r}")
-    if inspect.iscoroutinefunction(key):  # its coroutine would be taken for the key
+    if _is_async(key):  # its coroutine would be taken for the key
         raise TypeError(
             f"key must be a plain (not async) callable returning the item's key, got {key!r}"
         )
@@ -529,7 +548,7 @@ class _Swarm(Generic[T, R]):
             progress = None
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be a callable, True or None, got {progress!r}")
-        if inspect.iscoroutinefunction(progress):
+        if _is_async(progress):
             raise TypeError(
                 "progress must be a plain (not async) callable, as it is called "
                 f"synchronously, got {progress!r}"
@@ -644,6 +663,8 @@ class _Swarm(Generic[T, R]):
             self._results.append(None)
         try:
             k = None if self._key is None else self._key(item)
+            if k is not None and type(k) is not str and inspect.isawaitable(k):
+                raise _refuse_awaitable("key", self._key, k)
             ks = self._key_state(k)
         # The key function failed: the item's own error. It runs synchronously, so a
         # CancelledError out of it is its own, not a cancel of this task.
@@ -954,7 +975,10 @@ class _Swarm(Generic[T, R]):
             return
         self._last_report = now
         try:
-            cb(self.snapshot(finished=finished))
+            result = cb(self.snapshot(finished=finished))
+            if result is not None and inspect.isawaitable(result):
+                self._progress = None  # said once, not at every report
+                raise _refuse_awaitable("progress", cb, result)
         # A broken display must not break the swarm. The callback runs synchronously, so
         # a CancelledError out of it is its own, not a cancel of this task.
         except (Exception, asyncio.CancelledError):
