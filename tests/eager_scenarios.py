@@ -88,6 +88,27 @@ async def job_cancels_itself_first() -> None:
     await lane.aclose()
 
 
+async def job_task_cancelled_from_outside_first() -> None:
+    """A job whose task something else cancels before its body began ends CANCELLED,
+    wakes its waiters and frees its slot for the next job."""
+    lane = Lane("eager", 1)
+    before = asyncio.all_tasks()
+    first = await lane.submit(lambda: instant(1))
+    second = await lane.submit(lambda: instant(2))
+    for task in asyncio.all_tasks() - before:
+        task.cancel()
+    try:
+        await first
+    except JobCancelled:
+        pass
+    else:
+        raise AssertionError("the job was not cancelled")
+    assert await second == 2
+    stats = await lane.stats()
+    assert (stats.running, stats.queued, stats.cancelled, stats.succeeded) == (0, 0, 1, 1), stats
+    await lane.aclose()
+
+
 async def preemption_arrival_from_a_first_step() -> None:
     """A job whose first step submits a preempting job is preempted and requeued."""
     lane = Lane("eager", 1, policy=Priority(), preemption=Preemption(min_runtime=0, requeue=True))
@@ -185,6 +206,7 @@ SCENARIOS: list[Callable[[], Awaitable[None]]] = [
     queue_of_instant_jobs,
     free_slots_and_run,
     job_cancels_itself_first,
+    job_task_cancelled_from_outside_first,
     preemption_arrival_from_a_first_step,
     observer_sees_every_event,
     fanout_of_instant_items,

@@ -266,3 +266,20 @@ def test_a_submit_from_another_loop_while_jobs_are_live_is_refused() -> None:
         assert first.run_until_complete(finish()) == 7
     finally:
         first.close()
+
+
+async def test_a_job_whose_task_is_cancelled_from_outside_before_its_first_step_ends() -> None:
+    """A job whose task something else cancels before its first step (a shutdown handler
+    cancelling every task) ends CANCELLED, wakes its waiters and frees its slot."""
+    lane = Lane("gpu", 1)
+    before = asyncio.all_tasks()
+    first = await lane.submit(value("first"))
+    second = await lane.submit(value("second"))
+    for task in asyncio.all_tasks() - before:
+        task.cancel()
+    with pytest.raises(JobCancelled, match=r"^job 'gpu-0' in lane 'gpu' was cancelled$"):
+        await first
+    assert await second == "second"
+    stats = await lane.stats()
+    assert (stats.running, stats.queued, stats.cancelled, stats.succeeded) == (0, 0, 1, 1)
+    await lane.aclose()

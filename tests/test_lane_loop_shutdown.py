@@ -123,3 +123,26 @@ def test_an_idle_lane_and_a_closed_one_are_left_as_they_are() -> None:
         return (await idle.stats()).succeeded, closed.closed
 
     assert asyncio.run(after()) == (1, True)
+
+
+def test_a_job_started_as_the_run_stops_ends_cancelled() -> None:
+    """A queued job that starts in the loop's last step (a job ended there, as when a
+    KeyboardInterrupt stops the run) is cancelled by the runner before its first step:
+    it ends CANCELLED, and the lane serves the next run."""
+    lane = Lane("gpu", 1)
+    handles: list[JobHandle[Any]] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        handles.append(await lane.submit(gate.wait))
+        handles.append(await lane.submit(_forever))
+        await asyncio.sleep(0)
+        gate.set()  # the first job ends in the step after this one, as the run stops
+
+    asyncio.run(main())
+    assert [h.state for h in handles] == [JobState.SUCCEEDED, JobState.CANCELLED]
+
+    async def again() -> str:
+        return await lane.run(lambda: asyncio.sleep(0, "next run"))
+
+    assert asyncio.run(again()) == "next run"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import sys
 import time
 from collections import deque
@@ -98,6 +99,30 @@ def _not_awaitable(returned: object) -> TypeError:
     except Exception:
         shown = f"<{name} object>"
     return TypeError(f"fn must return an awaitable, got {name}: {shown}")
+
+
+class _JobTask(asyncio.Task[None]):
+    """A job's task (on a loop without a task factory), which ends its run when it is
+    cancelled before its first step.
+
+    A task cancelled before its first step never runs its coroutine, so ``_run``'s
+    handlers never see that cancellation, whoever made it: the lane, a shutdown handler
+    that cancels every task, ``asyncio.run`` cancelling what is left after a
+    ``KeyboardInterrupt``. ``cancel`` ends such a run itself, as cancelled (``_ended``
+    is idempotent). A subclass rather than a done-callback: a job pays nothing for it
+    unless its task is cancelled.
+    """
+
+    __slots__ = ("_job", "_lane")
+    _job: JobHandle[Any]
+    _lane: Lane
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        cancelled = super().cancel(msg)
+        job = self._job
+        if job._task is self and not job._begun and job._state is _RUNNING:
+            self._lane._ended(job, None, None, cancelled=True)
+        return cancelled
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -572,9 +597,20 @@ class Lane(LaneBase):
             # create_task adds a Python-level call per job. A factory may start tasks
             # eagerly; ``spawn`` keeps the body out of this call even then.
             if loop.get_task_factory() is None:
-                job._task = asyncio.Task(self._run(job, fn), loop=loop, context=ctx)
+                task = _JobTask(self._run(job, fn), loop=loop, context=ctx)
+                task._job = job
+                task._lane = self
+                job._task = task
             else:
+                # The factory makes the task: a run whose task is cancelled before
+                # ``_run`` has begun ends when the task does (see ``_JobTask``).
                 job._task = spawn(loop, self._run, job, fn, context=ctx)
+                job._task.add_done_callback(functools.partial(self._task_done, job))
+
+    def _task_done(self, job: JobHandle[Any], task: asyncio.Task[Any]) -> None:
+        """A job's factory-made task has ended: a run it never began ends cancelled."""
+        if job._task is task and job._state is _RUNNING:
+            self._ended(job, None, None, cancelled=True)
 
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
         job._begun = True
@@ -759,21 +795,31 @@ class Lane(LaneBase):
     def _cancel_task(self, job: JobHandle[Any]) -> None:
         self._timers.pop(job, None)
         task = job._task
-        if job._state is _RUNNING and task is not None and not task.done():
-            if job._fn is None and task is _current_task():
-                # A slot body stopping its own job in its own step (its submit preempted
-                # it, it closed the lane, a test clock fired its grace). Cancelling the
-                # running task would outlive a body that then leaves without another
-                # await (3.11's ``uncancel`` keeps such a cancel pending): cancel it
-                # from the loop instead, at the body's next await, held back like a
-                # grace timer until then (so a body that leaves first keeps no cancel).
-                self._timers[job] = self._loop_().call_soon(self._cancel_task, job)
-                return
-            task.cancel()
-            if not job._begun and job._fn is not None:
-                # A task cancelled before its first step never runs its body (so never
-                # reaches ``_run``'s handlers): end the run here.
+        if job._state is not _RUNNING or task is None:
+            return
+        if task.done():
+            if job._fn is not None:
+                # The run's task has ended without ending the run (it never began):
+                # end it here, so a close or a cancel never waits for it. (A slot()
+                # job's task is its caller's, which may end while the slot is held:
+                # an async generator suspended inside the slot goes on elsewhere.)
                 self._ended(job, None, None, cancelled=True)
+            return
+        if job._fn is None and task is _current_task():
+            # A slot body stopping its own job in its own step (its submit preempted
+            # it, it closed the lane, a test clock fired its grace). Cancelling the
+            # running task would outlive a body that then leaves without another
+            # await (3.11's ``uncancel`` keeps such a cancel pending): cancel it
+            # from the loop instead, at the body's next await, held back like a
+            # grace timer until then (so a body that leaves first keeps no cancel).
+            self._timers[job] = self._loop_().call_soon(self._cancel_task, job)
+            return
+        task.cancel()
+        if not job._begun and job._fn is not None and job._task is task:
+            # A task cancelled before its first step never runs its body (so never
+            # reaches ``_run``'s handlers): end the run here (a ``_JobTask`` has
+            # done so in ``cancel``; a factory's task has not).
+            self._ended(job, None, None, cancelled=True)
 
     # -- cancellation ----------------------------------------------------------------------
 
