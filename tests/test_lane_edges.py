@@ -224,6 +224,49 @@ async def test_context_values_whose_comparison_raises_are_kept_apart() -> None:
     assert seen == ["a", "b", "c"]
 
 
+async def test_jobs_submitted_under_equal_but_distinct_context_values_see_their_own() -> None:
+    """Two requests that each set a variable to their own empty list get jobs that see
+    their own list, not the other's (equal values are not the same values)."""
+    import contextvars
+
+    collected: contextvars.ContextVar[list[str]] = contextvars.ContextVar("collected")
+
+    async def request(lane: Lane, name: str) -> list[str]:
+        mine: list[str] = []
+        collected.set(mine)
+
+        async def job() -> None:
+            collected.get().append(name)
+
+        await lane.run(job)
+        return mine
+
+    async with Lane("gpu", 1) as lane:
+        lists = await asyncio.gather(request(lane, "a"), request(lane, "b"))
+    assert lists == [["a"], ["b"]]
+
+
+async def test_context_values_are_never_compared_with_eq() -> None:
+    """A submit compares the context's values by identity: no value's __eq__ is called."""
+    import contextvars
+
+    compared: list[str] = []
+
+    class Loud:
+        def __eq__(self, other: object) -> bool:
+            compared.append("eq")
+            return True
+
+        __hash__ = object.__hash__
+
+    var: contextvars.ContextVar[Loud] = contextvars.ContextVar("loud")
+    async with Lane("gpu", 1) as lane:
+        for _ in range(3):
+            var.set(Loud())
+            await lane.run(value(None))
+    assert compared == []
+
+
 def test_a_lane_moves_to_another_event_loop_once_its_jobs_have_ended() -> None:
     """A lane whose jobs have all ended serves the next event loop (asyncio.run twice)."""
     lane = Lane("x", 1)

@@ -84,20 +84,30 @@ async def wait_woken(waiters: list[asyncio.Future[None]]) -> None:
             waiters.remove(fut)
 
 
+_UNSET = object()  # submit_context: a variable the previous snapshot does not hold
+
+
 def submit_context(last: contextvars.Context | None) -> contextvars.Context:
     """A snapshot of the current context for a submitted job's runs, or ``last`` (a
-    previous snapshot) when it holds the same values: a loop submitting many jobs from
-    one unchanged context keeps one snapshot, not one per job. The comparison is at once
-    when nothing changed; a context value whose ``==`` raises keeps both apart.
+    previous snapshot) when it holds the same objects: a loop submitting many jobs from
+    one unchanged context keeps one snapshot, not one per job.
+
+    The same objects, not equal ones: two requests that each set a variable to a fresh
+    ``[]`` must not share one list. Values are compared by identity only (no user
+    ``__eq__`` is called), one variable at a time: contexts hold few.
     """
     ctx = contextvars.copy_context()
-    try:
-        if ctx == last:
-            assert last is not None
-            return last
-    except Exception:
-        pass
-    return ctx
+    if last is None:
+        return ctx
+    n = len(ctx)
+    if n != len(last):
+        return ctx
+    if n:
+        held = last.get
+        for var, value in ctx.items():
+            if held(var, _UNSET) is not value:
+                return ctx
+    return last
 
 
 def check_preemption(preemption: object) -> None:
