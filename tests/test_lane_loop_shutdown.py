@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 from collections import Counter
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -141,6 +142,34 @@ def test_a_job_started_as_the_run_stops_ends_cancelled() -> None:
 
     asyncio.run(main())
     assert [h.state for h in handles] == [JobState.SUCCEEDED, JobState.CANCELLED]
+
+    async def again() -> str:
+        return await lane.run(lambda: asyncio.sleep(0, "next run"))
+
+    assert asyncio.run(again()) == "next run"
+
+
+def test_a_slot_in_an_async_generator_left_suspended_ends_cancelled() -> None:
+    """A slot held by an async generator left suspended when asyncio.run returns ends
+    CANCELLED as the runner closes the generator, and the lane serves the next run."""
+    lane = Lane("gpu", 1)
+    jobs: list[JobHandle[None]] = []
+    left: list[AsyncGenerator[int, None]] = []
+
+    async def stream() -> AsyncGenerator[int, None]:
+        async with lane.slot() as job:
+            jobs.append(job)
+            yield 1
+            yield 2
+
+    async def main() -> None:
+        chunks = stream()
+        left.append(chunks)  # kept alive: the runner's shutdown_asyncgens closes it
+        assert await chunks.__anext__() == 1
+
+    asyncio.run(main())
+    assert jobs[0].state is JobState.CANCELLED
+    assert isinstance(jobs[0].exception(), JobCancelled)
 
     async def again() -> str:
         return await lane.run(lambda: asyncio.sleep(0, "next run"))

@@ -374,15 +374,22 @@ class Lane(LaneBase):
         else:
             self._slot_left(job, task, None)
         finally:
-            CURRENT_JOB.reset(token)
+            # An async generator holding the slot may be closed by another task than
+            # the one that entered it (its consumer stopped early: the loop's finalizer
+            # or shutdown closes it), in another context: the entering context is not
+            # this one to change, and resetting there would hide the GeneratorExit.
+            with contextlib.suppress(ValueError):
+                CURRENT_JOB.reset(token)
 
     def _slot_left(
         self, job: JobHandle[Any], task: asyncio.Task[Any], exc: BaseException | None
     ) -> None:
         """A slot body left without a ``CancelledError``: end its run. If the lane had
-        cancelled the task and the body swallowed that, take the cancel back."""
+        cancelled the task and the body swallowed that, take the cancel back. A body
+        left by ``GeneratorExit`` (an async generator holding the slot, closed by its
+        consumer) was abandoned by its caller: it ends cancelled, not failed."""
         delivered = self._cancel_delivered(job)
-        self._ended(job, None, exc, cancelled=False)
+        self._ended(job, None, exc, cancelled=isinstance(exc, GeneratorExit))
         if delivered:
             task.uncancel()
 
