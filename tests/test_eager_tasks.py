@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from executus import JobState, Lane
 from tests import eager_scenarios
 from tests.eager_scenarios import SCENARIOS
-from tests.helpers import newer_pythons
+from tests.helpers import Gate, newer_pythons, settle, value
 
 HAS_EAGER = hasattr(asyncio, "eager_task_factory")
 SCRIPT = Path(eager_scenarios.__file__).resolve()
@@ -76,3 +77,53 @@ def test_under_the_eager_task_factory_of_a_newer_python() -> None:
         run.stdout
     )
     assert sys.version_info < (3, 12)
+
+
+def _old_style_factory(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+    """A task factory written to the signature before Python 3.11 (no ``context``)."""
+    return asyncio.Task(coro, loop=loop)
+
+
+async def test_a_job_whose_task_factory_raises_ends_failed_with_its_error() -> None:
+    """A job started at once on a loop whose task factory raises is returned FAILED with
+    the factory's error, its slot free; the lane runs jobs again once the factory works."""
+    lane = Lane("gpu", 1)
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(_old_style_factory)
+    try:
+        handle = await lane.submit(value("never"))
+        assert handle.state is JobState.FAILED
+        error = handle.exception()
+        with pytest.raises(TypeError) as raised:
+            await handle
+        assert raised.value is error
+        with pytest.raises(TypeError):
+            await lane.run(value("never"))
+    finally:
+        loop.set_task_factory(None)
+    stats = await lane.stats()
+    assert (stats.running, stats.queued, stats.failed) == (0, 0, 2)
+    assert await lane.run(value("ran")) == "ran"
+
+
+async def test_queued_jobs_whose_task_factory_raises_all_end_failed() -> None:
+    """Thousands of queued jobs that cannot get a task each end FAILED, one after
+    another (not one inside another's end), and their slot is free again."""
+    lane = Lane("gpu", 1)
+    gate = Gate()
+    first = await lane.submit(gate)
+    await settle()
+    queued = [await lane.submit(value(i)) for i in range(3000)]
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(_old_style_factory)
+    try:
+        gate.release("first")
+        assert await first == "first"
+        for handle in queued:
+            with pytest.raises(TypeError):
+                await handle
+    finally:
+        loop.set_task_factory(None)
+    stats = await lane.stats()
+    assert (stats.running, stats.queued, stats.failed, stats.succeeded) == (0, 0, 3000, 1)
+    assert await lane.run(value("ran")) == "ran"

@@ -609,10 +609,36 @@ class Lane(LaneBase):
                 task._lane = self
                 job._task = task
             else:
+                try:
+                    made = spawn(loop, self._run, job, fn, context=ctx)
+                except BaseException as exc:
+                    # The loop's task factory raised (one written for another signature,
+                    # say): the job cannot run. It ends FAILED with that error, and its
+                    # slot is free again for the caller to fill (``_reconcile``'s loop,
+                    # not a call back into it: every queued job may fail the same way).
+                    self._not_started(job, exc)
+                    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit
+                        raise
+                    return
+                job._task = made
                 # The factory makes the task: a run whose task is cancelled before
                 # ``_run`` has begun ends when the task does (see ``_JobTask``).
-                job._task = spawn(loop, self._run, job, fn, context=ctx)
-                job._task.add_done_callback(functools.partial(self._task_done, job))
+                made.add_done_callback(functools.partial(self._task_done, job))
+
+    def _not_started(self, job: JobHandle[Any], exc: BaseException) -> None:
+        """A job ``_start`` could not give a task ends FAILED with ``exc``, freeing its
+        slot without starting another job (its caller fills free slots)."""
+        now = self._now()
+        started = job._t_start
+        assert started is not None
+        del self._running[job]
+        self._failed += 1
+        job._end(_FAILED, now, exc=exc)
+        del self._jobs[job.id]
+        if self._events.active:
+            self._emit(EventKind.FINISHED, job, state=_FAILED, run=now - started, error=exc)
+        if self._drained:
+            self._wake_drained()
 
     def _task_done(self, job: JobHandle[Any], task: asyncio.Task[Any]) -> None:
         """A job's factory-made task has ended: a run it never began ends cancelled."""

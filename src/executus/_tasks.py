@@ -43,4 +43,9 @@ def spawn(
     """
     if loop.get_task_factory() is None:
         return loop.create_task(fn(*args), name=name, context=context)
-    return loop.create_task(_from_the_loop(fn, args), name=name, context=context)
+    coro = _from_the_loop(fn, args)
+    try:
+        return loop.create_task(coro, name=name, context=context)
+    except BaseException:
+        coro.close()  # the factory raised: no coroutine is left never awaited
+        raise
