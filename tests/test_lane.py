@@ -590,6 +590,17 @@ async def test_close_draining_runs_queued_jobs() -> None:
     await lane.aclose()  # again: harmless
 
 
+@pytest.mark.parametrize(("drain", "shown"), [("no", "'no'"), (0, "0"), (None, "None")])
+async def test_close_drain_must_be_a_bool(drain: object, shown: str) -> None:
+    """aclose(drain=...) with anything but a bool is a TypeError, and the lane stays open
+    (a truthy "no" must not drain)."""
+    lane = Lane("x", 1)
+    with pytest.raises(TypeError, match=rf"^drain must be a bool, got {shown}$"):
+        await lane.aclose(drain=drain)  # type: ignore[arg-type]
+    assert not lane.closed
+    assert await lane.run(value(1)) == 1
+
+
 async def test_close_without_drain_wakes_every_waiter() -> None:
     """aclose(drain=False): queued waiters get LaneClosed, running jobs JobCancelled."""
     lane = Lane("x", 1)

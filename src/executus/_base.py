@@ -22,6 +22,7 @@ __all__ = [
     "STORED_MAX",
     "LaneBase",
     "check_count",
+    "check_drain",
     "check_preemption",
     "check_priority",
     "check_submit_options",
@@ -114,6 +115,12 @@ def check_preemption(preemption: object) -> None:
     """Refuse anything but a ``Preemption`` or None."""
     if preemption is not None and not isinstance(preemption, Preemption):
         raise TypeError(f"preemption must be a Preemption or None, got {preemption!r}")
+
+
+def check_drain(drain: object) -> None:
+    """Refuse an ``aclose(drain=...)`` that is not a bool (``"no"`` would drain)."""
+    if drain is not True and drain is not False:
+        raise TypeError(f"drain must be a bool, got {drain!r}")
 
 
 def check_job_fn(fn: object) -> None:

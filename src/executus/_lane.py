@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from ._base import (
     LaneBase,
     check_count,
+    check_drain,
     check_job_fn,
     check_preemption,
     check_priority,
@@ -1112,7 +1113,11 @@ class Lane(LaneBase):
         cancels what is left). Called from inside one of the lane's jobs, in its task,
         a draining close waits for the other running jobs only: not for the caller, nor
         for queued jobs that need its slot (they run once it has ended).
+
+        Raises:
+            TypeError: ``drain`` is not a bool (nothing is closed).
         """
+        check_drain(drain)
         if not self._closed and self._events.active:
             self._emit(EventKind.CLOSED, None)
         self._closed = True
