@@ -293,3 +293,45 @@ async def test_a_preemptor_preempted_in_turn_is_requeued_under_fair_share() -> N
     first.release("low")
     assert await low == "low"
     assert (low.preemptions, mid.preemptions) == (1, 1)
+
+
+async def test_oldest_queued_at_counts_a_requeued_job_from_its_requeue(
+    clock: ManualClock,
+) -> None:
+    """stats().oldest_queued_at of a job requeued by a preemption is its requeue time,
+    as its STARTED event's wait counts, unless a job queued earlier still waits."""
+    lane = Lane("gpu", 1, preemption=Preemption(min_runtime=0, requeue=True), clock=clock)
+    batch_gate, urgent_gate = Gate(), Gate()
+    batch = await lane.submit(batch_gate, preemptible=True)
+    await settle()
+    clock.advance(100)  # the batch job runs 100 s
+    urgent = await lane.submit(urgent_gate, priority=5)
+    await settle()
+    assert (batch.state, batch.preemptions, urgent.state) == (JobState.QUEUED, 1, JobState.RUNNING)
+    requeued_at = urgent.started_at  # it started as the batch job's task ended
+    assert requeued_at is not None
+    assert (await lane.stats()).oldest_queued_at == requeued_at
+    clock.advance(10)
+    later = await lane.submit(Gate())  # queued after the requeue: not the oldest
+    assert (await lane.stats()).oldest_queued_at == requeued_at
+    urgent_gate.release()
+    await settle()
+    assert batch.state is JobState.RUNNING
+    assert (await lane.stats()).oldest_queued_at == later.submitted_at
+    await lane.aclose(drain=False)
+
+
+async def test_oldest_queued_at_is_a_job_queued_before_a_requeue(clock: ManualClock) -> None:
+    """A job submitted before another job's requeue and still queued is the oldest."""
+    lane = Lane("gpu", 2, preemption=Preemption(min_runtime=0, requeue=True), clock=clock)
+    first = await lane.submit(Gate(), preemptible=True)
+    await lane.submit(Gate())
+    await settle()
+    clock.advance(50)
+    waiting = await lane.submit(Gate())  # queued at 50
+    clock.advance(50)
+    await lane.submit(Gate(), priority=5)  # at 100: requeues the first job
+    await settle()
+    assert (first.state, first.preemptions) == (JobState.QUEUED, 1)
+    assert (await lane.stats()).oldest_queued_at == waiting.submitted_at
+    await lane.aclose(drain=False)

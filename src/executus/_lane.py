@@ -1054,11 +1054,20 @@ class Lane(LaneBase):
         """A consistent snapshot of the lane's figures."""
         self._fold()
         now = self._now()
-        oldest: datetime | None = None
+        # The oldest queued job: the one queued longest ago, counting a job requeued by
+        # a preemption from its requeue (as the STARTED event's ``wait`` does). In
+        # submission order, the first queued job never requeued was queued before every
+        # later one (a later job was submitted, and any requeue happened, after it): only
+        # the requeued ones ahead of it can be older.
+        since: float | None = None
         for job in self._jobs.values():  # submission order
             if job._state is _QUEUED:
-                oldest = self._wall(job._t_submit)
-                break
+                queued = job._t_requeued if job._preemptions else job._t_submit
+                if since is None or queued < since:
+                    since = queued
+                if not job._preemptions:
+                    break
+        oldest = None if since is None else self._wall(since)
         return LaneStats(
             name=self._name,
             max_concurrent=self._max,

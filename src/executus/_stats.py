@@ -17,7 +17,8 @@ class LaneStats:
         max_concurrent: the current slot limit.
         running: jobs holding a slot now (a preempted job counts until its task ended).
         queued: jobs waiting for a slot.
-        oldest_queued_at: when the longest-waiting queued job was submitted, or None.
+        oldest_queued_at: when the longest-waiting queued job was queued (submitted, or
+            requeued after a preemption), or None.
         throughput_1m: runs that ended in the last 60 seconds (any outcome).
         submitted: jobs accepted since the lane was made (refusals not included).
         succeeded: jobs that returned a value.
