@@ -213,3 +213,40 @@ async def test_lanes_are_quiet_without_observers(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.DEBUG):
         await Lane("gpu", 1).run(value(1))
     assert not [r for r in caplog.records if r.name.startswith("executus")]
+
+
+async def test_emitter_close_lets_an_async_observer_finish_its_event() -> None:
+    """Closing the emitter waits for an async observer to finish the event it has taken
+    off its buffer (it awaits inside the call), so the last events are not lost."""
+    emitter = Emitter()
+    got: list[int] = []
+
+    async def writer(event: LaneEvent) -> None:
+        for _ in range(3):  # a write that takes a few awaits
+            await asyncio.sleep(0)
+        got.append(event.position or 0)
+
+    emitter.add(writer)
+    for i in range(3):
+        emitter.emit(LaneEvent(EventKind.SUBMITTED, "x", 0.0, position=i))
+    await emitter.aclose()
+    assert got == [0, 1, 2]
+
+
+async def test_emitter_close_stops_a_hung_async_observer() -> None:
+    """An async observer that never returns is cancelled once the close's time bound
+    has passed: closing does not hang."""
+    emitter = Emitter()
+    cancelled = asyncio.Event()
+
+    async def hung(event: LaneEvent) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    emitter.add(hung)
+    emitter.emit(LaneEvent(EventKind.SUBMITTED, "x", 0.0))
+    await emitter.aclose(bound=0.01)
+    assert cancelled.is_set()

@@ -175,3 +175,20 @@ def test_a_slot_in_an_async_generator_left_suspended_ends_cancelled() -> None:
         return await lane.run(lambda: asyncio.sleep(0, "next run"))
 
     assert asyncio.run(again()) == "next run"
+
+
+def test_an_async_observer_finishes_the_events_it_handles_at_shutdown() -> None:
+    """An async observer that awaits while handling each event (a write) gets every
+    CANCELLED event of the shutdown, the one it is handling as the lane closes included."""
+    lane = Lane("gpu", 1)
+    seen: list[EventKind] = []
+
+    async def writer(event: LaneEvent) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        seen.append(event.kind)
+
+    lane.add_observer(writer)
+    handles: list[JobHandle[Any]] = []
+    _fill(lane, handles, 3)
+    assert Counter(seen)[EventKind.CANCELLED] == 3, seen

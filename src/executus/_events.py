@@ -231,20 +231,42 @@ class Emitter:
             if not sub.buffer:
                 await wakeup.wait()
 
-    async def aclose(self) -> None:
-        """Deliver what is buffered, then stop the async observers' tasks."""
+    async def aclose(self, *, bound: float = 1.0) -> None:
+        """Deliver what is buffered, then stop the async observers' tasks.
+
+        Each async observer's task finishes the events it holds, the one it is still
+        handling included, and ends; one still busy ``bound`` seconds after the call
+        (hung, or far behind) is cancelled then.
+        """
+        # A bound in seconds of loop time, not in loop steps: an observer doing real
+        # I/O per event (a network write, a short sleep) spends steps waiting, and would
+        # use up any step count long before it is done, while what the bound protects
+        # is how long a closing lane (or a loop shutting down) can be held up.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
         self._flush()
+        while True:
+            busy: list[asyncio.Task[None]] = []
+            for sub in self._subs:
+                task = sub.task
+                if task is None or task.done():
+                    continue
+                # Without a wakeup the task returns once its buffer is empty (``_drain``),
+                # not between taking an event and finishing its call.
+                wakeup, sub.wakeup = sub.wakeup, None
+                if wakeup is not None:
+                    wakeup.set()
+                busy.append(task)
+            if not busy:
+                break
+            left = deadline - loop.time()
+            if left > 0:
+                await asyncio.wait(busy, timeout=left)
+            if loop.time() >= deadline:
+                for task in busy:
+                    task.cancel()
+                await asyncio.gather(*busy, return_exceptions=True)
         for sub in self._subs:
-            task = sub.task
-            if task is None:
-                continue
-            # Let it finish the buffer, then stop it.
-            for _ in range(1000):
-                if not sub.buffer:
-                    break
-                await asyncio.sleep(0)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             sub.task = None
 
 
