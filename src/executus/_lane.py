@@ -775,7 +775,13 @@ class Lane(LaneBase):
         # fewer than max_concurrent must run. A lane whose limit was lowered below its
         # running count first shrinks to the limit by jobs ending on their own; until
         # then an arrival queues under the policy and evicts nobody.
-        if len(self._running) - len(self._victims) + len(self._front) > self._max:
+        # And one arrival per victim: a victim no arrival waits for any more (its arrival
+        # was cancelled or started elsewhere once its task had been cancelled, too late
+        # to spare it) frees a slot soon, which goes to the queue: evicting another job
+        # would stop two for one arrival and leave a slot idle.
+        victims = len(self._victims)
+        front = len(self._front)
+        if victims > front or len(self._running) - victims + front > self._max:
             return None
         victim: JobHandle[Any] | None = None
         causes = self._causes

@@ -45,3 +45,42 @@ async def test_a_grace_under_way_keeps_its_length_when_the_setting_changes(
     async with asyncio.timeout(5):
         assert await victim == "kept"
     assert victim.state is JobState.SUCCEEDED
+
+
+async def test_an_arrival_takes_the_slot_of_a_victim_nobody_waits_for(
+    make_lane: MakeLane,
+) -> None:
+    """A victim whose task was cancelled (grace 0) but whose arrival was then cancelled
+    still frees its slot: the next urgent arrival takes it and evicts nobody else."""
+    lane = await make_lane("gpu", 2, preemption=Preemption(min_runtime=0, grace=0))
+    unwind = asyncio.Event()
+    unwinding = asyncio.Event()
+    bodies: list[str] = []
+
+    async def slow_to_stop() -> None:
+        bodies.append("running")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            unwinding.set()
+            await unwind.wait()  # the victim takes a moment to unwind
+            raise
+
+    victim = await lane.submit(slow_to_stop, preemptible=True)
+    other = await lane.submit(slow_to_stop, preemptible=True)
+    await until(lambda: len(bodies) == 2)
+    first = await lane.submit(Gate(), priority=5)
+    async with asyncio.timeout(5):
+        await unwinding.wait()  # the victim's task has been cancelled
+    await first.cancel()
+    gate = Gate()
+    second = await lane.submit(gate, priority=5)
+    unwind.set()
+    await until(lambda: second.state is JobState.RUNNING)
+    assert victim.state is JobState.PREEMPTED
+    assert other.state is JobState.RUNNING
+    assert not other.preempt_requested
+    stats = await lane.stats()
+    assert (stats.running, stats.preempted) == (2, 1)
+    gate.release()
+    await lane.aclose(drain=False)
