@@ -68,6 +68,54 @@ async def test_close_without_drain_while_redis_is_unreachable_is_not_one_wait_pe
         await held
 
 
+async def test_close_without_drain_while_redis_is_unreachable_does_not_wait_a_lease(
+    make_lane: LaneFactory, proxy: TcpProxy, namespace: str
+) -> None:
+    """aclose(drain=False) of a client running a job while Redis is unreachable returns
+    within the retry budget, not a lease; its leave frees the slot once Redis is back."""
+    watcher = make_lane(max_concurrent=1, lease=30.0)
+    lane = RedisLane("lane", proxy.url, namespace=namespace, lease=30.0)  # budget: 3 s
+    try:
+        handle = await lane.submit(asyncio.Event().wait)
+        assert handle.state is JobState.RUNNING
+        proxy.refusing = True
+        proxy.cut()
+        async with asyncio.timeout(10):  # a wait for the lease would take 30 s
+            await lane.aclose(drain=False)
+        assert handle.state is JobState.CANCELLED
+        proxy.refusing = False
+        async with asyncio.timeout(10):  # the lease would free it after 30 s
+            while (await watcher.stats()).running:  # noqa: ASYNC110 - figures in Redis
+                await asyncio.sleep(0.02)
+    finally:
+        await lane.aclose(drain=False)
+
+
+async def test_close_after_a_job_ended_while_redis_was_unreachable_does_not_wait_a_lease(
+    make_lane: LaneFactory, proxy: TcpProxy, namespace: str
+) -> None:
+    """aclose() after a job ended while Redis was unreachable (its release still being
+    retried) returns within the retry budget; the slot is freed once Redis is back."""
+    watcher = make_lane(max_concurrent=1, lease=30.0)
+    lane = RedisLane("lane", proxy.url, namespace=namespace, lease=30.0)  # budget: 3 s
+    gate = asyncio.Event()
+    try:
+        handle = await lane.submit(gate.wait)
+        assert handle.state is JobState.RUNNING
+        proxy.refusing = True
+        proxy.cut()
+        gate.set()
+        async with asyncio.timeout(10):
+            assert await handle is True
+            await lane.aclose()  # a wait for the release's retries would take 30 s
+        proxy.refusing = False
+        async with asyncio.timeout(10):  # the lease would free it after 30 s
+            while (await watcher.stats()).running:  # noqa: ASYNC110 - figures in Redis
+                await asyncio.sleep(0.02)
+    finally:
+        await lane.aclose(drain=False)
+
+
 async def test_a_requeue_whose_reply_was_lost_runs_the_job_again(
     make_lane: LaneFactory, lossy: LossyProxy, namespace: str
 ) -> None:

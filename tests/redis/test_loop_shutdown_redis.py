@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 import warnings
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 
 from executus import JobCancelled, JobHandle, JobState, LaneClosed
 from executus.redis import RedisLane
+
+from .helpers import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -57,3 +60,26 @@ def test_a_client_left_open_ends_its_jobs_and_frees_its_slots(
             return value, stats.running, stats.queued
 
     assert asyncio.run(second()) == ("next client", 0, 0)
+
+
+def test_a_client_left_open_while_redis_is_down_does_not_hold_the_loop_for_a_lease(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis down, asyncio.run returns within a few retry budgets, not after the
+    lease; the client's jobs end and no task is destroyed pending."""
+    handles: list[JobHandle[Any]] = []
+
+    async def main() -> None:
+        lane = RedisLane("gpu", private_redis.url, max_concurrent=1, lease=30.0)  # budget 3 s
+        handles.extend([await lane.submit(_forever) for _ in range(2)])
+        await asyncio.sleep(0.3)  # the first job runs, the second waits
+        private_redis.stop()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        began = time.monotonic()
+        asyncio.run(main())
+        took = time.monotonic() - began
+        gc.collect()
+    assert took < 20  # waiting for the lease took over 30 s
+    assert [r.getMessage() for r in caplog.records] == []
+    assert [h.state for h in handles] == [JobState.CANCELLED] * 2

@@ -357,6 +357,9 @@ class RedisLane(LaneBase):
         self._last_ctx: contextvars.Context | None = None  # see ``_submit``
         self._closed = False
         self._hard = False  # closing with drain=False
+        # When a close stops waiting for Redis (one retry budget after it began, without
+        # drain; after the jobs ended, with drain): what is left goes on in the background.
+        self._close_by: float | None = None
         self._stopping = False  # the background tasks are being stopped
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it started on
@@ -381,6 +384,7 @@ class RedisLane(LaneBase):
         self._route_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[Any]] = set()
+        self._detached: set[asyncio.Task[Any]] = set()  # the chores nobody awaits
         self._drained: list[asyncio.Future[None]] = []
         self._hb_kick = asyncio.Event()
         self._batch: list[tuple[scripts.Script, Sequence[str], asyncio.Future[Any]]] = []
@@ -1386,8 +1390,13 @@ class RedisLane(LaneBase):
         within the retry budget, as any call is; past it (Redis unreachable) the release
         goes on in the background (fenced, so harmless whenever it lands) and the job's
         waiters get its outcome now instead of one lease later."""
+        limit = self._retry_budget
+        if self._close_by is not None:
+            # A close is under way: its retry budget bounds this wait too (the close's
+            # leave frees the slot if this release does not land).
+            limit = max(0.5, min(limit, self._close_by - time.monotonic()))
         try:
-            async with asyncio.timeout(self._retry_budget):
+            async with asyncio.timeout(limit):
                 return await self._release(job_id, fence, outcome)
         except TimeoutError:
             self._chore(self._release(job_id, fence, outcome))
@@ -1645,7 +1654,9 @@ class RedisLane(LaneBase):
             with contextlib.suppress(Exception):
                 await coro
 
-        self._own(wrapped())
+        task = self._own(wrapped())
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
 
     # -- handle backend --------------------------------------------------------------
 
@@ -1852,6 +1863,14 @@ class RedisLane(LaneBase):
         liveness recover the rest, as after a crash."""
         with contextlib.suppress(LaneError):
             await self.aclose(drain=False)
+        farewell = self._farewell
+        if farewell is not None and not farewell.done():
+            # The loop ends: a leave still trying to reach Redis would be destroyed
+            # pending with it. Stop it (and what it waits for) now; it closes the
+            # client's connections as it ends.
+            await self._drop_detached()
+            farewell.cancel()
+            await asyncio.wait([farewell])
 
     async def aclose(self, *, drain: bool = True) -> None:
         """Close this client of the lane: refuse new submits here (``LaneClosed``).
@@ -1879,6 +1898,8 @@ class RedisLane(LaneBase):
             return
         if not drain:
             self._hard = True
+            if self._close_by is None:
+                self._close_by = time.monotonic() + self._retry_budget
             # All at once: one round trip (and, Redis unreachable, one retry budget).
             queued = [r for r in self._jobs.values() if r.handle._state is _QUEUED]
             await asyncio.gather(*(self._take_back(rec) for rec in queued))
@@ -1919,21 +1940,31 @@ class RedisLane(LaneBase):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=self._block + 3.0)
+        # The steps still under way (a release that could not reach Redis, retried
+        # for up to a lease; a withdrawal) and the leave share the close's retry budget
+        # (counted from the close's start without drain, from here with drain): with
+        # Redis unreachable the close returns after it, and the leave (which covers
+        # what those steps would do) goes on in the background.
+        if self._close_by is None:
+            self._close_by = time.monotonic() + self._retry_budget
+        deadline = self._close_by
         if self._chores:
-            await asyncio.wait(list(self._chores), timeout=self._lease)
+            await asyncio.wait(list(self._chores), timeout=max(0.0, deadline - time.monotonic()))
         # The leave drops whatever Redis still holds of this client (queued jobs, slots
         # granted to it, orphans) and hands the slots on. Redis takes the client for
         # dead one lease after its last heartbeat (then grants skip its jobs and the
         # sweep drops them); until then its jobs look queued to every other client, so
-        # the leave is worth retrying until that moment: here within one retry budget,
-        # then in the background (``_leave_late``) so that the close stays bounded.
+        # the leave is worth retrying until that moment: here within what is left of
+        # the retry budget, then in the background (``_leave_late``) so that the close
+        # stays bounded.
         self._orphans.clear()
         dead_at = self._last_beat + self._lease
-        budget = max(0.5, min(self._retry_budget, dead_at - time.monotonic()))
+        now = time.monotonic()
+        budget = max(0.5, min(deadline - now, dead_at - now))
         try:
             await self._eval("control", [self._client_id, "bye"], budget=budget)
         except LaneUnavailable:
-            if dead_at > time.monotonic():
+            if dead_at > time.monotonic() or self._chores:
                 self._started = False
                 self._farewell = spawn(
                     asyncio.get_running_loop(),
@@ -1943,6 +1974,7 @@ class RedisLane(LaneBase):
                 )
                 return
         self._started = False
+        await self._drop_detached()  # the leave did their work
         await self._close_clients()  # (after the round trips still on their way)
 
     async def _close_after(self, job: JobHandle[Any]) -> None:
@@ -1953,14 +1985,35 @@ class RedisLane(LaneBase):
 
     async def _leave_late(self, dead_at: float) -> None:
         """A closed client's leave that could not reach Redis: retry it until Redis
-        would take the client for dead anyway (``dead_at``), then close the clients."""
+        would take the client for dead anyway (``dead_at``), then close the clients.
+
+        The background steps still under way (releases retried until their lease would
+        end) go on meanwhile. Once the leave lands they are dropped: it has freed every
+        slot of this client. If it never lands, they are waited for (each is bounded by
+        a lease), so a slot whose release reaches Redis late is still freed.
+        """
         try:
+            left = False
             with contextlib.suppress(LaneUnavailable):
                 budget = dead_at - time.monotonic()
                 if budget > 0:
                     await self._eval("control", [self._client_id, "bye"], budget=budget)
+                    left = True
+            if left:
+                await self._drop_detached()
+            elif self._chores:
+                await asyncio.wait(list(self._chores))
         finally:
             await self._close_clients()
+
+    async def _drop_detached(self) -> None:
+        """Cancel the background steps nobody awaits (``_chore``): the client's leave
+        has done what they were retrying."""
+        tasks = [t for t in self._detached if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def _take_back(self, rec: _Local) -> None:
         """Closing without drain: end a queued job with ``LaneClosed`` and free what
