@@ -418,6 +418,26 @@ async def test_adopts_stored_configuration(make_lane: LaneFactory) -> None:
     assert (await fresh.stats()).max_concurrent == 1
 
 
+async def test_the_view_of_the_settings_follows_the_stored_ones(make_lane: LaneFactory) -> None:
+    """lane.policy (with its FairShare weights), lane.preemption and lane.max_concurrent
+    follow what another client stores: refreshed by stats() and by each heartbeat."""
+    lane = make_lane(max_concurrent=1, policy=FIFO())
+    await lane.stats()
+    weighted = FairShare(weights={"vip": 5}, default_weight=2)
+    await make_lane(max_concurrent=3, policy=weighted, preemption=Preemption(5)).stats()
+    await lane.stats()
+    assert (lane.max_concurrent, lane.policy, lane.preemption) == (3, weighted, Preemption(5))
+    await make_lane(policy=FairShare(weights={"vip": 7})).stats()
+    await lane.refresh()  # a heartbeat
+    assert lane.policy == FairShare(weights={"vip": 7})
+    await make_lane(policy=Priority(aging=30), preemption=Preemption(9)).stats()
+    await lane.refresh()
+    assert (lane.policy, lane.preemption) == (Priority(aging=30), Preemption(9))
+    await make_lane(policy=FairShare(weights={"vip": 7})).stats()  # the weights seen before
+    await lane.stats()
+    assert lane.policy == FairShare(weights={"vip": 7})
+
+
 async def test_policy_change_refused_while_queued(make_lane: LaneFactory) -> None:
     """Switching the stored policy while jobs are queued is refused."""
     lane = make_lane(max_concurrent=1)

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from executus import JobCancelled, JobState, LaneClosed, LaneUnavailable, Preemption
+from executus import (
+    FIFO,
+    FairShare,
+    JobCancelled,
+    JobState,
+    LaneClosed,
+    LaneUnavailable,
+    Preemption,
+)
 from executus.redis import RedisLane
 
 from .helpers import LossyProxy, RedisServer, TcpProxy, until
@@ -125,6 +133,35 @@ async def test_close_while_redis_is_unreachable_frees_its_jobs_if_redis_returns_
         await lane.aclose(drain=False)
         gate.set()
         await held
+
+
+async def test_a_rebuild_restores_the_policy_the_client_last_saw(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    """The client that rebuilds a lost lane restores the policy it last saw, with its
+    FairShare weights, even when another client stored it after this one attached."""
+    lane = RedisLane("lane", private_redis.url, 2, namespace=namespace, policy=FIFO())
+    weighted = FairShare(weights={"vip": 5}, default_weight=2)
+    other = RedisLane("lane", private_redis.url, namespace=namespace, policy=weighted)
+    try:
+        await lane.stats()
+        await other.stats()
+        await other.aclose()
+        await lane.refresh()  # a heartbeat
+        private_redis.restart()  # without persistence: the lane's state is lost
+        async with asyncio.timeout(10):
+            await lane.stats()  # rebuilds the lane
+        assert lane.policy == weighted
+        admin = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+        try:
+            prefix = f"{{{namespace}:lane}}:"
+            assert await admin.hmget(prefix + "cfg", "pol", "dw", "max") == ["fair", "2.0", "2"]
+            assert await admin.hgetall(prefix + "w") == {"vip": "5.0"}
+        finally:
+            await admin.aclose()
+    finally:
+        await lane.aclose(drain=False)
+        await other.aclose(drain=False)
 
 
 async def test_a_preemption_in_its_grace_survives_a_restart_without_persistence(

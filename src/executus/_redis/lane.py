@@ -337,7 +337,9 @@ class RedisLane(LaneBase):
         self._client_id = uuid.uuid4().hex
         self._nonce = 0  # submits numbered within this client (the scripts check both)
         self._ids = 0  # job ids made by this client
-        # What this client last saw of the lane's configuration.
+        # What this client last saw of the lane's configuration (and of the fair-share
+        # weights: their digest, as the scripts compute it, and the weights).
+        self._seen_weights: tuple[str, dict[str, float]] = ("", {})
         self._max = max_concurrent or 1
         self._policy: QueuePolicy = policy or FIFO()
         self._preemption = preemption
@@ -816,35 +818,41 @@ class RedisLane(LaneBase):
                 f"{_s(reply[1])!r}; its policy can change only while nothing is queued"
             )
         self._epoch = _s(reply[1])
-        cfg = [_s(x) for x in reply[2]]
-        self._settings(cfg[0], *cfg[4:9])
-        aging = float(cfg[2])
-        if cfg[1] == "fifo":
-            self._policy = FIFO()
-        elif cfg[1] == "prio":
-            self._policy = Priority(aging or None)
-        else:
-            # The weights stored with the lane: a client that adopted the policy knows
-            # them too, and restores them if it rebuilds a lost lane.
-            weights = _weights([_s(x) for x in reply[4]])
-            default = float(cfg[3])
-            if (
-                not isinstance(self._policy, FairShare)
-                or self._policy.default_weight != default
-                or dict(self._policy.weights) != weights
-            ):
-                self._policy = FairShare(weights, default_weight=default)
+        self._settings(reply[2], reply[4])
         for r in running:
             r.renewed = now
         self._grants(reply[3])
 
-    def _settings(self, max_: str, pon: str, pmin: str, pgrace: str, preq: str, win: str) -> None:
-        """Take the lane's stored slot limit, preemption and ETA window as this
-        client's view (from an attach or a heartbeat)."""
+    def _settings(
+        self,
+        view: Sequence[Any],
+        weights: Sequence[Any],
+        sent: tuple[str, dict[str, float]] = ("", {}),
+    ) -> None:
+        """Take the lane's stored settings as this client's view (from an attach, a
+        heartbeat or ``stats``): slot limit, preemption, ETA window and policy, which
+        is also what this client restores if it rebuilds a lost lane.
+
+        The fair-share weights come only when their digest is not the one the request
+        sent (``sent``: the digest and weights this client had seen when it sent it);
+        else the weights are those.
+        """
+        max_, pon, pmin, pgrace, preq, win, pol, aging, dw, digest = (_s(x) for x in view)
         self._max = int(max_)
         preemption = Preemption(int(pmin) / 1000, int(pgrace) / 1000, preq == "1")
         self._preemption = preemption if pon == "1" else None
         self._window = int(win)
+        policy: QueuePolicy
+        if pol == "fifo":
+            policy = FIFO()
+        elif pol == "prio":
+            policy = Priority(float(aging) or None)
+        else:
+            stored = sent[1] if digest == sent[0] else _weights([_s(x) for x in weights])
+            self._seen_weights = (digest, stored)
+            policy = FairShare(stored, default_weight=float(dw))
+        if policy != self._policy:
+            self._policy = policy
 
     async def _recover(self, seen_epoch: str) -> None:
         async with self._recover_lock:
@@ -1583,7 +1591,14 @@ class RedisLane(LaneBase):
             key=lambda r: r.seq or 0,
         )[:_MAX_QUEUED_REFRESH]
         fences = [r.fence for r in running]  # the runs this heartbeat speaks for
-        args = [self._client_id, _ms(self._lease), _ms(self._lease / 2), str(len(running))]
+        seen = self._seen_weights
+        args = [
+            self._client_id,
+            _ms(self._lease),
+            _ms(self._lease / 2),
+            seen[0],
+            str(len(running)),
+        ]
         for r in running:
             args += [r.handle.id, r.fence or "0"]
         args += [r.handle.id for r in queued]
@@ -1615,7 +1630,7 @@ class RedisLane(LaneBase):
                 gone = JobCancelled(self._name, job_id) if alive else self._lease_lost(job_id)
                 self._end_queued(rec, gone)
         self._grants(reply[5])
-        self._settings(*(_s(x) for x in reply[7]))
+        self._settings(reply[7], reply[8], seen)
         victims = reply[6]
         marked = {_s(victims[i]) for i in range(0, len(victims) - 2, 3)}
         for r, fence in zip(running, fences, strict=True):
@@ -1781,9 +1796,10 @@ class RedisLane(LaneBase):
             LaneUnavailable: Redis is unreachable.
         """
         await self._ensure()
-        r = await self._eval("stats", [])
+        seen = self._seen_weights
+        r = await self._eval("stats", [seen[0]])
         oldest_ms = int(r[4])
-        self._max = int(r[1])
+        self._settings(r[16], r[17], seen)
         mean = _s(r[13])
         return LaneStats(
             name=self._name,

@@ -19,8 +19,7 @@
 -- A client rejoining a lane that another client has already rebuilt (a known epoch
 -- that is not the stored one) adopts the rebuilt configuration: its own view may be
 -- older than the one the lane was rebuilt with.
--- Reply: {'OK', epoch, {max, pol, aging, dw, pon, pmin, pgrace, preq, win}, {grants},
---         {weight key, weight...}}
+-- Reply: {'OK', epoch, {settings}, {grants}, {weight key, weight...}} (see `settings`)
 --      | {'POLICY', stored policy}
 local proc, known, fresh = ARGV[1], ARGV[2], ARGV[3]
 local lease = tonumber(ARGV[4])
@@ -145,5 +144,5 @@ if known ~= C.epoch then
   reap(now, 64)
   grant(now, proc, out)
 end
-return {'OK', C.epoch, {C.max, C.pol, F(C.aging), F(C.dw), C.pon and 1 or 0, C.pmin,
-  C.pgrace, C.preq and 1 or 0, C.win}, out, redis.call('HGETALL', WEIGHTS)}
+local view, weights = settings('')
+return {'OK', C.epoch, view, out, weights}

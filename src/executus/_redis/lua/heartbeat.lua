@@ -1,19 +1,22 @@
--- heartbeat: ARGV = epoch, client, lease_ms, sweep_ms, n_running,
---   then n_running pairs (job id, fence), then the ids the client believes queued.
+-- heartbeat: ARGV = epoch, client, lease_ms, sweep_ms, weights' digest (as last seen),
+--   n_running, then n_running pairs (job id, fence), then the ids the client believes
+--   queued.
 -- Renews the client's liveness and all its leases at once (fences must match), reports
 -- what it lost, grants it missed, fresh positions and ETAs, and queued jobs that are
 -- gone. Also reaps and grants, and drops the queued jobs of dead clients (see below).
 -- Reply: {'OK', {lost ids}, {granted id, fence, nonce...}, {queued id, position, eta...},
 --         {gone ids}, {grants id, fence, nonce...}, {victim id, fence, grace left ms...},
---         {max, pon, pmin, pgrace, preq, win}}
--- (victims repeat preemption requests, in case a wake-up was lost; the settings keep the
--- client's view of them fresh, which is what it restores if the lane's state is lost)
+--         {settings}, {weights, if changed}}
+-- (victims repeat preemption requests, in case a wake-up was lost; the settings, policy
+-- and weights included (see `settings`), keep the client's view of them fresh, which is
+-- what it restores if the lane's state is lost)
 local bad = enter(ARGV[1])
 if bad then return bad end
 local proc = ARGV[2]
 local lease = tonumber(ARGV[3])
 local sweep = tonumber(ARGV[4])
-local nrun = tonumber(ARGV[5])
+local known = ARGV[5]
+local nrun = tonumber(ARGV[6])
 local now = now_ms()
 redis.call('ZADD', PROCS, now + lease, proc)
 reap(now, 256)
@@ -56,7 +59,7 @@ end
 
 local lost, granted, queued, gone, out, victims = {}, {}, {}, {}, {}, {}
 for i = 0, nrun - 1 do
-  local id, fence = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
+  local id, fence = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
   local J = jget(id)
   if J and J.state == 'r' and J.f == fence and redis.call('ZSCORE', HOLD, id) then
     redis.call('ZADD', HOLD, 'XX', now + lease, id)
@@ -70,7 +73,7 @@ for i = 0, nrun - 1 do
   end
 end
 grant(now, proc, out)
-for i = 6 + 2 * nrun, #ARGV do
+for i = 7 + 2 * nrun, #ARGV do
   local id = ARGV[i]
   local J = jget(id)
   if J and J.o == proc and J.state == 'q' and J.bad then
@@ -92,6 +95,5 @@ for i = 6 + 2 * nrun, #ARGV do
     queued[#queued + 1] = F(eta(pos, now))
   end
 end
-local settings = {I(C.max), C.pon and 1 or 0, I(C.pmin), I(C.pgrace), C.preq and 1 or 0,
-  I(C.win)}
-return {'OK', lost, granted, queued, gone, out, victims, settings}
+local view, weights = settings(known)
+return {'OK', lost, granted, queued, gone, out, victims, view, weights}

@@ -92,6 +92,29 @@ local function enter(epoch)
   return nil
 end
 
+-- The lane's settings as a client keeps them (its view of the lane, and what it restores
+-- if the lane's state is lost): {max, pon, pmin, pgrace, preq, win, policy, aging,
+-- default weight, weights' digest}, then the fair-share weights (key, weight, ...) only
+-- when their digest is not `known`, the one the client last saw (the digest is '' unless
+-- the policy is fair share, and covers the weights in key order).
+local function settings(known)
+  local digest, weights = '', {}
+  if C.pol == 'fair' then
+    local flat = redis.call('HGETALL', WEIGHTS)
+    local keys, by, parts = {}, {}, {}
+    for i = 1, #flat - 1, 2 do
+      keys[#keys + 1] = flat[i]
+      by[flat[i]] = flat[i + 1]
+    end
+    table.sort(keys)
+    for _, k in ipairs(keys) do parts[#parts + 1] = #k .. ':' .. k .. '=' .. by[k] .. ';' end
+    digest = redis.sha1hex(table.concat(parts))
+    if digest ~= known then weights = flat end
+  end
+  return {I(C.max), C.pon and 1 or 0, I(C.pmin), I(C.pgrace), C.preq and 1 or 0, I(C.win),
+    C.pol, F(C.aging), F(C.dw), digest}, weights
+end
+
 local function alive(proc, now)
   local d = redis.call('ZSCORE', PROCS, proc)
   return d and tonumber(d) > now

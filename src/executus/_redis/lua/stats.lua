@@ -1,5 +1,6 @@
--- stats: ARGV = epoch. Read-only snapshot.
--- Reply: {'OK', name fields...} (see executus._redis.lane for the order)
+-- stats: ARGV = epoch, weights' digest (as last seen). Read-only snapshot.
+-- Reply: {'OK', name fields..., {settings}, {weights, if changed}} (see
+-- executus._redis.lane for the order, and `settings` in lib.lua)
 local bad = enter(ARGV[1])
 if bad then return bad end
 local now = now_ms()
@@ -17,5 +18,6 @@ if #rts > 0 then
   for _, s in ipairs(rts) do sum = sum + (tonumber(s) or 0) end
   mean = F(sum / #rts)
 end
+local view, weights = settings(ARGV[2] or '')
 return {'OK', C.max, running, queued, oldest_ms, I(now), throughput(now), c[1], c[2], c[3],
-  c[4], c[5], c[6], mean, C.pol, C.pon and 1 or 0}
+  c[4], c[5], c[6], mean, C.pol, C.pon and 1 or 0, view, weights}
