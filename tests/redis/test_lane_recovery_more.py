@@ -164,6 +164,57 @@ async def test_a_rebuild_restores_the_policy_the_client_last_saw(
         await other.aclose(drain=False)
 
 
+async def test_a_rebuild_waits_for_the_longest_lease_among_the_clients(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    """After the lane's state is lost, the client that rebuilds it holds new grants for
+    the longest lease among the lane's clients, not its own shorter one: a client with
+    a longer lease re-registers its running job before anything else starts."""
+    short = RedisLane("lane", private_redis.url, 1, namespace=namespace, lease=1.0)
+    long = RedisLane("lane", private_redis.url, namespace=namespace, lease=9.0)
+    admin = aioredis.Redis.from_url(private_redis.url)
+    running: set[str] = set()
+    most = 0
+    gate = asyncio.Event()
+
+    def job(name: str) -> Callable[[], Any]:
+        async def run() -> str:
+            nonlocal most
+            running.add(name)
+            most = max(most, len(running))
+            try:
+                await gate.wait()
+            finally:
+                running.discard(name)
+            return name
+
+        return run
+
+    try:
+        held = await long.submit(job("long"))
+        assert held.state is JobState.RUNNING
+        await short.stats()
+        old_epoch = short._epoch
+        await admin.flushdb()  # the lane's state is lost, the connections stay up
+        async with asyncio.timeout(10):
+            await until(lambda: short._epoch != old_epoch)  # rebuilt by its heartbeat
+        await asyncio.sleep(1.5)  # past the rebuilding client's own lease
+        late = await short.submit(job("short"))
+        assert late.state is JobState.QUEUED
+        await long.refresh()  # re-registers its running job
+        stats = await short.stats()
+        assert (stats.running, stats.queued) == (1, 1)
+        gate.set()
+        async with asyncio.timeout(20):
+            assert await asyncio.gather(held, late) == ["long", "short"]
+        assert most == 1
+    finally:
+        gate.set()
+        await admin.aclose()
+        await short.aclose(drain=False)
+        await long.aclose(drain=False)
+
+
 async def test_a_preemption_in_its_grace_survives_a_restart_without_persistence(
     private_redis: RedisServer, namespace: str
 ) -> None:

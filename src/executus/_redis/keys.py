@@ -8,6 +8,7 @@ Keys (after the prefix)::
 
     cfg          hash   format version, epoch, max, policy, weights' default, preemption,
                         ETA window, counters, fence and sequence counters, virtual time,
+                        recovery deadline and the longest lease it was set for,
                         creation time (server ms)
     hold         zset   running job id -> lease deadline (server ms)
     q            zset   FIFO / priority queue: "<16-digit seq><job id>" by score
@@ -24,6 +25,7 @@ Keys (after the prefix)::
     tp           hash   unix second -> runs ended in it (the last minute's throughput)
     procs        zset   client id -> liveness deadline (server ms); -1: lapsed, its queued
                         jobs dropped, some of its jobs still holding slots
+    pl           zset   client id -> its lease (ms); the longest sets the recovery window
     pj:<client>  set    a client's queued and running job ids
     wake:<client> list  wake-ups for one client: grants, preemptions, lost leases
     sweep        string the guard (SET NX PX) of the sweep's second look at dead clients

@@ -23,7 +23,7 @@ How a job moves (one client = one ``RedisLane`` object):
 6. Redis losing the lane (a restart without persistence, a flush) shows up as a missing
    config or a changed epoch; every client then re-registers its running jobs and
    re-submits its queued ones in their original order (``attach.lua``), and new grants
-   wait one lease so that every client can do so.
+   wait for the longest lease among the lane's clients so that every client can do so.
 """
 
 from __future__ import annotations
@@ -340,6 +340,9 @@ class RedisLane(LaneBase):
         # What this client last saw of the lane's configuration (and of the fair-share
         # weights: their digest, as the scripts compute it, and the weights).
         self._seen_weights: tuple[str, dict[str, float]] = ("", {})
+        # The longest lease (ms) among the lane's clients: a client that rebuilds a lost
+        # lane holds new grants that long, so that every client can re-register its jobs.
+        self._longest_lease = 0
         self._max = max_concurrent or 1
         self._policy: QueuePolicy = policy or FIFO()
         self._preemption = preemption
@@ -766,7 +769,7 @@ class RedisLane(LaneBase):
             max_arg = str(self._max)
             win_arg = "" if self._window is None else str(self._window)
         argv: list[str] = [self._client_id, self._epoch, uuid.uuid4().hex, _ms(self._lease)]
-        argv.append(max_arg)
+        argv += [str(self._longest_lease), max_arg]
         argv += _policy_args(policy) if policy is not None else ["", "0", "1", "0"]
         if pre_set and pre is not None:
             argv += ["1", _ms(pre.min_runtime), _ms(pre.grace), "1" if pre.requeue else "0"]
@@ -831,14 +834,16 @@ class RedisLane(LaneBase):
     ) -> None:
         """Take the lane's stored settings as this client's view (from an attach, a
         heartbeat or ``stats``): slot limit, preemption, ETA window and policy, which
-        is also what this client restores if it rebuilds a lost lane.
+        is also what this client restores if it rebuilds a lost lane, and the longest
+        lease among the lane's clients (how long such a rebuild holds new grants).
 
         The fair-share weights come only when their digest is not the one the request
         sent (``sent``: the digest and weights this client had seen when it sent it);
         else the weights are those.
         """
-        max_, pon, pmin, pgrace, preq, win, pol, aging, dw, digest = (_s(x) for x in view)
+        max_, pon, pmin, pgrace, preq, win, pol, aging, dw, digest, longest = (_s(x) for x in view)
         self._max = int(max_)
+        self._longest_lease = int(longest)
         preemption = Preemption(int(pmin) / 1000, int(pgrace) / 1000, preq == "1")
         self._preemption = preemption if pon == "1" else None
         self._window = int(win)

@@ -1,7 +1,7 @@
 -- attach: create or join the lane; after a Redis restart (or a flush) also re-register
 -- the client's running jobs and re-submit its queued jobs in their original order.
 -- ARGV = client, known epoch ('' if none), fresh epoch, lease_ms,
---   max ('' adopts), policy ('' adopts | fifo | prio | fair), aging_s, default_weight,
+--   longest lease_ms of the lane's clients as last seen ('' if none), max ('' adopts), policy ('' adopts | fifo | prio | fair), aging_s, default_weight,
 --   n_weights, n_weights pairs (key, weight),
 --   preemption ('' adopts | 0 | 1), min_runtime_ms, grace_ms, requeue (0/1),
 --   eta window ('' adopts), fence floor, n_running,
@@ -23,39 +23,42 @@
 --      | {'POLICY', stored policy}
 local proc, known, fresh = ARGV[1], ARGV[2], ARGV[3]
 local lease = tonumber(ARGV[4])
+local longest = math.max(lease, tonumber(ARGV[5]) or 0)
 local now = now_ms()
-local nw = tonumber(ARGV[9])
-local k = 10 + 2 * nw
+local nw = tonumber(ARGV[10])
+local k = 11 + 2 * nw
 local function set_policy()
-  redis.call('HSET', CFG, 'pol', ARGV[6], 'aging', ARGV[7], 'dw', ARGV[8])
+  redis.call('HSET', CFG, 'pol', ARGV[7], 'aging', ARGV[8], 'dw', ARGV[9])
   redis.call('DEL', WEIGHTS)
   for i = 0, nw - 1 do
-    redis.call('HSET', WEIGHTS, ARGV[10 + 2 * i], ARGV[11 + 2 * i])
+    redis.call('HSET', WEIGHTS, ARGV[11 + 2 * i], ARGV[12 + 2 * i])
   end
 end
 local adopt = false
 if redis.call('EXISTS', CFG) == 0 then
   local rec = 0
   -- A client that knew an earlier epoch is recovering from lost state: hold new grants
-  -- for one lease so every client can re-register the jobs it runs.
-  if known ~= '' then rec = now + lease end
+  -- for the longest lease of the lane's clients it knew of (each re-registers its
+  -- running jobs at its next call, a heartbeat at most a third of its lease away).
+  if known ~= '' then rec = now + longest end
   redis.call('HSET', CFG, 'v', '1', 'epoch', fresh, 'max', '1', 'pol', 'fifo',
     'aging', '0', 'dw', '1', 'pon', '0', 'pmin', '30000', 'pgrace', '0', 'preq', '0',
-    'win', '16', 'rec', I(rec), 't0', I(now), 'fence', ARGV[k + 5], 'seq', '0', 'vt', '0')
-  if ARGV[6] ~= '' then set_policy() end
+    'win', '16', 'rec', I(rec), 't0', I(now), 'fence', ARGV[k + 5], 'seq', '0', 'vt', '0',
+    'rml', I(longest))
+  if ARGV[7] ~= '' then set_policy() end
 elseif known ~= '' and redis.call('HGET', CFG, 'epoch') ~= known then
   adopt = true
 else
   load_cfg()
-  if ARGV[6] ~= '' then
-    local same = C.pol == ARGV[6] and C.aging == tonumber(ARGV[7])
-      and C.dw == tonumber(ARGV[8])
+  if ARGV[7] ~= '' then
+    local same = C.pol == ARGV[7] and C.aging == tonumber(ARGV[8])
+      and C.dw == tonumber(ARGV[9])
     if not same and redis.call('ZCARD', QT) > 0 then return {'POLICY', C.pol} end
     set_policy()
   end
 end
 if not adopt then
-  if ARGV[5] ~= '' then redis.call('HSET', CFG, 'max', ARGV[5]) end
+  if ARGV[6] ~= '' then redis.call('HSET', CFG, 'max', ARGV[6]) end
   if ARGV[k] ~= '' then
     redis.call('HSET', CFG, 'pon', ARGV[k], 'pmin', ARGV[k + 1], 'pgrace', ARGV[k + 2],
       'preq', ARGV[k + 3])
@@ -64,6 +67,7 @@ if not adopt then
 end
 load_cfg()
 redis.call('ZADD', PROCS, now + lease, proc)
+redis.call('ZADD', PL, lease, proc)
 local fence = tonumber(redis.call('HGET', CFG, 'fence') or '0') or 0
 if tonumber(ARGV[k + 5]) > fence then redis.call('HSET', CFG, 'fence', ARGV[k + 5]) end
 
@@ -144,5 +148,5 @@ if known ~= C.epoch then
   reap(now, 64)
   grant(now, proc, out)
 end
-local view, weights = settings('')
+local view, weights = settings('', now)
 return {'OK', C.epoch, view, out, weights}

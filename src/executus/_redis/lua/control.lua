@@ -51,6 +51,7 @@ elseif op == 'bye' then
   end
   if redis.call('SCARD', pjk(proc)) == 0 then
     redis.call('ZREM', PROCS, proc)
+    redis.call('ZREM', PL, proc)
     redis.call('DEL', wk(proc), pjk(proc))
   end
   if freed then

@@ -19,6 +19,7 @@ local known = ARGV[5]
 local nrun = tonumber(ARGV[6])
 local now = now_ms()
 redis.call('ZADD', PROCS, now + lease, proc)
+redis.call('ZADD', PL, lease, proc)
 reap(now, 256)
 
 -- Drop the queued jobs of a client whose liveness lapsed; how many of its jobs still
@@ -38,6 +39,7 @@ local function sweep_dead(d)
   end
   if left == 0 and redis.call('SCARD', pjk(d)) == 0 then
     redis.call('ZREM', PROCS, d)
+    redis.call('ZREM', PL, d)
     redis.call('DEL', wk(d), pjk(d))
   end
   return left
@@ -95,5 +97,5 @@ for i = 7 + 2 * nrun, #ARGV do
     queued[#queued + 1] = F(eta(pos, now))
   end
 end
-local view, weights = settings(known)
+local view, weights = settings(known, now)
 return {'OK', lost, granted, queued, gone, out, victims, view, weights}

@@ -19,6 +19,7 @@ local RS = P .. 'rs'       -- hash: field 's', RH sorted with its mean and cv^2 
 local TP = P .. 'tp'       -- hash: unix second -> runs ended in it
 local PROCS = P .. 'procs' -- zset: client id -> liveness deadline (ms)
 local WEIGHTS = P .. 'w'   -- hash: fair-share key -> weight
+local PL = P .. 'pl'       -- zset: client id -> its lease (ms)
 
 local C = nil
 
@@ -92,12 +93,25 @@ local function enter(epoch)
   return nil
 end
 
+-- The longest lease (ms) of the lane's clients: those registered (each attach and
+-- heartbeat records its client's lease; a leave or the sweep of a dead client drops it),
+-- and during a recovery window the longest one the rebuilding client knew of (the
+-- clients it stands for may not have re-registered yet).
+local function longest_lease(now)
+  local top = redis.call('ZRANGE', PL, -1, -1, 'WITHSCORES')
+  local longest = tonumber(top[2]) or 0
+  if C.rec > now then
+    longest = math.max(longest, tonumber(redis.call('HGET', CFG, 'rml') or '0') or 0)
+  end
+  return longest
+end
+
 -- The lane's settings as a client keeps them (its view of the lane, and what it restores
 -- if the lane's state is lost): {max, pon, pmin, pgrace, preq, win, policy, aging,
--- default weight, weights' digest}, then the fair-share weights (key, weight, ...) only
--- when their digest is not `known`, the one the client last saw (the digest is '' unless
--- the policy is fair share, and covers the weights in key order).
-local function settings(known)
+-- default weight, weights' digest, longest lease}, then the fair-share weights (key,
+-- weight, ...) only when their digest is not `known`, the one the client last saw (the
+-- digest is '' unless the policy is fair share, and covers the weights in key order).
+local function settings(known, now)
   local digest, weights = '', {}
   if C.pol == 'fair' then
     local flat = redis.call('HGETALL', WEIGHTS)
@@ -112,7 +126,7 @@ local function settings(known)
     if digest ~= known then weights = flat end
   end
   return {I(C.max), C.pon and 1 or 0, I(C.pmin), I(C.pgrace), C.preq and 1 or 0, I(C.win),
-    C.pol, F(C.aging), F(C.dw), digest}, weights
+    C.pol, F(C.aging), F(C.dw), digest, I(longest_lease(now))}, weights
 end
 
 local function alive(proc, now)

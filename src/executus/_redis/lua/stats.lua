@@ -18,6 +18,6 @@ if #rts > 0 then
   for _, s in ipairs(rts) do sum = sum + (tonumber(s) or 0) end
   mean = F(sum / #rts)
 end
-local view, weights = settings(ARGV[2] or '')
+local view, weights = settings(ARGV[2] or '', now)
 return {'OK', C.max, running, queued, oldest_ms, I(now), throughput(now), c[1], c[2], c[3],
   c[4], c[5], c[6], mean, C.pol, C.pon and 1 or 0, view, weights}
