@@ -508,3 +508,52 @@ async def test_a_requeue_granted_by_another_client_before_the_reply_runs_again(
     assert (runs, handle.preemptions) == ([0, 1], 1)
     await until(lambda: not a._jobs)
     assert await held_keys(admin, namespace) == []
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking-pool", "plain-pool"])
+async def test_a_client_with_a_one_connection_pool_sends_unknown_scripts_on_it(
+    redis_server: RedisServer, admin: aioredis.Redis, namespace: str, blocking: bool
+) -> None:
+    """A client passed with a pool of one connection runs the lane when Redis does not
+    know the scripts (SCRIPT FLUSH): they are sent in full on that one connection."""
+    pool: aioredis.ConnectionPool
+    if blocking:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_server.url, max_connections=1, timeout=5
+        )
+    else:
+        pool = aioredis.ConnectionPool.from_url(redis_server.url, max_connections=1)
+    client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
+    lane = RedisLane("lane", client, 1, namespace=namespace)
+    try:
+        await admin.script_flush()
+        async with asyncio.timeout(10):
+            assert await lane.run(lambda: asyncio.sleep(0, "first")) == "first"
+            await admin.script_flush()
+            assert await lane.run(lambda: asyncio.sleep(0, "again")) == "again"
+        assert await client.ping()
+    finally:
+        await lane.aclose(drain=False)
+        await client.aclose()
+
+
+async def test_a_client_with_a_small_blocking_pool_is_shared_with_the_application(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A client passed with a small BlockingConnectionPool serves many concurrent jobs,
+    and the lane keeps none of its connections: the application can still take them all."""
+    pool = aioredis.BlockingConnectionPool.from_url(redis_server.url, max_connections=4, timeout=2)
+    client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
+    lane = RedisLane("lane", client, 8, namespace=namespace)
+    try:
+        async with asyncio.timeout(10):
+            handles = await asyncio.gather(
+                *(lane.submit(lambda: asyncio.sleep(0.05)) for _ in range(16))
+            )
+            await asyncio.gather(*handles)
+            taken = [await pool.get_connection() for _ in range(4)]  # type: ignore[no-untyped-call]
+            for conn in taken:
+                await pool.release(conn)
+    finally:
+        await lane.aclose(drain=False)
+        await client.aclose()

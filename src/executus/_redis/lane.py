@@ -610,13 +610,18 @@ class RedisLane(LaneBase):
             held = self._held = _Held.of(self._held, client)
             async with asyncio.timeout(self._op_timeout):
                 results = await _round_trip(held, _pack_batch(self._cfg_arg, batch), len(batch))
-                for i, (script, argv, _) in enumerate(batch):
-                    if isinstance(results[i], NoScriptError):
-                        # The server does not know it (restarted, flushed, a new node).
-                        try:
-                            results[i] = await client.eval(script.source, 1, self._keys.cfg, *argv)
-                        except ResponseError as e:
-                            results[i] = e
+                unknown = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if unknown:
+                    # The server does not know them (restarted, flushed, a new node): send
+                    # them in full, on the same set of connections (the one just used is
+                    # free again), never asking the pool for a second connection while
+                    # holding one (a bounded pool could make that wait forever).
+                    packed = b"".join(
+                        _pack_eval(self._cfg_arg, batch[i][0], batch[i][1]) for i in unknown
+                    )
+                    again = await _round_trip(held, packed, len(unknown))
+                    for i, result in zip(unknown, again, strict=True):
+                        results[i] = result
         except Exception as e:
             for _, _, fut in batch:
                 if not fut.done():
@@ -2172,6 +2177,13 @@ def _pack_batch(
     return b"".join(parts)
 
 
+def _pack_eval(cfg: bytes, script: scripts.Script, argv: Sequence[str]) -> bytes:
+    """``EVAL source 1 cfg argv...`` in RESP: a script the server does not know yet."""
+    parts = [b"*%d\r\n$4\r\nEVAL\r\n" % (4 + len(argv)), _bulk(script.source), b"$1\r\n1\r\n", cfg]
+    parts += [_bulk(arg) for arg in argv]
+    return b"".join(parts)
+
+
 class _Held:
     """Connections of one client kept out of its pool between round trips.
 
@@ -2184,12 +2196,17 @@ class _Held:
     still in use return there when their exchange ends.
     """
 
-    __slots__ = ("client", "given_back", "idle")
+    __slots__ = ("client", "given_back", "idle", "limit")
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self.idle: list[AbstractConnection] = []
         self.given_back = False
+        # A bounded pool (a client passed in may be shared with the application) keeps
+        # at least seven eighths of its connections: one kept here while a caller waits
+        # in the pool (a BlockingConnectionPool) would make that caller wait for nothing.
+        bound = getattr(client.connection_pool, "max_connections", None)
+        self.limit = _HELD if not isinstance(bound, int) else max(0, min(_HELD, bound // 8))
 
     @classmethod
     def of(cls, held: _Held | None, client: aioredis.Redis) -> _Held:
@@ -2212,7 +2229,7 @@ class _Held:
         return await pool.get_connection()  # type: ignore[no-any-return,no-untyped-call]
 
     async def keep(self, conn: AbstractConnection) -> None:
-        if len(self.idle) < _HELD and not self.given_back:
+        if len(self.idle) < self.limit and not self.given_back:
             self.idle.append(conn)
         else:
             await self.client.connection_pool.release(conn)
