@@ -93,6 +93,11 @@ def test_a_flat_lane_key_no_lane_name_reads_is_refused() -> None:
             "or '}', got 'a{b'",
         ),
         (
+            {"EXECUTUS_REDIS_NAMESPACE": "acme:prod"},
+            "config key 'REDIS_NAMESPACE' ($EXECUTUS_REDIS_NAMESPACE) must not contain ':' "
+            "(it ends the namespace in the lane's keys), got 'acme:prod'",
+        ),
+        (
             {"EXECUTUS_REDIS_NAMESPACE": "ns\udcff"},
             "config key 'REDIS_NAMESPACE' ($EXECUTUS_REDIS_NAMESPACE) must be encodable as "
             "UTF-8, got 'ns\\udcff'",
@@ -117,7 +122,15 @@ def test_a_flat_lane_key_no_lane_name_reads_is_refused() -> None:
             "unix:// URL, got 'http://user:***@10.0.0.5:6379/0'",
         ),
     ],
-    ids=["namespace", "namespace-utf8", "max_concurrent", "eta_window", "lease", "url"],
+    ids=[
+        "namespace",
+        "namespace-colon",
+        "namespace-utf8",
+        "max_concurrent",
+        "eta_window",
+        "lease",
+        "url",
+    ],
 )
 def test_a_value_a_redis_lane_refuses_is_a_config_error_at_load(
     values: dict[str, str], message: str

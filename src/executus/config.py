@@ -1108,6 +1108,8 @@ def _check_redis(source: Source, url: str, namespace: str | None) -> None:
     where = _where(source, "REDIS_NAMESPACE")
     if "{" in namespace or "}" in namespace:
         rule = "must not contain '{' or '}'"
+    elif ":" in namespace:
+        rule = "must not contain ':' (it ends the namespace in the lane's keys)"
     elif not is_utf8(namespace):
         rule = "must be encodable as UTF-8"
     else:

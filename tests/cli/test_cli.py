@@ -50,6 +50,11 @@ def test_local_demo_runs_and_keeps_the_limits() -> None:
             "Invalid value for '--users': 'x' is not a valid integer range.",
         ),
         (["demo", "--namespace", "a{b"], "namespace must not contain '{' or '}', got 'a{b'"),
+        (
+            ["demo", "--namespace", "acme:prod"],
+            "namespace must not contain ':' (it ends the namespace in the lane's keys), got "
+            "'acme:prod'",
+        ),
         (["demo", "--cluster"], "Error: --cluster needs --redis URL (the URL of a node of the"),
         (["demo", "--processes", "2"], "Error: --processes needs --redis URL (it sets the lane"),
         (["demo", "--namespace", "x"], "Error: --namespace needs --redis URL (it sets the lane"),

@@ -479,6 +479,25 @@ async def test_validation_errors(make_lane: LaneFactory, redis_server: RedisServ
     assert FIFO() == lane.policy
 
 
+async def test_a_namespace_and_a_name_have_keys_of_their_own(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A namespace containing ':' is refused, so that no two (namespace, name) pairs share
+    one lane's keys; a lane's name may contain ':'."""
+    with pytest.raises(
+        ValueError,
+        match=r"^namespace must not contain ':' \(it ends the namespace in the lane's keys\), "
+        r"got 'acme:prod'$",
+    ):
+        RedisLane("gpu", redis_server.url, namespace="acme:prod")
+    lane = RedisLane("prod:gpu", redis_server.url, 1, namespace=namespace)
+    try:
+        assert lane._keys.prefix == f"{{{namespace}:prod:gpu}}:"
+        assert await lane.run(lambda: asyncio.sleep(0, "ran")) == "ran"
+    finally:
+        await lane.aclose()
+
+
 async def test_closed_lane(make_lane: LaneFactory) -> None:
     """aclose(drain=False) cancels queued and running jobs; later submits: LaneClosed."""
     lane = make_lane(max_concurrent=1)

@@ -1,6 +1,7 @@
 """The key layout of a Redis lane.
 
-Every key of a lane starts with ``{<namespace>:<name>}:``. The braces are a Redis
+Every key of a lane starts with ``{<namespace>:<name>}:`` (a namespace has no ``:``, so
+each namespace and name have keys of their own). The braces are a Redis
 Cluster hash tag: all of a lane's keys live in one hash slot, so each Lua script
 touches a single slot and the lane works on Redis Cluster (and Valkey) unchanged.
 
@@ -33,7 +34,7 @@ Keys (after the prefix)::
 
 from __future__ import annotations
 
-__all__ = ["LaneKeys", "check_key_part"]
+__all__ = ["LaneKeys", "check_key_part", "check_namespace"]
 
 
 def check_key_part(what: str, value: object) -> str:
@@ -50,6 +51,27 @@ def check_key_part(what: str, value: object) -> str:
     if "{" in value or "}" in value:
         raise ValueError(f"{what} must not contain '{{' or '}}', got {value!r}")
     return value
+
+
+def check_namespace(value: object) -> str:
+    """Validate a namespace (``check_key_part``, and no ``:``); return it.
+
+    The prefix ``{<namespace>:<name>}:`` ends the namespace at its first ``:``, so that
+    every (namespace, name) pair has keys of its own: ``("acme:prod", "gpu")`` and
+    ``("acme", "prod:gpu")`` would otherwise share one lane. A lane's name may contain
+    ``:`` (``"ollama:llama3"``).
+
+    Raises:
+        TypeError: not a str.
+        ValueError: empty, or containing a brace or a colon.
+    """
+    namespace = check_key_part("namespace", value)
+    if ":" in namespace:
+        raise ValueError(
+            "namespace must not contain ':' (it ends the namespace in the lane's keys), "
+            f"got {namespace!r}"
+        )
+    return namespace
 
 
 class LaneKeys:

@@ -89,7 +89,7 @@ from .._policies import FIFO, FairShare, Preemption, Priority, QueuePolicy
 from .._stats import LaneStats
 from .._tasks import spawn
 from . import scripts
-from .keys import LaneKeys, check_key_part
+from .keys import LaneKeys, check_key_part, check_namespace
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -252,7 +252,8 @@ class RedisLane(LaneBase):
             stored setting (off for a new lane; ``set_preemption(None)`` turns it off).
         lease: seconds a running job's slot is held without renewal (> 0); the
             heartbeat renews it every ``lease / 3``.
-        namespace: the key prefix (``{namespace:name}:...``).
+        namespace: the key prefix (``{namespace:name}:...``); no ``:`` in it (a lane's
+            name may have one).
         eta_window: how many recent run times the estimate averages; None adopts the
             stored value (16 for a new lane).
         cluster: True when the URL names a node of a Redis Cluster: the lane then
@@ -281,7 +282,7 @@ class RedisLane(LaneBase):
         cluster: bool = False,
     ) -> None:
         self._name = check_key_part("name", name)
-        check_key_part("namespace", namespace)
+        check_namespace(namespace)
         if max_concurrent is not None:
             _check_stored_count("max_concurrent", max_concurrent)
         if eta_window is not None:

@@ -24,7 +24,7 @@ from rich.live import Live
 from .. import __version__
 from .._base import STORED_MAX, is_utf8
 from .._errors import LaneError, NotQueued
-from .._redis.keys import LaneKeys, check_key_part
+from .._redis.keys import LaneKeys, check_key_part, check_namespace
 from ..config import _masked_url, _url_secrets
 
 if TYPE_CHECKING:
@@ -61,7 +61,10 @@ def _scrubbed(error: BaseException, url: str) -> str:
 def _key_part(what: str, value: str) -> str:
     """A lane name or namespace as Redis can take it, else a usage error."""
     try:
-        check_key_part(what, value)
+        if what == "namespace":
+            check_namespace(value)
+        else:
+            check_key_part(what, value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     if not is_utf8(value):  # bytes of the command line that are not UTF-8
