@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from executus import (
     LaneBusy,
     LaneClosed,
     LaneEvent,
+    LaneUnavailable,
     NotQueued,
     Preemption,
     Priority,
@@ -494,6 +496,51 @@ async def test_a_namespace_and_a_name_have_keys_of_their_own(
     try:
         assert lane._keys.prefix == f"{{{namespace}:prod:gpu}}:"
         assert await lane.run(lambda: asyncio.sleep(0, "ran")) == "ran"
+    finally:
+        await lane.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "http://127.0.0.1:6379",
+            "redis URL must start with redis://, rediss:// or unix://, got 'http://127.0.0.1:6379'",
+        ),
+        ("", "redis URL must start with redis://, rediss:// or unix://, got ''"),
+        (
+            "redis://u:s3cret@127.0.0.1:notaport/0",
+            "redis URL 'redis://u:***@127.0.0.1:notaport/0' is not valid: Port could not be "
+            "cast to integer value as 'notaport'",
+        ),
+        (
+            "redis://127.0.0.1:6379/abc",
+            "redis URL 'redis://127.0.0.1:6379/abc' is not valid: its database must be a "
+            "number, got 'abc'",
+        ),
+    ],
+    ids=["scheme", "empty", "port", "database"],
+)
+def test_a_url_redis_py_cannot_use_is_refused_at_construction(url: str, message: str) -> None:
+    """A URL with another scheme, a port or a database that is not a number is refused by
+    the constructor, naming the rule and the URL (its password masked)."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        RedisLane("lane", url)
+
+
+async def test_a_database_redis_refuses_is_reported_as_the_connections_setup(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A database number Redis does not have fails with Redis's own words about the
+    connection, not a hint about damaged lane keys."""
+    lane = RedisLane("lane", redis_server.url.rsplit("/", 1)[0] + "/99", namespace=namespace)
+    try:
+        with pytest.raises(LaneUnavailable) as e:
+            await lane.stats()
+        assert str(e.value) == (
+            "lane 'lane': Redis refused the connection's setup: DB index is out of range "
+            "(check the URL or the client's settings)"
+        )
     finally:
         await lane.aclose()
 

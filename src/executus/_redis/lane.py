@@ -39,11 +39,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
 import redis.cluster
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
@@ -88,6 +90,7 @@ from .._job import CURRENT_JOB, JobHandle, JobState
 from .._policies import FIFO, FairShare, Preemption, Priority, QueuePolicy
 from .._stats import LaneStats
 from .._tasks import spawn
+from ..config import _masked_url, _url_secrets
 from . import scripts
 from .keys import LaneKeys, check_key_part, check_namespace
 
@@ -265,7 +268,8 @@ class RedisLane(LaneBase):
         TypeError: ``redis`` is neither a URL nor an asyncio client of redis-py, or
             ``cluster=True`` comes with a ``redis.asyncio.Redis`` client; an option
             has the wrong type.
-        ValueError: an option is out of range.
+        ValueError: an option is out of range, or ``redis`` is not a URL redis-py can
+            connect with (another scheme, a port that is not a number, ...).
     """
 
     def __init__(
@@ -312,6 +316,7 @@ class RedisLane(LaneBase):
         self._url: str | None = None
         self._given_cluster: RedisCluster | None = None
         if isinstance(redis, str):
+            _check_url(redis, cluster=cluster)
             self._url = redis
         elif isinstance(redis, RedisCluster):
             self._given_cluster = redis
@@ -671,6 +676,11 @@ class RedisLane(LaneBase):
             except AuthenticationError as e:
                 # Retrying cannot help: the URL's (or client's) credentials are wrong.
                 raise self._refused_credentials(e) from e
+            except _SetupRefused as e:
+                raise LaneUnavailable(
+                    f"lane {self._name!r}: Redis refused the connection's setup: {e} "
+                    "(check the URL or the client's settings)"
+                ) from e
             except ResponseError as e:
                 if self._cluster_mode and (isinstance(e, _REDIRECTS) or _NOT_LOCAL in str(e)):
                     # The slot moved, is moving or lost its node for a moment: find its
@@ -2093,6 +2103,38 @@ def _client_type_message(value: object) -> str:
     return message
 
 
+def _check_url(url: str, *, cluster: bool) -> None:
+    """Refuse at once a URL redis-py could not connect with, which it would otherwise
+    report (in its own words) at the first call: ``ValueError`` naming the rule and the
+    URL, its password masked."""
+    shown = _masked_url(url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, got {shown!r}")
+    try:
+        options = parse_url(url)
+    except ValueError as e:
+        raise ValueError(f"redis URL {shown!r} is not valid: {_scrubbed(str(e), url)}") from None
+    if not url.startswith("unix://"):
+        # redis-py reads a path that is not a number as no database at all (database 0).
+        path = unquote(urlsplit(url).path).replace("/", "")
+        if path and not path.isdigit():
+            raise ValueError(
+                f"redis URL {shown!r} is not valid: its database must be a number, got {path!r}"
+            )
+    if cluster and options.get("db", 0) != 0:
+        raise ValueError(
+            f"redis URL {shown!r} is not valid with cluster=True: a Redis Cluster has "
+            f"database 0 only, got {options['db']!r}"
+        )
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """``text`` (an error about ``url``) without any part of the URL's password."""
+    for secret in sorted(filter(None, _url_secrets(url)[1]), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def _node_client(
     connection_class: type[AbstractConnection], kwargs: dict[str, Any]
 ) -> aioredis.Redis:
@@ -2251,7 +2293,12 @@ async def _round_trip(held: _Held, packed: bytes, replies: int) -> list[Any]:
     the exchange stops part way (an error, a timeout, a cancellation), the connection is
     closed and returned to the pool: it may still carry unread replies.
     """
-    conn = await held.take()
+    try:
+        conn = await held.take()
+    except ResponseError as e:
+        if type(e) is ResponseError:  # (redis-py's subclasses are told apart by callers)
+            raise _SetupRefused(str(e)) from e
+        raise
     try:
         await _write(conn, packed)
         results: list[Any] = []
@@ -2285,6 +2332,11 @@ async def _write(conn: AbstractConnection, packed: bytes) -> None:
         await writer.drain()
     except OSError as e:
         raise RedisConnectionError(f"Error while writing to Redis: {e}") from e
+
+
+class _SetupRefused(ResponseError):
+    """Redis refused to set up a new connection (the ``SELECT`` of the URL's database,
+    say): an error of the connection's settings, not of a script or the lane's keys."""
 
 
 def _typed(error: Exception) -> Exception:
