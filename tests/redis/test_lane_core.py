@@ -545,6 +545,15 @@ async def test_a_database_redis_refuses_is_reported_as_the_connections_setup(
         await lane.aclose()
 
 
+async def test_close_refuses_a_drain_that_is_not_a_bool(make_lane: LaneFactory) -> None:
+    """aclose(drain="no") is a TypeError and closes nothing ("no" would drain)."""
+    lane = make_lane()
+    await lane.stats()
+    with pytest.raises(TypeError, match=r"^drain must be a bool, got 'no'$"):
+        await lane.aclose(drain="no")  # type: ignore[arg-type]
+    assert not lane.closed
+
+
 async def test_closed_lane(make_lane: LaneFactory) -> None:
     """aclose(drain=False) cancels queued and running jobs; later submits: LaneClosed."""
     lane = make_lane(max_concurrent=1)

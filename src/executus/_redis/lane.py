@@ -1920,11 +1920,16 @@ class RedisLane(LaneBase):
                 ``LaneClosed``), its running jobs are cancelled (``JobCancelled``);
                 return when every task has ended.
 
+        Raises:
+            TypeError: ``drain`` is not a bool.
+
         Calling it again is harmless. Called from inside one of this client's jobs, in
         its task, a draining close waits for the other running jobs only; the rest of
         the close (draining, stopping the client) finishes once that job has ended, and
         a later ``aclose()`` waits for it.
         """
+        if drain is not True and drain is not False:
+            raise TypeError(f"drain must be a bool, got {drain!r}")
         self._check_loop()
         if not self._closed and self._events.active:
             self._emit(EventKind.CLOSED, None)
