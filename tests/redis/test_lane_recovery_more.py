@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -213,6 +214,40 @@ async def test_a_rebuild_waits_for_the_longest_lease_among_the_clients(
         await admin.aclose()
         await short.aclose(drain=False)
         await long.aclose(drain=False)
+
+
+async def test_a_requeued_job_counts_as_queued_from_its_requeue(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    """stats().oldest_queued_at of a job requeued by a preemption is its requeue, not its
+    submit, and stays so when its client rebuilds the lane after a restart."""
+    pre = Preemption(min_runtime=0, grace=0, requeue=True)
+    lane = RedisLane("lane", private_redis.url, 1, namespace=namespace, preemption=pre, lease=5.0)
+    gate = asyncio.Event()
+    try:
+        victim = await lane.submit(gate.wait, preemptible=True)
+        assert victim.submitted_at is not None
+        await asyncio.sleep(0.3)
+        before = datetime.now(UTC) - timedelta(milliseconds=2)  # (server ms, rounded)
+        urgent = await lane.submit(gate.wait, priority=1)
+        await until(lambda: victim.preemptions == 1 and victim.state is JobState.QUEUED)
+        oldest = (await lane.stats()).oldest_queued_at
+        assert oldest is not None
+        assert oldest >= before > victim.submitted_at + timedelta(seconds=0.2)
+        old_epoch = lane._epoch
+        await asyncio.to_thread(private_redis.restart)
+        async with asyncio.timeout(10):
+            await until(lambda: lane._epoch != old_epoch)
+        stats = await lane.stats()
+        assert (stats.running, stats.queued) == (1, 1)
+        assert stats.oldest_queued_at is not None
+        assert abs((stats.oldest_queued_at - oldest).total_seconds()) < 0.1
+        gate.set()
+        async with asyncio.timeout(20):
+            await asyncio.gather(urgent, victim)
+    finally:
+        gate.set()
+        await lane.aclose(drain=False)
 
 
 async def test_a_preemption_in_its_grace_survives_a_restart_without_persistence(

@@ -13,7 +13,7 @@ Keys (after the prefix)::
                         creation time (server ms)
     hold         zset   running job id -> lease deadline (server ms)
     q            zset   FIFO / priority queue: "<16-digit seq><job id>" by score
-    qt           zset   queued job id -> submit time (server ms)
+    qt           zset   queued job id -> when it was queued: submitted or requeued (server ms)
     pq           list   preemption arrivals waiting for their victim's slot
     fk, fi       zset   fair share: backlogged flows by head tag, idle flows by finish tag
     fl:<key>     hash   fair share: one key's flow (base tag, head, length, order, weight)

@@ -829,6 +829,7 @@ class RedisLane(LaneBase):
                 _ms(now - job._t_submit),
                 r.nonce,
                 "1" if r.arrival else "0",
+                _ms(now - job._t_requeued) if job._preemptions else "",
             ]
         reply = await self._call("attach", argv)
         if _s(reply[0]) == "POLICY":

@@ -8,7 +8,7 @@
 --   n_running x (id, fence, ek, priority, preemptible, seq, run_age_ms, sub_age_ms,
 --   nonce, victim_age_ms ('' unless a victim in its grace)),
 --   then queued x (id, ek, priority, preemptible, seq, sub_age_ms, nonce,
---   arrival (1: a preemption arrival)).
+--   arrival (1: a preemption arrival), queued_age_ms ('' unless requeued: since then)).
 -- A preemption under way survives lost state: a victim is marked again (its grace
 -- counted from when its client was asked), an arrival waits again among the
 -- arrivals (in arrival order), and the grant made when the recovery window ends hands
@@ -97,7 +97,7 @@ if known ~= C.epoch then
     end
     i = i + 10
   end
-  while i + 7 <= #ARGV do
+  while i + 8 <= #ARGV do
     local id = ARGV[i]
     if redis.call('EXISTS', jk(id)) == 0 then
       local seq = tonumber(ARGV[i + 4])
@@ -138,12 +138,15 @@ if known ~= C.epoch then
       else
         q_push(J, false)
       end
+      if ARGV[i + 8] ~= '' then
+        redis.call('ZADD', QT, I(now - tonumber(ARGV[i + 8])), id)  -- queued since its requeue
+      end
       redis.call('SADD', pjk(proc), id)
       if seq > (tonumber(redis.call('HGET', CFG, 'seq')) or 0) then
         redis.call('HSET', CFG, 'seq', I(seq))
       end
     end
-    i = i + 8
+    i = i + 9
   end
   reap(now, 64)
   grant(now, proc, out)

@@ -34,6 +34,7 @@ if J and J.state == 'r' and J.f == fence and redis.call('ZSCORE', HOLD, id) then
     redis.call('HSET', jk(id), 'state', 'q', 'rf', fence)
     J.pq = nil
     q_push(J, true)
+    redis.call('ZADD', QT, now, id)  -- queued since now (oldest_queued_at), not its submit
     status = 'REQ'
   else
     redis.call('DEL', jk(id))
