@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import math
 import ssl
 import time
@@ -66,6 +67,7 @@ from .._base import (
     STORED_MAX,
     LaneBase,
     check_count,
+    check_drain,
     check_job_fn,
     check_preemption,
     check_priority,
@@ -1030,7 +1032,12 @@ class RedisLane(LaneBase):
         else:
             await self._slot_left(rec, task, None)
         finally:
-            CURRENT_JOB.reset(token)
+            # An async generator holding the slot may be closed by another task than
+            # the one that entered it (its consumer stopped early: the loop's finalizer
+            # or shutdown closes it), in another context: the entering context is not
+            # this one to change, and resetting there would hide the GeneratorExit.
+            with contextlib.suppress(ValueError):
+                CURRENT_JOB.reset(token)
 
     async def _slot_left(
         self, rec: _Local, task: asyncio.Task[Any], exc: BaseException | None
@@ -1041,8 +1048,13 @@ class RedisLane(LaneBase):
         slot is released reaches it."""
         delivered = self._cancel_delivered(rec)
         rec.finishing = True  # the lane cancels this task no more
+        # A body left by ``GeneratorExit`` (an async generator holding the slot, closed
+        # by its consumer) was abandoned by its caller: it ends cancelled, not failed.
+        cancelled = isinstance(exc, GeneratorExit)
         try:
-            await _shielded(self._finish(rec, None, exc, cancelled=False), keep_cancel=exc is None)
+            await _shielded(
+                self._finish(rec, None, exc, cancelled=cancelled), keep_cancel=exc is None
+            )
         finally:
             if delivered:
                 task.uncancel()
@@ -1242,7 +1254,7 @@ class RedisLane(LaneBase):
                 rec.granted.set_result(None)
             return
         ctx = job._ctx
-        job._task = spawn(
+        task = job._task = spawn(
             asyncio.get_running_loop(),
             self._run,
             rec,
@@ -1250,6 +1262,15 @@ class RedisLane(LaneBase):
             name=f"executus-job-{job.id}",
             context=None if ctx is None else ctx.copy(),
         )
+        task.add_done_callback(functools.partial(self._task_done, rec))
+
+    def _task_done(self, rec: _Local, task: asyncio.Task[Any]) -> None:
+        """A job's task has ended. One cancelled before its first step (by this client,
+        or by anything else: a shutdown handler cancelling every task, ``asyncio.run``
+        after a ``KeyboardInterrupt``) never ran ``_run``: end that run here."""
+        job = rec.handle
+        if job._task is task and job._state is _RUNNING and not job._begun:
+            self._chore(self._finish(rec, None, None, cancelled=True))
 
     async def _run(self, rec: _Local, fn: Callable[[], Awaitable[Any]]) -> None:
         job = rec.handle
@@ -1486,12 +1507,9 @@ class RedisLane(LaneBase):
             rec.timer = None
         task = job._task
         if task is not None and not task.done():
-            again = task.cancelling()
+            # (A task cancelled before its first step never runs its body, so never
+            # reaches ``_run``'s handlers: ``_task_done`` ends that run.)
             task.cancel()
-            if not job._begun and rec.fn is not None and not again:
-                # A task cancelled before its first step never runs its body (so never
-                # reaches ``_run``'s handlers): end the run from here.
-                self._chore(self._finish(rec, None, None, cancelled=True))
 
     # -- wake-ups and heartbeats -----------------------------------------------------
 
@@ -1929,8 +1947,7 @@ class RedisLane(LaneBase):
         the close (draining, stopping the client) finishes once that job has ended, and
         a later ``aclose()`` waits for it.
         """
-        if drain is not True and drain is not False:
-            raise TypeError(f"drain must be a bool, got {drain!r}")
+        check_drain(drain)
         self._check_loop()
         if not self._closed and self._events.active:
             self._emit(EventKind.CLOSED, None)
