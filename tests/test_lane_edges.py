@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -327,29 +326,3 @@ async def test_a_job_whose_task_is_cancelled_from_outside_before_its_first_step_
     stats = await lane.stats()
     assert (stats.running, stats.queued, stats.cancelled, stats.succeeded) == (0, 0, 1, 1)
     await lane.aclose()
-
-
-async def test_a_slot_in_an_async_generator_closed_by_another_task_ends_cancelled() -> None:
-    """A slot held by an async generator whose consumer stopped early, closed later from
-    another task, ends CANCELLED (its caller abandoned it) and frees the slot; closing
-    the generator raises nothing."""
-    lane = Lane("gpu", 1)
-    jobs: list[JobHandle[None]] = []
-
-    async def stream() -> AsyncGenerator[int, None]:
-        async with lane.slot() as job:
-            jobs.append(job)
-            for i in range(10):
-                yield i
-
-    chunks = stream()
-    async for chunk in chunks:
-        if chunk == 1:
-            break
-    assert jobs[0].state is JobState.RUNNING
-    await asyncio.create_task(chunks.aclose())  # as the loop's finalizer does
-    assert jobs[0].state is JobState.CANCELLED
-    assert isinstance(jobs[0].exception(), JobCancelled)
-    assert await lane.run(value("next")) == "next"
-    stats = await lane.stats()
-    assert (stats.running, stats.failed, stats.cancelled) == (0, 0, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncGenerator
 from datetime import UTC
 from typing import Any
 
@@ -1378,3 +1379,31 @@ async def test_max_wait_zero_admits_a_preemption_only_without_grace(
     assert victim.state is JobState.PREEMPTED
     arrival_gate.release("urgent")
     assert await arrival == "urgent"
+
+
+async def test_a_slot_in_an_async_generator_closed_by_another_task_ends_cancelled(
+    make_lane: MakeLane,
+) -> None:
+    """A slot held by an async generator whose consumer stopped early, closed later from
+    another task, ends CANCELLED (its caller abandoned it) and frees the slot; closing
+    the generator raises nothing."""
+    lane = await make_lane("gen", 1)
+    jobs: list[JobHandle[None]] = []
+
+    async def stream() -> AsyncGenerator[int, None]:
+        async with lane.slot() as job:
+            jobs.append(job)
+            for i in range(10):
+                yield i
+
+    chunks = stream()
+    async for chunk in chunks:
+        if chunk == 1:
+            break
+    assert jobs[0].state is JobState.RUNNING
+    await asyncio.create_task(chunks.aclose())  # as the loop's finalizer does
+    assert jobs[0].state is JobState.CANCELLED
+    assert isinstance(jobs[0].exception(), JobCancelled)
+    async with asyncio.timeout(5):
+        assert await lane.run(value("next")) == "next"
+    await stats_until(lane, lambda s: (s.running, s.failed, s.cancelled) == (0, 0, 1))

@@ -578,30 +578,3 @@ async def test_a_job_whose_task_is_cancelled_from_outside_before_its_first_step_
         while await held_keys(admin, namespace):  # noqa: ASYNC110 - the release reaches Redis
             await asyncio.sleep(0.01)
         assert await lane.run(lambda: asyncio.sleep(0, "next")) == "next"
-
-
-async def test_a_slot_in_an_async_generator_closed_by_another_task_ends_cancelled(
-    make_lane: LaneFactory, admin: aioredis.Redis, namespace: str
-) -> None:
-    """A slot held by an async generator whose consumer stopped early, closed later from
-    another task, ends CANCELLED and frees the slot; closing it raises nothing."""
-    lane = make_lane(max_concurrent=1)
-    jobs: list[Any] = []
-
-    async def stream() -> Any:
-        async with lane.slot() as job:
-            jobs.append(job)
-            for i in range(10):
-                yield i
-
-    chunks = stream()
-    async for chunk in chunks:
-        if chunk == 1:
-            break
-    assert jobs[0].state is JobState.RUNNING
-    await asyncio.create_task(chunks.aclose())  # as the loop's finalizer does
-    assert jobs[0].state is JobState.CANCELLED
-    assert isinstance(jobs[0].exception(), JobCancelled)
-    assert await held_keys(admin, namespace) == []
-    async with asyncio.timeout(5):
-        assert await lane.run(lambda: asyncio.sleep(0, "next")) == "next"
