@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from executus import (
     Preemption,
 )
 from executus.testing import ManualClock
-from tests.helpers import Gate, granted_not_entered, settle, value
+from tests.helpers import Gate, granted_not_entered, newer_pythons, settle, value
 
 
 async def test_a_job_being_cancelled_is_not_requeued_by_a_later_preemption() -> None:
@@ -326,3 +329,50 @@ async def test_a_job_whose_task_is_cancelled_from_outside_before_its_first_step_
     stats = await lane.stats()
     assert (stats.running, stats.queued, stats.cancelled, stats.succeeded) == (0, 0, 1, 1)
     await lane.aclose()
+
+
+# Python 3.13's ``uncancel()`` takes back a cancel not yet delivered: the scenario runs
+# under this interpreter and every newer one on the machine.
+UNCANCELLED = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from executus import JobState, Lane
+
+async def main():
+    lane = Lane("x", 1)
+    ran = []
+
+    async def body(name):
+        ran.append(name)
+        await asyncio.sleep(0)
+        return name
+
+    before = asyncio.all_tasks()
+    first = await lane.submit(lambda: body("a"))
+    second = await lane.submit(lambda: body("b"))
+    (task,) = asyncio.all_tasks() - before
+    task.cancel()
+    task.uncancel()
+    assert await second == "b"
+    await asyncio.sleep(0.01)
+    assert first.state is JobState.CANCELLED, first.state
+    assert ran == ["b"], ran
+    print("ok")
+
+asyncio.run(asyncio.wait_for(main(), 10))
+"""
+
+
+def test_a_job_ended_before_its_first_step_stays_ended_when_its_cancel_is_taken_back() -> None:
+    """A job task cancelled before its first step (the job ends CANCELLED, the next job
+    takes its slot) never runs the body when the cancel is taken back with uncancel()."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    for exe in [sys.executable, *newer_pythons()]:
+        run = subprocess.run(
+            [exe, "-I", "-c", UNCANCELLED, src],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (run.returncode, run.stdout) == (0, "ok\n"), (exe, run.stderr[-2000:])

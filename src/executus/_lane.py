@@ -126,6 +126,11 @@ class _JobTask(asyncio.Task[None]):
         return cancelled
 
 
+# From Python 3.13, ``Task.uncancel()`` bringing the count to 0 also takes back a
+# cancel not yet delivered: a task cancelled before its first step then runs after all.
+_UNCANCEL_RESUMES = sys.version_info >= (3, 13)
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task()
@@ -203,6 +208,7 @@ class Lane(LaneBase):
         self._grants: dict[JobHandle[Any], asyncio.Future[None]] = {}  # slot() waiters
         self._closed = False
         self._drained: list[asyncio.Future[None]] = []
+        self._closers: set[JobHandle[Any]] = set()  # jobs in a draining close of their own
         self._seq = 0
         self._chosen_ids = False  # a caller has passed a job_id
         # The last context snapshot a submit took (see ``_submit``): later submits with
@@ -647,6 +653,11 @@ class Lane(LaneBase):
             self._ended(job, None, None, cancelled=True)
 
     async def _run(self, job: JobHandle[Any], fn: Callable[[], Awaitable[Any]]) -> None:
+        if _UNCANCEL_RESUMES and job._task is not asyncio.current_task():
+            # A task the lane ended before its first step (``_JobTask.cancel``) whose
+            # cancel someone took back with ``uncancel()``: from Python 3.13 that lets
+            # the task run. Its run is over (the job has ended, or runs in a new task).
+            return
         job._begun = True
         CURRENT_JOB.set(job)
         awaitable: Any = _UNCALLED
@@ -1143,13 +1154,25 @@ class Lane(LaneBase):
         # others only, and only for those that can end before it does: waiting for
         # itself, or for queued jobs that need the slot it holds (no other job runs),
         # would never return. Those queued jobs start once it has ended.
+        # Several jobs closing the lane from inside wait for each other's end no more than
+        # for their own: each returns once every running job is one of them.
         me = self._calling_job()
-        while self._jobs and not (
-            me is not None
-            and me._state is _RUNNING
-            and (len(self._jobs) == 1 or len(self._running) == 1)
-        ):
-            await wait_woken(self._drained)
+        if me is None or me._state is not _RUNNING:
+            while self._jobs:
+                await wait_woken(self._drained)
+            return
+        closers = self._closers
+        closers.add(me)
+        self._wake_drained()  # a close inside another job may be over now
+        try:
+            while self._jobs:
+                if me._state is _RUNNING and (
+                    len(self._jobs) == 1 or closers.issuperset(self._running)
+                ):
+                    break
+                await wait_woken(self._drained)
+        finally:
+            closers.discard(me)
 
     # -- observers -------------------------------------------------------------------------
 
@@ -1161,10 +1184,12 @@ class Lane(LaneBase):
             self._events.emit_job(kind, self._name, wall, job, **fields)
 
     def _wake_drained(self) -> None:
-        """Wake the draining closes once at most one job runs: what they wait for can
-        only be over then (a close from outside waits for every job; one inside a job
-        for the other running ones). Each checks its own condition again."""
-        if len(self._running) > 1:
+        """Wake the draining closes once at most one job runs, or only jobs closing the
+        lane from inside do: what they wait for can only be over then (a close from
+        outside waits for every job; one inside a job for the other running ones, those
+        closing too aside). Each checks its own condition again."""
+        running = self._running
+        if len(running) > 1 and not (self._closers and self._closers.issuperset(running)):
             return
         waiters, self._drained = self._drained, []
         for fut in waiters:

@@ -1326,6 +1326,26 @@ async def test_a_job_draining_its_own_lane_returns(make_lane: MakeLane) -> None:
         assert await waiting == "ran"
 
 
+async def test_jobs_draining_their_own_lane_together_all_return(make_lane: MakeLane) -> None:
+    """Two running jobs that each close their lane with drain=True both return (neither
+    waits for the other's end); a queued job that needs their slots runs after them."""
+    lane = await make_lane("x", 2)
+    go = asyncio.Event()
+
+    async def closer() -> str:
+        await go.wait()
+        await lane.aclose()
+        return "closed"
+
+    first = await lane.submit(closer)
+    second = await lane.submit(closer)
+    waiting = await lane.submit(value("ran"))
+    assert waiting.state is JobState.QUEUED
+    go.set()
+    async with asyncio.timeout(5):
+        assert await asyncio.gather(first, second, waiting) == ["closed", "closed", "ran"]
+
+
 async def test_a_job_closing_its_own_lane_without_drain_ends_cancelled(
     make_lane: MakeLane,
 ) -> None:

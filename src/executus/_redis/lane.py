@@ -399,6 +399,7 @@ class RedisLane(LaneBase):
         self._chores: set[asyncio.Task[Any]] = set()
         self._detached: set[asyncio.Task[Any]] = set()  # the chores nobody awaits
         self._drained: list[asyncio.Future[None]] = []
+        self._closers: set[JobHandle[Any]] = set()  # jobs in a draining close of their own
         self._hb_kick = asyncio.Event()
         self._batch: list[tuple[scripts.Script, Sequence[str], asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -1978,10 +1979,22 @@ class RedisLane(LaneBase):
                     me,
                     name=f"executus-redis-close-{self._name}",
                 )
-            while any(
-                r.handle is not me and r.handle._state is _RUNNING for r in self._jobs.values()
-            ):
-                await wait_woken(self._drained)
+            # Several jobs closing from inside wait for each other's end no more than for
+            # their own: each returns once every other running job is one of them.
+            closers = self._closers
+            closers.add(me)
+            waiters, self._drained = self._drained, []
+            for fut in waiters:  # a close inside another job may be over now
+                if not fut.done():
+                    fut.set_result(None)
+            try:
+                while any(
+                    r.handle._state is _RUNNING and r.handle not in closers
+                    for r in self._jobs.values()
+                ):
+                    await wait_woken(self._drained)
+            finally:
+                closers.discard(me)
             return
         finisher = self._finisher
         if finisher is not None and finisher is not asyncio.current_task():
