@@ -13,6 +13,7 @@ import shlex
 import shutil
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,6 +146,64 @@ async def test_user_without_the_namespace_keys_is_told_what_is_missing(
     try:
         with pytest.raises(LaneUnavailable, match=message):
             await lane.submit(value(1))
+    finally:
+        await lane.aclose()
+
+
+# -- a unix socket -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unix_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server that also listens on a unix socket (``redis.sock`` in its
+    directory) and wants a password."""
+    need_redis_server()
+    directory = tmp_path_factory.mktemp("redis-unix")
+    server = RedisServer(
+        free_port(),
+        directory,
+        extra_args=[
+            *("--unixsocket", str(directory / "redis.sock")),
+            *("--requirepass", PASSWORD),
+        ],
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("credentials", "db", "refusal"),
+    [
+        pytest.param(
+            "wrong",
+            0,
+            "Redis refused the credentials (AuthenticationError: invalid username-password "
+            "pair or user is disabled.)",
+            id="wrong-password",
+        ),
+        pytest.param(
+            PASSWORD,
+            99,
+            "Redis refused the connection's setup: DB index is out of range (check the URL "
+            "or the client's settings)",
+            id="database-out-of-range",
+        ),
+    ],
+)
+async def test_a_refusal_over_a_unix_socket_is_reported_at_once(
+    unix_server: RedisServer, credentials: str, db: int, refusal: str
+) -> None:
+    """Over unix://, wrong credentials or a database Redis lacks fail at once, as over TCP."""
+    lane = RedisLane("unix-bad", f"unix://:{credentials}@{unix_server.dir}/redis.sock?db={db}", 1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LaneUnavailable) as e:
+            await lane.stats()
+        assert str(e.value) == f"lane 'unix-bad': {refusal}"
+        assert time.monotonic() - started < 1.0  # no retries: the budget is 3 s
     finally:
         await lane.aclose()
 

@@ -2335,6 +2335,11 @@ async def _round_trip(held: _Held, packed: bytes, replies: int) -> list[Any]:
         if type(e) is ResponseError:  # (redis-py's subclasses are told apart by callers)
             raise _SetupRefused(str(e)) from e
         raise
+    except RedisConnectionError as e:
+        refused = _setup_refusal(e)
+        if refused is None:
+            raise
+        raise refused from e
     try:
         await _write(conn, packed)
         results: list[Any] = []
@@ -2373,6 +2378,24 @@ async def _write(conn: AbstractConnection, packed: bytes) -> None:
 class _SetupRefused(ResponseError):
     """Redis refused to set up a new connection (the ``SELECT`` of the URL's database,
     say): an error of the connection's settings, not of a script or the lane's keys."""
+
+
+def _setup_refusal(error: RedisConnectionError) -> Exception | None:
+    """The refusal behind a connection that failed while being set up, if that is what
+    ``error`` wraps: redis-py (8.x) sets a unix socket's connection up (``AUTH``,
+    ``SELECT``, ...) inside its connect and wraps whatever that raised in a
+    ``ConnectionError``, where over TCP the refusal is raised as itself. A refusal is a
+    setting to fix, not a lost connection to retry."""
+    cause = error.__cause__
+    if type(error) is not RedisConnectionError or cause is None:
+        return None
+    if isinstance(cause, AuthenticationError):
+        return AuthenticationError(str(cause))
+    if isinstance(cause, NoPermissionError):  # (a user without CLIENT SETNAME, say)
+        return NoPermissionError(str(cause))
+    if isinstance(cause, ResponseError):
+        return _SetupRefused(str(cause))
+    return None
 
 
 def _typed(error: Exception) -> Exception:
