@@ -663,19 +663,27 @@ class RedisLane(LaneBase):
             LaneUnavailable: Redis stayed unreachable, or refused the script.
         """
         script = scripts.load(name)
-        deadline = time.monotonic() + (self._retry_budget if budget is None else budget)
+        started = time.monotonic()
+        deadline = started + (self._retry_budget if budget is None else budget)
         delay = 0.02
         while True:
             gen = self._route_gen
             try:
-                if self._cluster_mode and (self._client is None or self._route_stale):
-                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
-                    # cancellation that races with the reply.
-                    async with asyncio.timeout(self._op_timeout):
-                        await self._route()
-                    gen = self._route_gen
-                # The batch it joins is bounded by one timeout (``_send``).
-                reply = await self._evalsha(script, argv)
+                # No attempt outlasts what is left of the budget: a Redis that accepts
+                # connections but does not answer (frozen, overloaded) would otherwise
+                # hold each attempt for the round trip's own timeout (``_op_timeout``,
+                # longer than most budgets). Only this call stops waiting: the round trip
+                # it joined goes on for the other calls of its batch (``_send``), and a
+                # reply that lands late is dropped, as for a caller that was cancelled.
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                # cancellation that races with the reply.
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    if self._cluster_mode and (self._client is None or self._route_stale):
+                        async with asyncio.timeout(self._op_timeout):
+                            await self._route()
+                        gen = self._route_gen
+                    # The batch it joins is bounded by one timeout (``_send``).
+                    reply = await self._evalsha(script, argv)
             except AuthenticationError as e:
                 # Retrying cannot help: the URL's (or client's) credentials are wrong.
                 raise self._refused_credentials(e) from e
@@ -736,8 +744,12 @@ class RedisLane(LaneBase):
                         ) from e
                 self._route_failed(gen, e)
                 if time.monotonic() + delay > deadline:
+                    if isinstance(e, TimeoutError) and not str(e):  # asyncio's: no words
+                        reason = f"it did not answer within {deadline - started:.1f}s"
+                    else:
+                        reason = f"{type(e).__name__}: {e}"
                     raise LaneUnavailable(
-                        f"lane {self._name!r}: Redis is unreachable ({type(e).__name__}: {e})"
+                        f"lane {self._name!r}: Redis is unreachable ({reason})"
                     ) from e
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
