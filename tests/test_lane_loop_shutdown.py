@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -192,3 +194,33 @@ def test_an_async_observer_finishes_the_events_it_handles_at_shutdown() -> None:
     handles: list[JobHandle[Any]] = []
     _fill(lane, handles, 3)
     assert Counter(seen)[EventKind.CANCELLED] == 3, seen
+
+
+# A lane dropped between two runs of a loop the program drives itself, then the loop
+# closed without ``shutdown_asyncgens()``.
+DROPPED = """
+import asyncio, gc
+from executus import Lane
+
+async def use() -> str:
+    lane = Lane("x", 1)
+    return await lane.run(lambda: asyncio.sleep(0, "ok"))
+
+loop = asyncio.new_event_loop()
+print(loop.run_until_complete(use()))
+gc.collect()
+loop.close()
+"""
+
+
+def test_a_lane_dropped_on_a_loop_closed_without_shutdown_leaves_no_pending_task() -> None:
+    """A lane collected while its loop lives, on a loop later closed without
+    shutdown_asyncgens(), leaves no task destroyed pending (its watch closes with it)."""
+    run = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", DROPPED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (run.returncode, run.stdout, run.stderr) == (0, "ok\n", "")

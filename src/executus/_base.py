@@ -167,7 +167,7 @@ class LaneBase:
     _events: Emitter
     _loop: asyncio.AbstractEventLoop | None
     # Suspended for the life of the lane's loop, closed by the loop's shutdown (``_bind``).
-    _loop_watch: AsyncGenerator[None, None] | None = None
+    _loop_watch: _Watch | None = None
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         """Make ``loop`` the lane's loop, and learn when it shuts down while the lane
@@ -181,10 +181,18 @@ class LaneBase:
         ``_loop_shut_down`` to end what is left.
         """
         self._loop = loop
+        holder = self._loop_watch
+        if holder is None:
+            # A lane dropped while its loop lives on closes its watch as it goes: left
+            # to the loop's finalizer, the close would be a task that a loop stopped
+            # for good (closed without ``shutdown_asyncgens``) reports destroyed pending.
+            holder = self._loop_watch = _Watch()
+            weakref.finalize(self, holder.close)
+        holder.close()  # the last loop's watch, if any: this lane is not on it any more
         watch = _loop_shutdown(weakref.ref(self), loop)
         with contextlib.suppress(StopIteration):  # run to its one ``yield``, in this call
             watch.asend(None).send(None)
-        self._loop_watch = watch
+        holder.gen = watch
         return loop
 
     async def _loop_shut_down(self) -> None:
@@ -255,6 +263,28 @@ class LaneBase:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose(drain=True)
+
+
+class _Watch:
+    """Holds a lane's current ``_loop_shutdown`` generator (not the lane itself)."""
+
+    __slots__ = ("gen",)
+
+    def __init__(self) -> None:
+        self.gen: AsyncGenerator[None, None] | None = None
+
+    def close(self) -> None:
+        """Close the generator here and now. Its lane is gone, or on another loop, so
+        its ``finally`` has nothing to await and ends in this call."""
+        gen, self.gen = self.gen, None
+        if gen is None:
+            return
+        closing = gen.aclose()
+        try:
+            closing.send(None)
+        except (StopIteration, RuntimeError):  # closed (RuntimeError: it was running)
+            return
+        closing.close()  # it waited for something after all: it is not this call's
 
 
 async def _loop_shutdown(
