@@ -193,6 +193,7 @@ def worker_main(a: argparse.Namespace) -> None:
         try:
             out = loop.run_until_complete(roles[a.role](a))
         finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())  # as asyncio.run does
             loop.close()
     else:
         out = asyncio.run(roles[a.role](a))
