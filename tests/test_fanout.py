@@ -442,6 +442,32 @@ async def test_fanout_iter_without_a_global_cap_starts_nothing_while_the_consume
     assert ended < 1_000
 
 
+async def test_fanout_iter_without_a_global_cap_keeps_outcomes_and_tasks_bounded() -> None:
+    """Without max_concurrent, fanout_iter keeps running items plus waiting outcomes
+    within read_ahead, and its tasks few, however long the input."""
+    running = peak_running = peak_tasks = 0
+
+    async def fn(x: int) -> int:
+        nonlocal running, peak_running, peak_tasks
+        running += 1
+        peak_running = max(peak_running, running)
+        peak_tasks = max(peak_tasks, len(asyncio.all_tasks()))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        running -= 1
+        return x
+
+    seen: list[int] = []
+    async with contextlib.aclosing(fanout_iter(range(2_000), fn, read_ahead=4)) as it:
+        async for outcome in it:
+            assert outcome.value is not None
+            seen.append(outcome.value)
+            await asyncio.sleep(0)
+    assert sorted(seen) == list(range(2_000))
+    assert peak_running <= 4
+    assert peak_tasks <= 4 + 8  # workers, this test's task and a few of the swarm's
+
+
 def test_default_read_ahead() -> None:
     """The default window is documented as 256 items."""
     assert DEFAULT_READ_AHEAD == 256
@@ -981,3 +1007,34 @@ async def test_a_lane_s_shared_cap_follows_a_resize_and_spares_other_lanes() -> 
             gate.gate.set()
         outcomes = await task
     assert [o.value for o in outcomes] == list(range(40))
+
+
+async def test_a_lane_lowered_while_a_swarm_waits_for_input_is_followed_at_the_next_start() -> None:
+    """A lane lowered while the swarm had fewer jobs in it than the old limit: items read
+    afterwards keep to the new limit from their first start."""
+    go = asyncio.Event()
+    release = asyncio.Event()
+
+    async def items() -> AsyncIterator[int]:
+        yield 0
+        await go.wait()
+        for i in range(1, 4):
+            yield i
+
+    async def fn(x: int) -> int:
+        await release.wait()
+        return x
+
+    async with Lane("gpu", 4) as gpu:
+        task = asyncio.create_task(fanout(items(), fn, key=lambda x: f"user{x}", lanes=gpu))
+        try:
+            await settle(10)
+            await gpu.set_max_concurrent(1)
+            go.set()
+            await settle(20)
+            stats = await gpu.stats()
+            assert (stats.running, stats.queued) == (1, 0)
+        finally:
+            release.set()
+        outcomes = await task
+    assert [o.value for o in outcomes] == [0, 1, 2, 3]

@@ -240,3 +240,22 @@ async def test_a_progress_callback_returning_an_awaitable_is_logged_once_and_dro
         f"progress must be a plain (not async) callable, as it is called synchronously; "
         f"{show!r} returned <coroutine object"
     )
+
+
+class _KeyBox:
+    """A class used as a key function: calling it is synchronous, whatever the
+    ``__call__`` of its instances."""
+
+    def __init__(self, item: int) -> None:
+        self.item = item
+
+    async def __call__(self) -> None:
+        pass
+
+
+async def test_a_class_whose_instances_have_an_async_call_is_a_plain_key_function() -> None:
+    """A class is accepted as key even when its instances' __call__ is async: calling
+    the class makes the key."""
+    outcomes = await fanout([1, 2, 3], _echo, key=_KeyBox, per_key=1)
+    assert [o.value for o in outcomes] == [1, 2, 3]
+    assert all(isinstance(o.key, _KeyBox) for o in outcomes)

@@ -442,9 +442,13 @@ def _check_cap(name: str, value: object) -> int:
 
 
 def _is_async(fn: object) -> bool:
-    """An ``async def`` function, or an object whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts
+    """An ``async def`` function, or an object whose ``__call__`` is one (not a class:
+    calling a class makes an instance, whatever its instances' ``__call__``)."""
+    return inspect.iscoroutinefunction(fn) or (
+        not inspect.isclass(fn)
+        and inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts
+        )
     )
 
 
@@ -607,6 +611,7 @@ class _Swarm(Generic[T, R]):
         self._out: deque[Outcome[T, R]] = deque()
         self._out_limit = max(self._read_ahead, self._cap or 0, 1)
         self._out_waiter: asyncio.Future[None] | None = None  # the consumer waits
+        self._n_held = 0  # workers waiting for the consumer before they start an item
         self._out_space: asyncio.Future[None] | None = None  # workers wait
         self._done = 0
         self._failed = 0
@@ -719,6 +724,8 @@ class _Swarm(Generic[T, R]):
                 return None
         ks = ring.popleft()
         budget = ks.budget
+        if budget is not None:
+            budget.follow()  # a lane lowered since its last start or end counts now
         while budget is not None and budget.running >= budget.cap:
             budget.waiting.append(ks)  # its lane has the swarm's share in flight
             if not ring:
@@ -728,6 +735,8 @@ class _Swarm(Generic[T, R]):
                     return None
             ks = ring.popleft()
             budget = ks.budget
+            if budget is not None:
+                budget.follow()
         if budget is not None:
             budget.running += 1
         entry = ks.pending.popleft()
@@ -796,7 +805,7 @@ class _Swarm(Generic[T, R]):
                 return
         if self._stopping:
             return
-        want = self._n_pending - len(self._unstarted)
+        want = self._n_pending - len(self._unstarted) - self._n_held
         if self._cap is not None:
             want = min(want, self._cap - self._n_workers)
         for _ in range(want):
@@ -1007,9 +1016,13 @@ class _Swarm(Generic[T, R]):
         assert loop is not None
         streak = 0
         while True:
-            if not self._collect and len(self._out) >= self._out_limit and not self._stopping:
+            if (
+                not self._collect
+                and len(self._out) + self._running >= self._out_limit
+                and not self._stopping
+            ):
                 # The consumer is behind: start nothing (a worker just spawned included).
-                await self._wait_out_space()
+                await self._wait_to_start()
             try:
                 job = self._take()
             except BaseException as exc:  # the input iterator failed
@@ -1170,6 +1183,21 @@ class _Swarm(Generic[T, R]):
                     index, item, ks.key, True, value, None, t_read, t_start, mono(), self._wall, pre
                 ),
             )
+
+    async def _wait_to_start(self) -> None:
+        """Backpressure for ``fanout_iter``, before a worker starts an item: wait while
+        the outcomes waiting for the consumer and the items running (each an outcome to
+        come) reach the limit, so they stay bounded however large the input and however
+        many workers wait. Waiting workers are not counted as free hands."""
+        assert self._loop is not None
+        self._n_held += 1
+        try:
+            while len(self._out) + self._running >= self._out_limit and not self._stopping:
+                if self._out_space is None or self._out_space.done():
+                    self._out_space = self._loop.create_future()
+                await self._out_space
+        finally:
+            self._n_held -= 1
 
     async def _wait_out_space(self) -> None:
         """Backpressure for ``fanout_iter``: wait while the consumer is behind."""
@@ -1519,9 +1547,11 @@ def fanout_iter(
     """Like ``fanout``, but yield each ``Outcome`` as soon as its item ends.
 
     The arguments are ``fanout``'s. Memory stays bounded whatever the input size: at
-    most ``read_ahead`` items wait to start, ``max_concurrent`` run, and workers (and
-    reading) pause while ``max(read_ahead, max_concurrent)`` outcomes wait to be
-    consumed, the outcomes of items whose key fails included.
+    most ``read_ahead`` items wait to start, ``max_concurrent`` run, workers start no
+    item while the outcomes waiting to be consumed and the items running reach
+    ``max(read_ahead, max_concurrent)`` (without ``max_concurrent``, at most
+    ``read_ahead`` items run), and reading pauses while that many outcomes wait, the
+    outcomes of items whose key fails included.
     With ``fail_fast``, unread items of a sized input are not reported (reading stops).
 
     Leaving the loop early (``break``, an exception) stops the swarm: its items are
