@@ -655,10 +655,10 @@ class _Swarm(Generic[T, R]):
         """Put keys waiting for room in ``budget`` back in the ring, as many as it has
         room for; return how many."""
         waiting = budget.waiting
-        moved = min(len(waiting), budget.cap - budget.running)
+        moved = max(0, min(len(waiting), budget.cap - budget.running))
         for _ in range(moved):
             self._ring.append(waiting.popleft())  # (in_ring stays True)
-        return max(moved, 0)
+        return moved
 
     def _read_one(self, item: T) -> None:
         """Put a freshly read item into its key's queue (or record its key error)."""
@@ -723,10 +723,11 @@ class _Swarm(Generic[T, R]):
             if not ring:
                 return None
         ks = ring.popleft()
-        budget = ks.budget
-        if budget is not None:
+        while (budget := ks.budget) is not None:
             budget.follow()  # a lane lowered since its last start or end counts now
-        while budget is not None and budget.running >= budget.cap:
+            if budget.running < budget.cap:
+                budget.running += 1
+                break
             budget.waiting.append(ks)  # its lane has the swarm's share in flight
             if not ring:
                 if self._it is not None:
@@ -734,11 +735,6 @@ class _Swarm(Generic[T, R]):
                 if not ring:
                     return None
             ks = ring.popleft()
-            budget = ks.budget
-            if budget is not None:
-                budget.follow()
-        if budget is not None:
-            budget.running += 1
         entry = ks.pending.popleft()
         self._n_pending -= 1
         ks.running += 1
@@ -1022,7 +1018,7 @@ class _Swarm(Generic[T, R]):
                 and not self._stopping
             ):
                 # The consumer is behind: start nothing (a worker just spawned included).
-                await self._wait_to_start()
+                await self._wait_out_space(starting=True)
             try:
                 job = self._take()
             except BaseException as exc:  # the input iterator failed
@@ -1073,15 +1069,13 @@ class _Swarm(Generic[T, R]):
                             index, item, ks.key, True, value, None, t_read, t_start, mono(), wall
                         ),
                     )
-            if self._collect or len(self._out) < self._out_limit or self._stopping:
-                # Items that end without suspending (cached, instant) would otherwise run
-                # the whole swarm in one step, starving every other task and deferring a
-                # cancel or timeout of the caller until the input ends. (A consumer
-                # behind: the loop's top waits for it.)
-                streak += 1
-                if streak >= _YIELD_EVERY:
-                    streak = 0
-                    await asyncio.sleep(0)
+            # Items that end without suspending (cached, instant) would otherwise run the
+            # whole swarm in one step, starving every other task and deferring a cancel
+            # or timeout of the caller until the input ends.
+            streak += 1
+            if streak >= _YIELD_EVERY:
+                streak = 0
+                await asyncio.sleep(0)
 
     def _item_cancelled(
         self,
@@ -1184,28 +1178,24 @@ class _Swarm(Generic[T, R]):
                 ),
             )
 
-    async def _wait_to_start(self) -> None:
-        """Backpressure for ``fanout_iter``, before a worker starts an item: wait while
-        the outcomes waiting for the consumer and the items running (each an outcome to
-        come) reach the limit, so they stay bounded however large the input and however
-        many workers wait. Waiting workers are not counted as free hands."""
+    async def _wait_out_space(self, *, starting: bool = False) -> None:
+        """Backpressure for ``fanout_iter``: wait while the consumer is behind, that is
+        while the outcomes waiting for it reach the limit, counting, for a worker about
+        to start an item (``starting``), the items running too (each an outcome to
+        come): so they stay bounded however large the input and however many workers
+        wait. A worker waiting so is not a free hand (``_more_hands``)."""
         assert self._loop is not None
-        self._n_held += 1
+        self._n_held += starting
         try:
-            while len(self._out) + self._running >= self._out_limit and not self._stopping:
+            while (
+                len(self._out) + (self._running if starting else 0) >= self._out_limit
+                and not self._stopping
+            ):
                 if self._out_space is None or self._out_space.done():
                     self._out_space = self._loop.create_future()
                 await self._out_space
         finally:
-            self._n_held -= 1
-
-    async def _wait_out_space(self) -> None:
-        """Backpressure for ``fanout_iter``: wait while the consumer is behind."""
-        assert self._loop is not None
-        while len(self._out) >= self._out_limit and not self._stopping:
-            if self._out_space is None or self._out_space.done():
-                self._out_space = self._loop.create_future()
-            await self._out_space
+            self._n_held -= starting
 
     async def _reader(self) -> None:
         """Read an async input into the window, waiting while the window is full."""
