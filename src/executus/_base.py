@@ -29,6 +29,7 @@ __all__ = [
     "check_window",
     "is_utf8",
     "wait_woken",
+    "wake_all",
 ]
 
 # Redis keeps a lane's counts and its jobs' priorities as numbers (doubles): they stay
@@ -83,6 +84,16 @@ async def wait_woken(waiters: list[asyncio.Future[None]]) -> None:
     finally:
         if fut in waiters:
             waiters.remove(fut)
+
+
+def wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake every ``wait_woken`` waiting on ``waiters`` (each checks again what it waits
+    for), emptying the list."""
+    woken = waiters[:]
+    waiters.clear()
+    for fut in woken:
+        if not fut.done():
+            fut.set_result(None)
 
 
 _UNSET = object()  # submit_context: a variable the previous snapshot does not hold

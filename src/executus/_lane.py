@@ -41,6 +41,7 @@ from ._base import (
     check_window,
     submit_context,
     wait_woken,
+    wake_all,
 )
 from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
@@ -846,15 +847,7 @@ class Lane(LaneBase):
     def _cancel_task(self, job: JobHandle[Any]) -> None:
         self._timers.pop(job, None)
         task = job._task
-        if job._state is not _RUNNING or task is None:
-            return
-        if task.done():
-            if job._fn is not None:
-                # The run's task has ended without ending the run (it never began):
-                # end it here, so a close or a cancel never waits for it. (A slot()
-                # job's task is its caller's, which may end while the slot is held:
-                # an async generator suspended inside the slot goes on elsewhere.)
-                self._ended(job, None, None, cancelled=True)
+        if job._state is not _RUNNING or task is None or task.done():
             return
         if job._fn is None and task is _current_task():
             # A slot body stopping its own job in its own step (its submit preempted
@@ -865,12 +858,9 @@ class Lane(LaneBase):
             # grace timer until then (so a body that leaves first keeps no cancel).
             self._timers[job] = self._loop_().call_soon(self._cancel_task, job)
             return
+        # (A task cancelled before its first step never runs ``_run``: a ``_JobTask``
+        # ends that run in ``cancel``, a factory's task in ``_task_done``.)
         task.cancel()
-        if not job._begun and job._fn is not None and job._task is task:
-            # A task cancelled before its first step never runs its body (so never
-            # reaches ``_run``'s handlers): end the run here (a ``_JobTask`` has
-            # done so in ``cancel``; a factory's task has not).
-            self._ended(job, None, None, cancelled=True)
 
     # -- cancellation ----------------------------------------------------------------------
 
@@ -1191,7 +1181,4 @@ class Lane(LaneBase):
         running = self._running
         if len(running) > 1 and not (self._closers and self._closers.issuperset(running)):
             return
-        waiters, self._drained = self._drained, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        wake_all(self._drained)

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol, TextIO, runtime_checkable
 
-from ._base import wait_woken
+from ._base import wait_woken, wake_all
 
 __all__ = [
     "CallbackDeliverer",
@@ -182,10 +182,7 @@ class Recorder:
     async def deliver(self, target: str, message: str) -> None:
         """Record ``(target, message)``."""
         self.deliveries.append(Delivery(target, message))
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        wake_all(self._waiters)
 
     def messages(self, target: str | None = None) -> list[str]:
         """The messages delivered, oldest first: all of them, or only those to ``target``."""

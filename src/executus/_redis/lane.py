@@ -75,6 +75,7 @@ from .._base import (
     is_utf8,
     submit_context,
     wait_woken,
+    wake_all,
 )
 from .._errors import (
     DuplicateJob,
@@ -92,7 +93,7 @@ from .._job import CURRENT_JOB, JobHandle, JobState
 from .._policies import FIFO, FairShare, Preemption, Priority, QueuePolicy
 from .._stats import LaneStats
 from .._tasks import spawn
-from ..config import _masked_url, _url_secrets
+from ..config import _REDIS_SCHEMES, _masked_url, _url_secrets
 from . import scripts
 from .keys import LaneKeys, check_key_part, check_namespace
 
@@ -1472,10 +1473,7 @@ class RedisLane(LaneBase):
             del self._jobs[job.id]
         if self._drained and (not self._jobs or self._finisher is not None):
             # (a close begun inside a job waits for the other running jobs one by one)
-            waiters, self._drained = self._drained, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+            wake_all(self._drained)
 
     def _end_queued(self, rec: _Local, error: BaseException) -> None:
         job = rec.handle
@@ -1995,10 +1993,7 @@ class RedisLane(LaneBase):
             # their own: each returns once every other running job is one of them.
             closers = self._closers
             closers.add(me)
-            waiters, self._drained = self._drained, []
-            for fut in waiters:  # a close inside another job may be over now
-                if not fut.done():
-                    fut.set_result(None)
+            wake_all(self._drained)  # a close inside another job may be over now
             try:
                 while any(
                     r.handle._state is _RUNNING and r.handle not in closers
@@ -2156,7 +2151,7 @@ def _check_url(url: str, *, cluster: bool) -> None:
     report (in its own words) at the first call: ``ValueError`` naming the rule and the
     URL, its password masked."""
     shown = _masked_url(url)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(_REDIS_SCHEMES):
         raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, got {shown!r}")
     try:
         options = parse_url(url)
