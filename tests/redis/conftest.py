@@ -58,12 +58,8 @@ def server_binary(kind: str) -> str:
 @contextlib.contextmanager
 def running_server(kind: str, directory: Path) -> Iterator[RedisServer]:
     """A server of ``kind`` on a free port in ``directory``, stopped on exit."""
-    server = RedisServer(free_port(), directory, binary=server_binary(kind))
-    server.start()
-    try:
+    with RedisServer(free_port(), directory, binary=server_binary(kind)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -185,6 +185,14 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def __enter__(self) -> RedisServer:
+        """Start the server; the block's end stops it."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def wait_until(what: str, cond: Callable[..., bool], *args: Any, limit: float = 10.0) -> None:
     """Poll ``cond(*args)`` (blocking) until it holds; fail saying ``what`` after

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from executus import JobState, LaneClosed, LaneUnavailable, Preemption
 from executus.redis import RedisLane
+from tests.conformance.helpers import stats_until
 
 from .helpers import BlocksOnce, LossyProxy, TcpProxy, until
 
@@ -84,9 +85,7 @@ async def test_close_without_drain_while_redis_is_unreachable_does_not_wait_a_le
             await lane.aclose(drain=False)
         assert handle.state is JobState.CANCELLED
         proxy.refusing = False
-        async with asyncio.timeout(10):  # the lease would free it after 30 s
-            while (await watcher.stats()).running:  # noqa: ASYNC110 - figures in Redis
-                await asyncio.sleep(0.02)
+        await stats_until(watcher, lambda s: s.running == 0, within=10)  # a lease: 30 s
     finally:
         await lane.aclose(drain=False)
 
@@ -109,9 +108,7 @@ async def test_close_after_a_job_ended_while_redis_was_unreachable_does_not_wait
             assert await handle is True
             await lane.aclose()  # a wait for the release's retries would take 30 s
         proxy.refusing = False
-        async with asyncio.timeout(10):  # the lease would free it after 30 s
-            while (await watcher.stats()).running:  # noqa: ASYNC110 - figures in Redis
-                await asyncio.sleep(0.02)
+        await stats_until(watcher, lambda s: s.running == 0, within=10)  # a lease: 30 s
     finally:
         await lane.aclose(drain=False)
 

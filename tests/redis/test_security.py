@@ -67,11 +67,8 @@ def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer
             *("--user", "stranger", "on", ">pw", "~elsewhere:*", "+@all"),
         ],
     )
-    server.start()
-    try:
+    with server:
         yield server
-    finally:
-        server.stop()
 
 
 def acl_url(server: RedisServer, user: str, password: str) -> str:
@@ -167,11 +164,8 @@ def unix_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
             *("--requirepass", PASSWORD),
         ],
     )
-    server.start()
-    try:
+    with server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(
