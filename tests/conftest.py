@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from executus.testing import ManualClock
+
+# A run started in the background of a shell without job control inherits SIGINT
+# ignored, and so would every command the tests start: the Ctrl-C tests could not
+# deliver one. A Python handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
