@@ -271,6 +271,60 @@ def test_add_many_is_add_one_by_one(size: int, history: int, batches: list[list[
         assert many.shape() == one.shape()
 
 
+def _one_run_at_a_time(
+    size: int, history: int, runs: list[float]
+) -> tuple[list[float], float, list[float], int, int]:
+    """The window's rule written as a plain loop over single runs: the window, its
+    total, the ratio ring, the ring's next slot and the count of new ratios."""
+    recent: list[float] = []
+    total = 0.0
+    ring: list[float] = []
+    at = 0 if history > 0 else -1
+    stale = 0
+    for seconds in runs:
+        n = len(recent)
+        if at >= 0 and n and total > 0.0:
+            stale += 1
+            if len(ring) < history:
+                ring.append(seconds * n / total)
+            else:
+                ring[at] = seconds * n / total
+                at = (at + 1) % len(ring)
+        if n == size:
+            total -= recent.pop(0)
+        recent.append(seconds)
+        total += seconds
+    return recent, total, ring, at, stale
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(1, 20),
+    history=st.integers(0, 24),
+    batches=st.lists(  # run times a clock can give: 0, or 1 us to 1,000 s
+        st.lists(st.one_of(st.just(0.0), st.floats(1e-6, 1e3)), max_size=70),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_batches_follow_the_one_run_rule(
+    size: int, history: int, batches: list[list[float]]
+) -> None:
+    """Batches of any length (longer than the window or the ring included) leave the
+    window, its total and the ratio ring exactly as the rule applied run by run."""
+    window = RuntimeWindow(size, history=history)
+    done: list[float] = []
+    for batch in batches:
+        window.add_many(batch)
+        done += batch
+        recent, total, ring, at, stale = _one_run_at_a_time(size, history, done)
+        assert list(window._recent) == recent
+        assert window._total == total
+        assert window._ratios == ring
+        assert window._next == at
+        assert window._ratio_stale == stale
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.floats(-100.0, 500.0, allow_nan=False), max_size=60))
 def test_record_many_is_record_one_by_one(ends: list[float]) -> None:

@@ -35,9 +35,11 @@ as there are jobs ahead, counting slot-free events ``N(t)``:
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+import operator
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice, repeat
 
 __all__ = ["RuntimeWindow", "ThroughputWindow", "estimate_wait"]
 
@@ -126,32 +128,67 @@ class RuntimeWindow:
 
     def add_many(self, runs: Iterable[float]) -> None:
         """Record run times in order, as many ``add`` calls would (a busy lane records
-        its runs in batches)."""
+        its runs in batches).
+
+        Each run's ratio is taken over the window's total just before it, and the total
+        moves as one ``add`` moves it (``total - leaving + run``), so a batch gives the
+        very floats a run-by-run record gives. The totals are one pass of a
+        comprehension; the ratios and the ring are written with C-level ``map`` and
+        slices, since a busy lane records every run it ends.
+        """
+        runs = runs if type(runs) is list else list(runs)
         recent = self._recent
         size = recent.maxlen
+        assert size is not None
+        n0 = len(recent)
         total = self._total
-        ring = self._ratios
-        history = self._history
-        at = self._next
-        stale = self._ratio_stale
-        for seconds in runs:
-            n = len(recent)
-            if at >= 0 and n and total > 0.0:  # the run over the mean before it
-                stale += 1
-                if len(ring) < history:
-                    ring.append(seconds * n / total)
-                else:
-                    ring[at] = seconds * n / total
-                    at = (at + 1) % len(ring)
-            if n == size:
-                total -= recent[0]
-            recent.append(seconds)
-            total += seconds
+        # The run leaving the window as each run enters: none (0.0, and ``total - 0.0``
+        # is ``total``) while the window fills, then its oldest runs, then this batch's.
+        filling = min(size - n0, len(runs))
+        leaving = [0.0] * filling
+        leaving += islice(recent, len(runs) - filling)
+        leaving += runs
+        # befores[k]: the window's total just before run k; befores[-1], after them all.
+        befores = [total]
+        befores += [total := total - old + run for run, old in zip(runs, leaving, strict=False)]
+        recent.extend(runs)
         self._total = total
-        self._next = at
-        self._ratio_stale = stale
         self._sorted = None
         self._shape = None
+        if self._next < 0 or not runs:  # no history kept
+            return
+        if n0 == size and min(befores) > 0.0:  # a full window of runs that took time
+            ratios = list(map(operator.truediv, map(operator.mul, runs, repeat(size)), befores))
+        else:  # filling up, or runs that took no measurable time: no ratio over 0
+            ratios = []
+            for k, run in enumerate(runs):
+                n = min(n0 + k, size)
+                if n and befores[k] > 0.0:
+                    ratios.append(run * n / befores[k])
+        self._ring_extend(ratios)
+
+    def _ring_extend(self, ratios: list[float]) -> None:
+        """Write ``ratios`` into the history ring in order, as one by one: appended
+        until the ring holds ``history``, then over the oldest, from ``_next`` on."""
+        if not ratios:
+            return
+        self._ratio_stale += len(ratios)
+        ring = self._ratios
+        history = self._history
+        room = history - len(ring)
+        if room > 0:
+            ring += ratios[:room]
+            ratios = ratios[room:]
+            if not ratios:
+                return
+        at = self._next
+        if len(ratios) > history:  # all but the last ``history`` are overwritten anyway
+            at = (at + len(ratios) - history) % history
+            ratios = ratios[-history:]
+        first = min(history - at, len(ratios))
+        ring[at : at + first] = ratios[:first]
+        ring[: len(ratios) - first] = ratios[first:]
+        self._next = (at + len(ratios)) % history
 
     def _sorted_ratios(self) -> list[float] | None:
         """The sorted history, or None when it does not hold more ratios than the
@@ -258,17 +295,26 @@ class ThroughputWindow:
         self.record_many((now,))
 
     def record_many(self, ends: Iterable[float]) -> None:
-        """Count runs ending at each of ``ends`` (monotonic times, in order)."""
+        """Count runs ending at each of ``ends`` (monotonic times, in order).
+
+        A busy lane's batch spans a second or two: each second's runs are counted at
+        once, found by bisection (the times are in order), not one by one.
+        """
+        ends = ends if type(ends) is list else list(ends)
         counts = self._counts
         stamps = self._stamps
         span = self.SPAN
-        for now in ends:
+        i, n = 0, len(ends)
+        while i < n:
+            now = ends[i]
             second = int(now) if now >= 0.0 else math.floor(now)  # int() is the cheap floor
-            i = second % span
-            if stamps[i] != second:
-                stamps[i] = second
-                counts[i] = 0
-            counts[i] += 1
+            j = bisect_left(ends, second + 1, i) if ends[-1] >= second + 1 else n
+            k = second % span
+            if stamps[k] != second:
+                stamps[k] = second
+                counts[k] = 0
+            counts[k] += j - i
+            i = j
 
     def count(self, now: float) -> int:
         """Runs ended in the 60 seconds up to ``now`` (to one-second resolution)."""
