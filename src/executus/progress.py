@@ -10,7 +10,8 @@ and ends the report: later updates are ignored. A deliverer that raises never fa
 the run: the error is logged (logger ``executus.progress``) and reporting goes on. A
 deliverer may call its own reporter from ``deliver``: such a call returns at once, and
 a terminal update made so (or what is pending, on ``flush()`` or ``aclose()``) is
-delivered right after the delivery under way.
+delivered right after the delivery under way; another update, once its interval has
+passed and that delivery has ended.
 
 A lane job can drive a reporter without its code doing anything::
 
@@ -29,7 +30,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -217,13 +218,17 @@ class ProgressReporter:
         self._format: _Formatter = format_update if formatter is None else formatter
         self._prefix = prefix
         self._pending: str | None = None  # newest undelivered text
-        self._last_text: str | None = None  # last text delivered (or attempted)
+        self._last_text: str | None = None  # last text delivered (or under way)
         self._last_at: float | None = None  # when the last delivery started
         self._timer: TimerHandle | None = None
         self._lock = asyncio.Lock()  # deliveries happen one at a time, in order
         self._delivery: object | None = None  # the token of the delivery under way
         self._flush_asked = False  # flush()/aclose() called from inside that delivery
         self._flushers: set[asyncio.Task[None]] = set()
+        # The timer flush that waits for the lock (a delivery is under way): while there
+        # is one, timers start no other, as it reads the newest pending text once it
+        # holds the lock (one task per update would pile up behind a slow delivery).
+        self._timer_flusher: asyncio.Task[None] | None = None
         self._final: ProgressUpdate | None = None
         self.delivered = 0
         self.failures = 0
@@ -263,7 +268,8 @@ class ProgressReporter:
         Made from inside this reporter's own delivery (the deliverer's ``deliver``
         reporting, e.g. ``done()`` when the chat is gone), an update cannot wait for
         that delivery to end: it returns at once, and a terminal update is delivered
-        right after the delivery under way.
+        right after the delivery under way; another update, by its timer, once its
+        interval has passed and that delivery has ended.
         """
         if self._final is not None:
             return
@@ -326,9 +332,23 @@ class ProgressReporter:
 
     def _on_timer(self) -> None:
         self._timer = None
-        task = spawn(asyncio.get_running_loop(), self._flush)
+        if self._timer_flusher is not None:
+            return  # the timer flush waiting for the lock delivers the newest text
+        # A timer flush is never part of a delivery, though its timer may have been armed
+        # inside one (the loop's call_later runs it in that context) or fire there (a
+        # test clock advanced by the deliverer): with the delivery's token, the flush
+        # would take itself for a call from that delivery and leave the update waiting.
+        context = copy_context()
+        context.run(_IN_DELIVERY.set, ())
+        task = spawn(asyncio.get_running_loop(), self._flush, context=context)
+        self._timer_flusher = task
         self._flushers.add(task)
-        task.add_done_callback(self._flushers.discard)
+        task.add_done_callback(self._flusher_done)
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        self._flushers.discard(task)
+        if self._timer_flusher is task:  # it ended (was cancelled) before it got the lock
+            self._timer_flusher = None
 
     async def _flush(self, *, force: bool = False) -> None:
         """Deliver the newest pending text, if any (one delivery at a time).
@@ -351,6 +371,8 @@ class ProgressReporter:
                 self._flush_asked = True
             return
         async with self._lock:
+            if self._timer_flusher is asyncio.current_task():
+                self._timer_flusher = None  # it reads the newest text now: timers may spawn
             self._flush_asked = False  # a request from a delivery that was cancelled
             while True:
                 text = self._pending
@@ -374,12 +396,19 @@ class ProgressReporter:
         return self._delivery is not None and self._delivery in _IN_DELIVERY.get()
 
     async def _deliver(self, text: str) -> None:
-        """Deliver ``text`` now (the lock is held); count or log the result."""
+        """Deliver ``text`` now (the lock is held); count or log the result.
+
+        ``_last_text`` is set before the attempt, so that the same text reported while
+        it is under way is dropped, and put back if the attempt fails or is cancelled:
+        the target does not have that text, and a later report of it is delivered.
+        """
         self._pending = None
+        had = self._last_text
         self._last_text = text
         self._last_at = self._clock.monotonic()
         token = self._delivery = object()
         entered = _IN_DELIVERY.set((*_IN_DELIVERY.get(), token))
+        delivered = False
         try:
             async with asyncio.timeout(self._deliver_timeout):
                 await self._deliverer.deliver(self.target, text)
@@ -390,8 +419,11 @@ class ProgressReporter:
         except Exception:
             self._delivery_failed()
         else:
+            delivered = True
             self.delivered += 1
         finally:
+            if not delivered:
+                self._last_text = had
             _IN_DELIVERY.reset(entered)
             self._delivery = None
 
@@ -505,6 +537,10 @@ class ProgressReporter:
         finally:
             if not ended.done():
                 ended.cancel()
+        return await self._report_end(handle)
+
+    async def _report_end(self, handle: JobHandle[Any]) -> JobState:
+        """Report the end of ``handle``'s job (it has ended); return its state."""
         final = handle.state
         if final is JobState.SUCCEEDED:
             await self.done()
@@ -576,7 +612,9 @@ async def run_with_progress(
         own error, ``JobPreempted``...). A ``LaneBusy`` refusal is reported as failed.
         asyncio.CancelledError: the caller was cancelled; the job was cancelled too. If
             the lane fails to cancel it (``LaneUnavailable``), that is logged, the job
-            is left to end by itself and is no longer reported.
+            is left to end by itself and is no longer reported. When the event loop
+            ends meanwhile (``asyncio.run`` cancels every task left, the tracking too),
+            the job is still reported ``cancelled``.
 
     Example::
 
@@ -599,17 +637,21 @@ async def run_with_progress(
         value: T = await handle
     except asyncio.CancelledError:
         ended = await end_job(handle, log, "a cancelled run")
-        await _finish_tracker(tracker, handle, stop=not ended)
+        await _finish_tracker(tracker, reporter, handle, stop=not ended)
         raise
     except BaseException:
-        await _finish_tracker(tracker, handle)
+        await _finish_tracker(tracker, reporter, handle)
         raise
-    await _finish_tracker(tracker, handle)
+    await _finish_tracker(tracker, reporter, handle)
     return value
 
 
 async def _finish_tracker(
-    tracker: asyncio.Future[JobState], handle: JobHandle[Any], *, stop: bool = False
+    tracker: asyncio.Future[JobState],
+    reporter: ProgressReporter,
+    handle: JobHandle[Any],
+    *,
+    stop: bool = False,
 ) -> None:
     """Let the tracker report the end; if we are cancelled meanwhile, cancel it too.
 
@@ -619,6 +661,11 @@ async def _finish_tracker(
     best effort: if the tracker itself fails (a formatter that raises, even
     ``CancelledError``), that is logged and the job's own outcome stands.
 
+    A tracker cancelled from outside while this task is being cancelled too (as
+    ``asyncio.run`` cancels every task left when its main coroutine returns) has not
+    failed: the job's end, which it could not report, is reported from here, each
+    delivery bounded by ``deliver_timeout`` like the tracker's.
+
     ``stop``: cancel the tracker at once instead (the job could not be cancelled and may
     run on long after its caller has left; nothing reports its end then).
     """
@@ -627,6 +674,17 @@ async def _finish_tracker(
     if await wait_ended({tracker}):
         raise asyncio.CancelledError
     if stop and tracker.cancelled():
+        return
+    if tracker.cancelled() and _cancelling():
+        if handle.done() and not reporter.finished:
+            try:
+                await reporter._report_end(handle)
+            except Exception:
+                log.warning(
+                    "progress reporting for job %r failed (its outcome stands)",
+                    handle.id,
+                    exc_info=True,
+                )
         return
     error = asyncio.CancelledError() if tracker.cancelled() else tracker.exception()
     if error is not None:
