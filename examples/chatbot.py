@@ -117,8 +117,9 @@ class ChatBot:
     async def handle(self, event: Event) -> None:
         """Handle one event from the host."""
         if event.kind == "upload":
-            for dropped in self.pending.add(event.user, event.text):
-                await self.out.deliver(event.user, f"(dropped older attachment {dropped})")
+            # An eviction over max_total may drop another user's upload: tell its owner.
+            for owner, dropped in self.pending.add(event.user, event.text):
+                await self.out.deliver(owner, f"(dropped older attachment {dropped})")
             return
         command = event.text.startswith("/")
         try:

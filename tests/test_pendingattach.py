@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import pytest
 
-from executus.pendingattach import AttachmentLimit, PendingAttachments
+from executus import pendingattach
+from executus.deliver import Delivery, Recorder
+from executus.pendingattach import AttachmentLimit, Evicted, PendingAttachments
 from executus.testing import ManualClock
 from tests.helpers import settle
 
@@ -43,28 +46,58 @@ def test_items_expire_after_ttl(clock: ManualClock) -> None:
 
 
 def test_per_key_bound_drops_the_oldest_of_that_key(clock: ManualClock) -> None:
-    """Over max_per_key, the key's oldest item is evicted and returned by add."""
+    """Over max_per_key, the key's oldest item is evicted and returned by add, with its key."""
     pending = PendingAttachments[int](max_per_key=2, clock=clock)
     assert pending.add("alice", 1) == []
     assert pending.add("bob", 10) == []
     assert pending.add("alice", 2) == []
-    assert pending.add("alice", 3) == [1]
+    assert pending.add("alice", 3) == [Evicted("alice", 1)]
     assert pending.claim("alice") == [2, 3]
     assert pending.claim("bob") == [10]
 
 
 def test_total_bound_drops_the_oldest_overall(clock: ManualClock) -> None:
-    """Over max_total, the oldest item of any key is evicted and returned by add."""
+    """Over max_total, the oldest item of any key is evicted and returned by add, with its
+    key."""
     pending = PendingAttachments[int](max_per_key=10, max_total=3, clock=clock)
     pending.add("alice", 1)
     pending.add("bob", 2)
     pending.add("alice", 3)
-    assert pending.add("carol", 4) == [1]
+    assert pending.add("carol", 4) == [Evicted("alice", 1)]
     assert len(pending) == 3
-    assert pending.add("carol", 5) == [2]
+    assert pending.add("carol", 5) == [Evicted("bob", 2)]
     assert pending.claim("bob") == []
     assert pending.claim("alice") == [3]
     assert pending.claim("carol") == [4, 5]
+
+
+async def test_an_eviction_over_max_total_tells_its_owner(clock: ManualClock) -> None:
+    """An item of another key evicted over max_total is returned with that key, so the
+    harness tells its owner, not the user who added the new item."""
+    pending = PendingAttachments[str](ttl=300, max_per_key=8, max_total=2, clock=clock)
+    out = Recorder()
+
+    async def on_upload(user: str, name: str) -> None:
+        for owner, item in pending.add(user, name):
+            await out.deliver(owner, f"dropped your older attachment {item}")
+
+    await on_upload("bob", "bob-passport.jpg")
+    await on_upload("bob", "bob-notes.txt")
+    await on_upload("alice", "alice-cat.png")
+    assert out.deliveries == [Delivery("bob", "dropped your older attachment bob-passport.jpg")]
+    assert (pending.peek("alice"), pending.peek("bob")) == (["alice-cat.png"], ["bob-notes.txt"])
+
+
+def test_evicted_is_a_named_pair_that_pickles(clock: ManualClock) -> None:
+    """An Evicted record unpacks as (key, item), names both fields and pickles."""
+    pending = PendingAttachments[str](max_per_key=1, clock=clock)
+    pending.add("alice", "a1")
+    [evicted] = pending.add("alice", "a2")
+    key, item = evicted
+    assert (key, item) == (evicted.key, evicted.item) == ("alice", "a1")
+    assert repr(evicted) == "Evicted(key='alice', item='a1')"
+    assert pickle.loads(pickle.dumps(evicted)) == evicted
+    assert "Evicted" in pendingattach.__all__
 
 
 def test_reject_overflow_raises_and_keeps_what_is_held(clock: ManualClock) -> None:

@@ -8,7 +8,8 @@ still answering the previous message. ``PendingAttachments`` holds such items pe
   a much later question).
 - Bounds: at most ``max_per_key`` items per key and ``max_total`` overall. Over a bound,
   ``overflow="drop_oldest"`` (the default) evicts the oldest item (of that key, or
-  overall) and ``add`` returns what it evicted, so the harness can say so;
+  overall: possibly another key's) and ``add`` returns what it evicted as ``Evicted``
+  records, each with the key it was held for, so the harness can tell each owner;
   ``overflow="reject"`` keeps what is held and raises ``AttachmentLimit``.
 - ``claim(key)`` returns and removes every live item of the key, oldest first, in one
   synchronous step: two runs can never both get an item, and an item added after the
@@ -21,7 +22,8 @@ Example::
     pending = PendingAttachments[bytes](ttl=300, max_per_key=8)
 
     async def on_upload(user, data):
-        pending.add(user, data)
+        for owner, item in pending.add(user, data):   # evicted to stay within bounds
+            await out.deliver(owner, "an older attachment was dropped")
 
     async def on_message(user, text):
         files = pending.claim(user)       # everything uploaded since the last run
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 from ._clock import SystemClock
 from ._errors import reduce_error
@@ -40,7 +42,7 @@ from ._errors import reduce_error
 if TYPE_CHECKING:
     from ._clock import Clock
 
-__all__ = ["AttachmentLimit", "PendingAttachments"]
+__all__ = ["AttachmentLimit", "Evicted", "PendingAttachments"]
 
 T = TypeVar("T")
 
@@ -65,6 +67,28 @@ class AttachmentLimit(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_error(self)
+
+
+class Evicted(NamedTuple, Generic[T]):
+    """An item ``add`` dropped to stay within a bound (``overflow="drop_oldest"``).
+
+    Over ``max_total`` the oldest item overall is dropped, which may be another key's:
+    ``key`` says whose it was, so the harness can tell that owner.
+
+    Attributes:
+        key: the key the item was held for, as given to ``add``.
+        item: the item.
+
+    Example::
+
+        for owner, item in pending.add(user, data):
+            await out.deliver(owner, f"dropped your older attachment {item.name}")
+    """
+
+    # Any, not Hashable: the key comes back as it was given to ``add`` (a user id str,
+    # say), and the harness passes it on (``out.deliver(owner, ...)``) without a cast.
+    key: Any
+    item: T
 
 
 class PendingAttachments(Generic[T]):
@@ -152,12 +176,14 @@ class PendingAttachments(Generic[T]):
             del self._by_key[key]
         return item
 
-    def add(self, key: Hashable, item: T) -> list[T]:
+    def add(self, key: Hashable, item: T) -> list[Evicted[T]]:
         """Hold ``item`` for the next run of ``key``.
 
         Returns:
-            The items evicted to make room (``overflow="drop_oldest"``), oldest first;
-            usually empty.
+            The item evicted to make room (``overflow="drop_oldest"``) as an ``Evicted``
+            with the key it was held for: ``key``'s own oldest item over
+            ``max_per_key``, the oldest overall (perhaps another key's) over
+            ``max_total``. Usually empty; never more than one.
 
         Raises:
             AttachmentLimit: ``overflow="reject"`` and a bound is reached.
@@ -171,12 +197,12 @@ class PendingAttachments(Generic[T]):
                 raise AttachmentLimit(key, "max_per_key", self.max_per_key)
             if len(self._items) >= self.max_total:
                 raise AttachmentLimit(key, "max_total", self.max_total)
-        evicted: list[T] = []
+        evicted: list[Evicted[T]] = []
         if seqs is not None and held >= self.max_per_key:
-            evicted.append(self._pop_oldest(seqs[0], key))
+            evicted.append(Evicted(key, self._pop_oldest(seqs[0], key)))
         if len(self._items) >= self.max_total:
             seq, (oldest_key, _, _) = next(iter(self._items.items()))
-            evicted.append(self._pop_oldest(seq, oldest_key))
+            evicted.append(Evicted(oldest_key, self._pop_oldest(seq, oldest_key)))
         self._seq += 1
         self._items[self._seq] = (key, item, now + self.ttl)
         self._by_key.setdefault(key, deque()).append(self._seq)
