@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -299,12 +301,23 @@ async def test_many_racing_tasks_keep_one_in_flight_per_key(mode: str) -> None:
 
 def test_constructor_validates() -> None:
     """Bad ttl, max_seen and mode are refused with the rule and the value."""
-    with pytest.raises(ValueError, match=r"^ttl must be a number > 0, got 0$"):
+    with pytest.raises(ValueError, match=r"^ttl must be a finite number > 0, got 0$"):
         DispatchGuard(ttl=0)
     with pytest.raises(ValueError, match=r"^max_seen must be an int >= 1, got 0$"):
         DispatchGuard(max_seen=0)
     with pytest.raises(ValueError, match=r"^mode must be 'reject' or 'coalesce', got 'drop'$"):
         DispatchGuard(mode="drop")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "ttl", [10**400, math.inf, math.nan, "600"], ids=["10**400", "inf", "nan", "str"]
+)
+def test_a_ttl_that_is_not_a_finite_number_is_refused(ttl: object) -> None:
+    """A ttl that is infinite, NaN, too large for a float or not a number is refused with
+    a ValueError naming the setting."""
+    text = f"ttl must be a finite number > 0, got {ttl!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(text)}$"):
+        DispatchGuard(ttl=ttl)  # type: ignore[arg-type]
 
 
 def test_repr() -> None:

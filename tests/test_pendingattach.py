@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
+import re
 
 import pytest
 
@@ -100,6 +102,17 @@ def test_evicted_is_a_named_pair_that_pickles(clock: ManualClock) -> None:
     assert "Evicted" in pendingattach.__all__
 
 
+@pytest.mark.parametrize(
+    "ttl", [10**400, math.inf, math.nan, "300"], ids=["10**400", "inf", "nan", "str"]
+)
+def test_a_ttl_that_is_not_a_finite_number_is_refused(ttl: object) -> None:
+    """A ttl that is infinite, NaN, too large for a float or not a number is refused with
+    a ValueError naming the setting."""
+    text = f"ttl must be a finite number > 0, got {ttl!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(text)}$"):
+        PendingAttachments[int](ttl=ttl)  # type: ignore[arg-type]
+
+
 def test_reject_overflow_raises_and_keeps_what_is_held(clock: ManualClock) -> None:
     """overflow='reject' refuses the new item with AttachmentLimit and changes nothing."""
     pending = PendingAttachments[int](max_per_key=2, max_total=3, overflow="reject", clock=clock)
@@ -146,7 +159,7 @@ async def test_claim_is_atomic_between_racing_runs(clock: ManualClock) -> None:
 
 def test_constructor_validates() -> None:
     """Bad ttl, bounds and overflow are refused with the rule and the value."""
-    with pytest.raises(ValueError, match=r"^ttl must be a number > 0, got -1$"):
+    with pytest.raises(ValueError, match=r"^ttl must be a finite number > 0, got -1$"):
         PendingAttachments[int](ttl=-1)
     with pytest.raises(ValueError, match=r"^max_per_key must be an int >= 1, got 0$"):
         PendingAttachments[int](max_per_key=0)

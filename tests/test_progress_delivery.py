@@ -1,16 +1,17 @@
 """Progress deliveries: updates made inside a delivery, a delivery that hangs or fails,
-and reports left running when the event loop shuts down."""
+reports left running when the event loop shuts down, and the arguments updates check."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import pytest
 
 from executus import Lane
 from executus.deliver import Recorder
-from executus.progress import ProgressReporter, run_with_progress
+from executus.progress import ProgressReporter, format_eta, run_with_progress
 from executus.testing import ManualClock
 
 from .helpers import settle
@@ -175,3 +176,58 @@ def test_runs_left_waiting_when_the_loop_ends_are_reported_cancelled(
     assert rec.messages("running") == ["started", "cancelled"]
     assert rec.messages("queued") == ["queued (#1, ~1s)", "cancelled"]
     assert caplog.records == []
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "text"),
+    [
+        ("interval", "interval must be a finite number >= 0, got {}"),
+        ("deliver_timeout", "deliver_timeout must be a finite number > 0 or None, got {}"),
+    ],
+    ids=["interval", "deliver_timeout"],
+)
+def test_a_setting_too_large_for_a_float_is_refused(setting: str, text: str) -> None:
+    """An interval or deliver_timeout too large for a float is refused with a ValueError
+    naming the setting."""
+    with pytest.raises(ValueError, match=f"^{re.escape(text.format(10**400))}$"):
+        ProgressReporter("t", **{setting: 10**400})  # type: ignore[arg-type]
+
+
+def test_a_prefix_that_is_not_a_str_is_refused() -> None:
+    """A prefix that is not a str is refused when the reporter is made."""
+    with pytest.raises(TypeError) as info:
+        ProgressReporter("t", prefix=5)  # type: ignore[arg-type]
+    assert str(info.value) == "prefix must be a str, got 5"
+
+
+@pytest.mark.parametrize(
+    ("position", "eta", "error", "text"),
+    [
+        (2, "30s", TypeError, "eta must be a number of seconds or None, got '30s'"),
+        (2, True, TypeError, "eta must be a number of seconds or None, got True"),
+        ("2", 30, TypeError, "position must be an int or None, got '2'"),
+        (2.0, 30, TypeError, "position must be an int or None, got 2.0"),
+        (-1, 30, ValueError, "position must be >= 0 or None, got -1"),
+    ],
+    ids=["eta-str", "eta-bool", "position-str", "position-float", "position-negative"],
+)
+async def test_queued_refuses_a_bad_position_or_eta(
+    clock: ManualClock, position: object, eta: object, error: type[Exception], text: str
+) -> None:
+    """queued() refuses a position or eta of the wrong type or range, naming it, and
+    delivers nothing."""
+    rec = Recorder()
+    reporter = ProgressReporter("t", rec, interval=0, clock=clock)
+    with pytest.raises(error) as info:
+        await reporter.queued(position, eta)  # type: ignore[arg-type]
+    assert str(info.value) == text
+    await reporter.queued(2, 30)
+    assert rec.messages() == ["queued (#2, ~30s)"]
+
+
+def test_format_eta_of_an_int_too_large_for_a_float_is_unknown() -> None:
+    """An ETA too large for a float is shown as unknown, like an infinite one."""
+    assert format_eta(10**400) == "~?"

@@ -41,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -194,7 +195,7 @@ class DispatchGuard:
     here, and the expiry order above relies on the TTL never changing.
 
     Args:
-        ttl: seconds an event id is remembered (> 0).
+        ttl: seconds an event id is remembered (a finite number > 0).
         max_seen: at most this many ids are remembered (>= 1).
         mode: ``"reject"`` or ``"coalesce"`` (see the module docs).
         forget_failed: when True, an event whose dispatch raised an exception (not a
@@ -221,8 +222,13 @@ class DispatchGuard:
         forget_failed: bool = False,
         clock: Clock | None = None,
     ) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
-            raise ValueError(f"ttl must be a number > 0, got {ttl!r}")
+        # Compared, not converted: an int too large for a float is out of range too.
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not 0 < ttl <= sys.float_info.max
+        ):
+            raise ValueError(f"ttl must be a finite number > 0, got {ttl!r}")
         if isinstance(max_seen, bool) or not isinstance(max_seen, int) or max_seen < 1:
             raise ValueError(f"max_seen must be an int >= 1, got {max_seen!r}")
         if mode not in ("reject", "coalesce"):

@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
@@ -103,7 +104,7 @@ class PendingAttachments(Generic[T]):
     changing.
 
     Args:
-        ttl: seconds an item stays claimable (> 0).
+        ttl: seconds an item stays claimable (a finite number > 0).
         max_per_key: most items held for one key (>= 1).
         max_total: most items held overall (>= 1).
         overflow: ``"drop_oldest"`` or ``"reject"`` (see the module docs).
@@ -122,8 +123,13 @@ class PendingAttachments(Generic[T]):
         overflow: Overflow = "drop_oldest",
         clock: Clock | None = None,
     ) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
-            raise ValueError(f"ttl must be a number > 0, got {ttl!r}")
+        # Compared, not converted: an int too large for a float is out of range too.
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not 0 < ttl <= sys.float_info.max
+        ):
+            raise ValueError(f"ttl must be a finite number > 0, got {ttl!r}")
         for name, value in (("max_per_key", max_per_key), ("max_total", max_total)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

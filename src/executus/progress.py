@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ log = logging.getLogger("executus.progress")
 
 Kind = Literal["queued", "started", "step", "done", "failed", "cancelled", "preempted"]
 _TERMINAL_KINDS = frozenset({"done", "failed", "cancelled", "preempted"})
+_FLOAT_MAX = sys.float_info.max  # the largest finite float
 
 # The deliveries under way in the current context, one token per delivery: code that a
 # deliverer runs from its ``deliver`` (in its task, or in tasks it starts) sees them, so
@@ -97,7 +99,7 @@ class ProgressUpdate:
 
 def format_eta(seconds: float) -> str:
     """A short, rounded-up duration for people: ``"~30s"``, ``"~2m"``, ``"~1h05m"``."""
-    if not math.isfinite(seconds):
+    if not abs(seconds) <= _FLOAT_MAX:  # not finite (an int beyond a float's range too)
         return "~?"
     s = max(0, math.ceil(seconds))
     if s < 60:
@@ -158,8 +160,8 @@ class ProgressReporter:
 
     Raises:
         TypeError: ``interval`` or ``deliver_timeout`` is not a number, ``deliverer`` has
-            no ``deliver`` method, ``formatter`` is not callable, or ``clock`` is not a
-            ``Clock``.
+            no ``deliver`` method, ``formatter`` is not callable, ``prefix`` is not a
+            ``str``, or ``clock`` is not a ``Clock``.
         ValueError: ``interval`` is negative or not finite, or ``deliver_timeout`` is
             not > 0 or not finite.
 
@@ -190,17 +192,18 @@ class ProgressReporter:
             raise TypeError(
                 f"deliver_timeout must be a number of seconds or None, got {deliver_timeout!r}"
             )
-        if deliver_timeout is not None and not (
-            math.isfinite(deliver_timeout) and deliver_timeout > 0
-        ):
+        # Compared, not converted: an int too large for a float is out of range too.
+        if deliver_timeout is not None and not 0 < deliver_timeout <= _FLOAT_MAX:
             raise ValueError(
                 f"deliver_timeout must be a finite number > 0 or None, got {deliver_timeout!r}"
             )
         self._deliver_timeout = deliver_timeout
         if isinstance(interval, bool) or not isinstance(interval, int | float):
             raise TypeError(f"interval must be a number of seconds, got {interval!r}")
-        if not math.isfinite(interval) or interval < 0:
+        if not 0 <= interval <= _FLOAT_MAX:
             raise ValueError(f"interval must be a finite number >= 0, got {interval!r}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
         if deliverer is not None and not callable(getattr(deliverer, "deliver", None)):
             raise TypeError(
                 f"deliverer must have an async deliver(target, message) method, got {deliverer!r}"
@@ -296,7 +299,23 @@ class ProgressReporter:
             self._timer = self._clock.call_later(max(due, 0.0), self._on_timer)
 
     async def queued(self, position: int | None = None, eta: float | None = None) -> None:
-        """Report that the run waits: ``queued (#3, ~30s)``."""
+        """Report that the run waits: ``queued (#3, ~30s)``.
+
+        Args:
+            position: the place in the dispatch order (1 = next; 0 or None: unknown).
+            eta: the estimated seconds until the run starts, or None.
+
+        Raises:
+            TypeError: ``position`` is not an int or None, or ``eta`` is not a number or
+                None.
+            ValueError: ``position`` is negative.
+        """
+        if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
+            raise TypeError(f"position must be an int or None, got {position!r}")
+        if position is not None and position < 0:
+            raise ValueError(f"position must be >= 0 or None, got {position!r}")
+        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, int | float)):
+            raise TypeError(f"eta must be a number of seconds or None, got {eta!r}")
         await self.update(ProgressUpdate("queued", position=position, eta=eta))
 
     async def started(self, message: str = "") -> None:
