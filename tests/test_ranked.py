@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from executus import _ranked as ranked_module
-from executus._ranked import RankedMap
+from executus._ranked import ArrivalMap, RankedMap
 
 
 @settings(max_examples=200, deadline=None)
@@ -240,3 +240,151 @@ def test_first_bucket_splits_behind_popped_entries(ints: bool) -> None:
         ranked.insert(-1, -1)
         assert [k for k, _ in ranked] == [-1, 5, 6]
         assert [ranked.rank(k) for k in (-1, 5, 6, 7)] == [0, 1, 2, 3]
+
+
+# -- ArrivalMap and RankedMap.extend -------------------------------------------------------
+
+
+def _check_against(arrivals: ArrivalMap[int], model: list[int]) -> None:
+    assert len(arrivals) == arrivals._len == len(model)
+    assert bool(arrivals) == bool(model)
+    assert [k for k, _ in arrivals] == model
+    assert [v for _, v in arrivals] == [k * 10 for k in model]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    *("arrive", "arrive", "arrive", "insert", "pop", "pop_first_value"),
+                    *("rank", "pop_absent", "pop_newest", "pop_oldest"),
+                ]
+            ),
+            st.one_of(st.integers(-50, 400), st.integers(-(2**70), 2**70)),
+        ),
+        max_size=300,
+    ),
+    st.booleans(),
+    st.sampled_from([2, 3, 256]),
+)
+def test_arrival_map_matches_a_sorted_list(
+    ops: list[tuple[str, int]], ints: bool, load: int
+) -> None:
+    """Arrivals past the last key, inserts anywhere, pops of any key, of the first and of
+    either end of the tail, ranks and absent keys keep the order, length, ranks and
+    values of a sorted list, whatever the keys' width and the bucket size."""
+    with patch.object(ranked_module, "_LOAD", load):
+        arrivals: ArrivalMap[int] = ArrivalMap(ints=ints)
+        model: list[int] = []
+        for op, key in ops:
+            if op == "arrive":  # the next arrival number: past every key held
+                key = (model[-1] + 1 + key % 3) if model else key
+                op = "insert"
+            if op == "insert" and key not in model:
+                arrivals.insert(key, key * 10)
+                model.append(key)
+                model.sort()
+            elif op == "pop" and model:
+                victim = model[key % len(model)]
+                assert arrivals.pop(victim) == victim * 10
+                model.remove(victim)
+            elif op == "pop_newest" and model:
+                assert arrivals.pop(model[-1]) == model[-1] * 10
+                model.pop()
+            elif op == "pop_oldest" and model:
+                victim = next(iter(arrivals._tkeys), model[0])  # the tail's first, if any
+                assert arrivals.pop(victim) == victim * 10
+                model.remove(victim)
+            elif op == "pop_first_value" and model:
+                assert arrivals.first_value() == model[0] * 10
+                assert arrivals.pop_first_value() == model[0] * 10
+                model.pop(0)
+            elif op == "pop_absent" and key not in model:
+                with pytest.raises(KeyError):
+                    arrivals.pop(key)
+            elif op == "rank":
+                probe = model[key % len(model)] if model else key
+                assert arrivals.rank(probe) == bisect_left(model, probe)
+            assert arrivals.rank(key) == bisect_left(model, key)
+            _check_against(arrivals, model)
+        for probe in (-(2**71), 2**71, *model):
+            assert arrivals.rank(probe) == bisect_left(model, probe)
+
+
+def test_arrivals_stay_in_the_tail_until_a_rank_inside_it() -> None:
+    """Arrivals in order, the newest one's rank and pops from the front touch no sorted
+    map; a rank between the tail's ends moves the tail into it once."""
+    arrivals: ArrivalMap[int] = ArrivalMap(ints=True)
+    for k in range(1000):
+        arrivals.insert(k, k)
+        assert arrivals.rank(k) == k  # the newest arrival's place
+    assert arrivals.pop_first_value() == 0
+    assert arrivals.rank(0) == 0
+    assert len(arrivals._map) == 0
+    assert len(arrivals._tkeys) == 999
+    assert arrivals.rank(500) == 499
+    assert len(arrivals._map) == 999
+    assert not arrivals._tkeys
+    arrivals.insert(2000, 2000)  # past the map's last key: a new tail
+    assert len(arrivals._tkeys) == 1
+    assert arrivals.rank(2000) == 999
+    assert arrivals.pop(1) == 1
+    assert arrivals.pop(2000) == 2000
+
+
+def test_empty_arrival_map_refuses_as_a_ranked_map_does() -> None:
+    """An empty map raises IndexError for its first value and KeyError for a key."""
+    arrivals: ArrivalMap[int] = ArrivalMap()
+    with pytest.raises(IndexError):
+        arrivals.pop_first_value()
+    with pytest.raises(IndexError):
+        arrivals.first_value()
+    with pytest.raises(KeyError):
+        arrivals.pop(3)
+    assert arrivals.rank(3) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 5), max_size=40),
+    st.lists(st.integers(1, 40), max_size=8),
+    st.integers(0, 30),
+    st.booleans(),
+    st.sampled_from([2, 3, 256]),
+)
+def test_extend_appends_runs_of_keys(
+    first: list[int], runs: list[int], popped: int, ints: bool, load: int
+) -> None:
+    """``extend`` after any inserts and front pops appends its keys in order: the same
+    order, ranks and values as inserting them one by one."""
+    with patch.object(ranked_module, "_LOAD", load):
+        ranked: RankedMap[int] = RankedMap(ints=ints)
+        model: list[int] = []
+        for k in sorted(set(first)):
+            ranked.insert(k, -k)
+            model.append(k)
+        for _ in range(min(popped, len(model))):
+            assert ranked.pop_first_value() == -model.pop(0)
+        nxt = 10
+        for count in runs:
+            keys = list(range(nxt, nxt + count))
+            ranked.extend(keys, [-k for k in keys])
+            model += keys
+            nxt += count + 1
+            ranked.rank(model[0])  # builds the size index, which the next extend must keep
+        assert [k for k, _ in ranked] == model
+        assert [v for _, v in ranked] == [-k for k in model]
+        for probe in (-1, *model, nxt):
+            assert ranked.rank(probe) == bisect_left(model, probe)
+
+
+def test_extend_with_keys_beyond_int64_widens_first() -> None:
+    """Keys too wide for machine-int buckets widen the map before anything is added."""
+    ranked: RankedMap[int] = RankedMap(ints=True)
+    ranked.insert(1, 1)
+    ranked.extend([2, 2**64, 2**65], [2, 3, 4])
+    assert not ranked._ints
+    assert [k for k, _ in ranked] == [1, 2, 2**64, 2**65]
+    assert ranked.rank(2**65) == 3

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._job import JobHandle
-from ._ranked import RankedMap
+from ._ranked import ArrivalMap, RankedMap
 
 __all__ = ["FIFO", "FairShare", "PolicyState", "Preemption", "Priority", "QueuePolicy"]
 
@@ -115,7 +115,7 @@ class _SortedState(PolicyState):
 
     def __init__(self, *, ints: bool = True) -> None:
         # Keys are arrival numbers (ints) unless a subclass's ``_key`` makes others.
-        self._map: RankedMap[JobHandle[Any]] = RankedMap(ints=ints)
+        self._map: RankedMap[JobHandle[Any]] | ArrivalMap[JobHandle[Any]] = RankedMap(ints=ints)
 
     def _key(self, job: JobHandle[Any], now: float) -> Any:
         return job._seq
@@ -143,6 +143,10 @@ class _FifoState(_SortedState):
     """Arrival order: the sort key is the arrival number."""
 
     __slots__ = ()
+
+    def __init__(self) -> None:
+        # Arrival numbers come in order: an arrival is an append (see ``ArrivalMap``).
+        self._map: RankedMap[JobHandle[Any]] | ArrivalMap[JobHandle[Any]] = ArrivalMap(ints=True)
 
     def push(self, job: JobHandle[Any], now: float) -> None:
         # ``_SortedState.push`` with ``_key`` written out: every queued job's path.
@@ -176,7 +180,7 @@ class FIFO(QueuePolicy):
 
 
 _MAX_LEVELS = 128  # priority levels with a queue of their own; the rest share one
-_LEN: Callable[[RankedMap[Any]], int] = operator.attrgetter("_len")
+_LEN: Callable[[ArrivalMap[Any]], int] = operator.attrgetter("_len")
 
 
 class _PriorityState(PolicyState):
@@ -193,9 +197,10 @@ class _PriorityState(PolicyState):
     __slots__ = ("_levels", "_maps", "_order", "_shared", "_shared_levels")
 
     def __init__(self) -> None:
-        self._levels: dict[int, RankedMap[JobHandle[Any]]] = {}  # non-empty, by priority
+        # Non-empty level queues by priority; arrivals within a level come in order.
+        self._levels: dict[int, ArrivalMap[JobHandle[Any]]] = {}
         self._order: list[int] = []  # the levels' negated priorities, ascending
-        self._maps: list[RankedMap[JobHandle[Any]]] = []  # the levels' queues, that order
+        self._maps: list[ArrivalMap[JobHandle[Any]]] = []  # the levels' queues, that order
         # Jobs of levels without a queue of their own, keyed seq - priority * span.
         self._shared: RankedMap[JobHandle[Any]] = RankedMap(ints=True)
         self._shared_levels: dict[int, int] = {}  # priority -> its jobs in _shared
@@ -208,7 +213,7 @@ class _PriorityState(PolicyState):
                 self._shared.insert(job._seq - p * _SEQ_SPAN, job)
                 self._shared_levels[p] = self._shared_levels.get(p, 0) + 1
                 return
-            level = self._levels[p] = RankedMap(ints=True)
+            level = self._levels[p] = ArrivalMap(ints=True)
             i = bisect_left(self._order, -p)
             self._order.insert(i, -p)
             self._maps.insert(i, level)
@@ -329,7 +334,8 @@ class _Flow:
     __slots__ = ("base", "head", "key", "n", "order", "queue", "weight")
 
     def __init__(self, key: str | None, weight: float, order: int, base: float) -> None:
-        self.queue: RankedMap[JobHandle[Any]] = RankedMap(ints=True)
+        # Keyed (priority, arrival): arrivals of one priority come in order.
+        self.queue: ArrivalMap[JobHandle[Any]] = ArrivalMap(ints=True)
         self.reset(key, weight, order, base)
 
     def reset(self, key: str | None, weight: float, order: int, base: float) -> None:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator, MutableSequence
-from itertools import islice
+from collections import deque
+from collections.abc import Iterable, Iterator, MutableSequence
+from itertools import chain, islice
 from typing import Any, Generic, TypeVar, cast
 
-__all__ = ["RankedMap"]
+__all__ = ["ArrivalMap", "RankedMap"]
 
 V = TypeVar("V")
 
@@ -118,6 +119,56 @@ class RankedMap(Generic[V]):
             if lens is not None:
                 lens[b] += 1
                 self._runs[b >> _SHIFT] += 1
+
+    def extend(self, keys: Iterable[Any], values: Iterable[V]) -> None:
+        """Add keys in ascending order, each larger than every key held, with their
+        values: appended to the last bucket, or cut into new buckets, in C slices."""
+        keys = list(keys)
+        values = list(values)
+        if not keys:
+            return
+        try:  # nothing is changed until every key is known to fit
+            self._extend(keys, values)
+        except (OverflowError, TypeError):
+            if not self._ints:
+                raise
+            self._widen()
+            self._extend(keys, values)
+
+    def _extend(self, keys: list[Any], values: list[V]) -> None:
+        added = len(keys)
+        ints = self._ints
+        if self._keys:
+            b = len(self._keys) - 1
+            last = self._keys[b]
+            if len(last) + added <= 2 * _LOAD:  # the last bucket takes them all
+                last.extend(array("q", keys) if ints else keys)
+                self._vals[b].extend(values)
+                self._maxes[b] = keys[-1]
+                self._len += added
+                lens = self._lens
+                if lens is not None:
+                    lens[b] += added
+                    self._runs[b >> _SHIFT] += added
+                return
+            # The last bucket and the new keys, cut again into buckets of _LOAD.
+            dead = 0 if b else self._dead
+            keys = list(islice(last, dead, None)) + keys
+            values = self._vals[b][dead:] + values
+        else:
+            b = 0
+            dead = 0
+        cut = range(0, len(keys), _LOAD)
+        buckets: list[MutableSequence[Any]] = [
+            array("q", keys[i : i + _LOAD]) if ints else keys[i : i + _LOAD] for i in cut
+        ]
+        if dead:
+            self._dead = 0
+        self._keys[b:] = buckets
+        self._vals[b:] = [values[i : i + _LOAD] for i in cut]
+        self._maxes[b:] = [bucket[-1] for bucket in buckets]
+        self._len += added
+        self._lens = None
 
     def _widen(self) -> None:
         """Keep keys in plain lists from now on (a key does not fit an int64)."""
@@ -225,3 +276,109 @@ class RankedMap(Generic[V]):
             lens[0] -= self._dead
         self._runs = [sum(lens[i : i + _RUN]) for i in range(0, len(lens), _RUN)]
         return lens
+
+
+class ArrivalMap(Generic[V]):
+    """A ``RankedMap`` for keys that mostly come in ascending order: a queue's arrival
+    numbers, where a requeued job (an older number) is the exception.
+
+    A key larger than every key held waits in a tail of two plain deques, so an arrival
+    is an append and a dispatch from the tail a ``popleft``, neither a search. The
+    tail's keys are all larger than the sorted map's, so the map holds the first keys
+    and answers every rank below the tail's first key. The tail moves into the map, in
+    one ``extend``, only when a query needs a place inside it: the rank or removal of
+    a key between its ends, or a key smaller than its last. Each key moves at most once
+    per stay, so every operation keeps its cost in amortised terms.
+
+    Same interface as ``RankedMap`` (what the queues use), including ``_len``.
+    """
+
+    __slots__ = ("_len", "_map", "_tkeys", "_tvals")
+
+    def __init__(self, *, ints: bool = False) -> None:
+        self._map: RankedMap[V] = RankedMap(ints=ints)
+        self._tkeys: deque[Any] = deque()
+        self._tvals: deque[V] = deque()
+        self._len = 0  # the map's keys and the tail's
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Iterator[tuple[Any, V]]:
+        return chain(self._map, zip(self._tkeys, self._tvals, strict=True))
+
+    def _settle(self) -> None:
+        """Move the tail into the sorted map."""
+        self._map.extend(self._tkeys, self._tvals)
+        self._tkeys.clear()
+        self._tvals.clear()
+
+    def insert(self, key: Any, value: V) -> None:
+        """Add ``key`` (which must not be present) with ``value``."""
+        tkeys = self._tkeys
+        if tkeys:
+            if key > tkeys[-1]:  # an arrival: every job's path
+                tkeys.append(key)
+                self._tvals.append(value)
+                self._len += 1
+                return
+            self._settle()
+        sorted_map = self._map
+        if sorted_map._len and not key > sorted_map._maxes[-1]:
+            sorted_map.insert(key, value)
+        else:
+            tkeys.append(key)
+            self._tvals.append(value)
+        self._len += 1
+
+    def pop(self, key: Any) -> V:
+        """Remove ``key`` and return its value. Raises KeyError if absent."""
+        tkeys = self._tkeys
+        if tkeys and not key < tkeys[0]:  # in the tail, if anywhere
+            if key == tkeys[-1]:
+                tkeys.pop()
+                value = self._tvals.pop()
+            elif key == tkeys[0]:
+                tkeys.popleft()
+                value = self._tvals.popleft()
+            else:
+                self._settle()
+                value = self._map.pop(key)
+        else:
+            value = self._map.pop(key)
+        self._len -= 1
+        return value
+
+    def first_value(self) -> V:
+        """The value of the smallest key. Raises IndexError if empty."""
+        if self._map._len:
+            return self._map.first_value()
+        if not self._tvals:
+            raise IndexError("first of an empty ArrivalMap")
+        return self._tvals[0]
+
+    def pop_first_value(self) -> V:
+        """Remove the smallest key and return its value. Raises IndexError if empty."""
+        if self._map._len:
+            value = self._map.pop_first_value()
+        elif self._tkeys:
+            self._tkeys.popleft()
+            value = self._tvals.popleft()
+        else:
+            raise IndexError("pop from an empty ArrivalMap")
+        self._len -= 1
+        return value
+
+    def rank(self, key: Any) -> int:
+        """How many keys are smaller than ``key`` (present or not)."""
+        tkeys = self._tkeys
+        if tkeys and key > tkeys[0]:
+            if key > tkeys[-1]:
+                return self._len
+            if key == tkeys[-1]:  # the newest arrival's place: no need to settle
+                return self._len - 1
+            self._settle()
+        return self._map.rank(key)
