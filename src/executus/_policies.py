@@ -115,7 +115,7 @@ class _SortedState(PolicyState):
 
     def __init__(self, *, ints: bool = True) -> None:
         # Keys are arrival numbers (ints) unless a subclass's ``_key`` makes others.
-        self._map: RankedMap[JobHandle[Any]] | ArrivalMap[JobHandle[Any]] = RankedMap(ints=ints)
+        self._map: RankedMap[JobHandle[Any]] = RankedMap(ints=ints)
 
     def _key(self, job: JobHandle[Any], now: float) -> Any:
         return job._seq
@@ -139,21 +139,44 @@ class _SortedState(PolicyState):
         return len(self._map)
 
 
-class _FifoState(_SortedState):
-    """Arrival order: the sort key is the arrival number."""
+class _FifoState(PolicyState):
+    """Arrival order: the sort key is the arrival number, which arrivals bring in order
+    (a requeued job keeps its first one), so an arrival is an append (``ArrivalMap``)."""
 
-    __slots__ = ()
+    __slots__ = ("_map",)
 
     def __init__(self) -> None:
-        # Arrival numbers come in order: an arrival is an append (see ``ArrivalMap``).
-        self._map: RankedMap[JobHandle[Any]] | ArrivalMap[JobHandle[Any]] = ArrivalMap(ints=True)
+        self._map: ArrivalMap[JobHandle[Any]] = ArrivalMap(ints=True)
 
     def push(self, job: JobHandle[Any], now: float) -> None:
-        # ``_SortedState.push`` with ``_key`` written out: every queued job's path.
         key = job._qkey
         if key is None:  # a requeued job keeps the key of its first arrival
             key = job._qkey = job._seq
-        self._map.insert(key, job)
+        arrivals = self._map
+        tkeys = arrivals._tkeys
+        if tkeys and key > tkeys[-1]:  # ``ArrivalMap.insert``'s first case, written out:
+            tkeys.append(key)  # every queued job's path
+            arrivals._tvals.append(job)
+            arrivals._len += 1
+        else:
+            arrivals.insert(key, job)
+
+    def pop(self) -> JobHandle[Any]:
+        arrivals = self._map
+        if arrivals._map._len or not arrivals._tkeys:
+            return arrivals.pop_first_value()
+        arrivals._tkeys.popleft()  # ``pop_first_value`` from the tail, written out
+        arrivals._len -= 1
+        return arrivals._tvals.popleft()
+
+    def remove(self, job: JobHandle[Any]) -> None:
+        self._map.pop(job._qkey)
+
+    def position(self, job: JobHandle[Any]) -> int:
+        return self._map.rank(job._qkey) + 1
+
+    def __len__(self) -> int:
+        return self._map._len
 
 
 class FIFO(QueuePolicy):
