@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from executus import JobCancelled, JobState, Lane, NotQueued
@@ -217,3 +219,81 @@ async def test_ended_jobs_are_forgotten(lane: Lane) -> None:
     assert len(ops._jobs) <= 64
     assert repr(ops) == "<LaneOps 'gpu' [0 tracked] admins=StaticAdmins(['ops'])>"
     await lane.aclose()
+
+
+@pytest.mark.parametrize(
+    ("user", "error", "message"),
+    [
+        (None, TypeError, "user must be a str, got None"),
+        (42, TypeError, "user must be a str, got 42"),
+        ("", ValueError, "user must be a non-empty str, got ''"),
+    ],
+    ids=["none", "int", "empty"],
+)
+async def test_laneops_refuses_a_user_that_is_not_a_non_empty_str(
+    lane: Lane, user: object, error: type[Exception], message: str
+) -> None:
+    """None, a non-str or "" as the user is refused by every operation: None would pass for
+    the owner of the jobs submitted without a key."""
+    ops = make_ops(lane)
+    gate = Gate()
+    ownerless = await ops.submit(gate)
+    await settle()
+    calls = (
+        lambda: ops.cancel(user, ownerless.id),  # type: ignore[arg-type]
+        lambda: ops.cancel_key(user, None),  # type: ignore[arg-type]
+        lambda: ops.set_max_concurrent(user, 4),  # type: ignore[arg-type]
+    )
+    for call in calls:
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            await call()
+    assert (ownerless.state, lane.max_concurrent) == (JobState.RUNNING, 1)
+    gate.release()
+    await ownerless
+    await lane.aclose()
+
+
+async def test_cancel_key_none_means_the_jobs_without_an_owner_and_needs_an_admin(
+    lane: Lane,
+) -> None:
+    """cancel_key(user, None) is about the jobs submitted without a key only: a user is
+    refused, and an admin cancels those jobs and leaves every owned job alone."""
+    ops = make_ops(lane)
+    gates = [Gate() for _ in range(4)]
+    owned = [await ops.submit(gates[0], key="alice"), await ops.submit(gates[1], key="bob")]
+    ownerless = [await ops.submit(gates[2]), await ops.submit(gates[3])]
+    await settle()
+    with pytest.raises(Forbidden) as e:
+        await ops.cancel_key("alice", None)
+    assert str(e.value) == (
+        "Alice may not cancel the jobs without an owner: only their owner or an admin may"
+    )
+    assert await ops.cancel_key("ops", None) == 2
+    assert [h.state for h in ownerless] == [JobState.CANCELLED, JobState.CANCELLED]
+    assert [h.state for h in owned] == [JobState.RUNNING, JobState.QUEUED]
+    with pytest.raises(TypeError, match=r"^key must be a str or None, got 7$"):
+        await ops.cancel_key("ops", 7)  # type: ignore[arg-type]
+    await lane.aclose(drain=False)
+
+
+def test_member_refuses_one_str_for_roles_and_keeps_roles_as_a_frozenset() -> None:
+    """Member(roles="admin") is refused (it would be read as the roles a, d, m, i, n); a
+    list of roles is kept as a frozenset, and a role that is not a str is refused."""
+    with pytest.raises(
+        TypeError, match=r"^roles must be a collection of role names, not one str, got 'admin'$"
+    ):
+        Member("ops", "Ops", "admin")  # type: ignore[arg-type]
+    member = Member("ops", "Ops", ["admin", "mod"])  # type: ignore[arg-type]
+    assert member.roles == frozenset({"admin", "mod"})
+    assert isinstance(member.roles, frozenset)
+    assert RoleAdmins(StaticMembers([member])).is_admin("ops")
+    with pytest.raises(TypeError, match=r"^roles must be role names \(str\), got 1$"):
+        Member("ops", "Ops", frozenset({1}))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^roles must be role names \(str\), got 1$"):
+        RoleAdmins(None, [1])  # type: ignore[list-item]
+
+
+def test_static_admins_refuses_ids_that_are_not_str() -> None:
+    """StaticAdmins([42]) is refused: the id 42 would never match the user "42"."""
+    with pytest.raises(TypeError, match=r"^users must be str ids, got 42$"):
+        StaticAdmins([42])  # type: ignore[list-item]

@@ -11,9 +11,10 @@ A harness plugs its host's notion of users in through two small protocols:
 The ``is_admin`` and ``resolve`` functions accept ``None`` for the policy or resolver
 and fall back to those defaults, so seams can be left unplugged.
 
-``LaneOps`` puts a lane behind these rules: a user may cancel their own jobs (a job is
-yours when its key is your user id); an admin may cancel any job and change the lane's
-``max_concurrent``. Anything else raises ``Forbidden``::
+``LaneOps`` puts a lane behind these rules: a user (a non-empty ``str``) may cancel
+their own jobs (a job is yours when its key is your user id); an admin may cancel any
+job, the jobs without a key included, and change the lane's ``max_concurrent``.
+Anything else raises ``Forbidden``::
 
     ops = LaneOps(lane, StaticAdmins({"ops"}))
     handle = await ops.submit(lambda: llm.chat(prompt), key="alice")
@@ -74,12 +75,32 @@ class Member:
     Attributes:
         id: the host's user id.
         display_name: how to address the user in messages.
-        roles: the user's roles on the host (``{"admin", "moderator"}``).
+        roles: the user's roles on the host (``{"admin", "moderator"}``); any collection
+            of role names is kept as a ``frozenset``.
+
+    Raises:
+        TypeError: ``roles`` is one ``str`` (which would be split into letters), or
+            holds something other than a ``str``.
     """
 
     id: str
     display_name: str
     roles: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        # A frozen dataclass: the normalised roles go in through object.__setattr__.
+        object.__setattr__(self, "roles", _role_names(self.roles))
+
+
+def _role_names(roles: Iterable[str]) -> frozenset[str]:
+    """``roles`` as a frozenset of names, refusing one ``str`` and non-str members."""
+    if isinstance(roles, str):
+        raise TypeError(f"roles must be a collection of role names, not one str, got {roles!r}")
+    names = frozenset(roles)
+    for role in names:
+        if not isinstance(role, str):
+            raise TypeError(f"roles must be role names (str), got {role!r}")
+    return names
 
 
 @runtime_checkable
@@ -117,7 +138,11 @@ class StaticAdmins:
     """A fixed set of admin user ids.
 
     Args:
-        users: the admins' ids.
+        users: the admins' ids (``str``, as users are everywhere in executus).
+
+    Raises:
+        TypeError: ``users`` is one ``str`` (which would be split into letters), or holds
+            something other than a ``str`` (``42`` would never match the user ``"42"``).
 
     Example::
 
@@ -131,6 +156,9 @@ class StaticAdmins:
         if isinstance(users, str):
             raise TypeError(f"users must be a collection of ids, not one str, got {users!r}")
         self.users = frozenset(users)
+        for user in self.users:
+            if not isinstance(user, str):
+                raise TypeError(f"users must be str ids, got {user!r}")
 
     def is_admin(self, user: str) -> bool:
         """True when ``user`` is in the set."""
@@ -188,16 +216,15 @@ class RoleAdmins:
         roles: the roles that make a member an admin (default ``{"admin"}``).
 
     Raises:
-        TypeError: ``roles`` is one ``str`` (which would be split into letters).
+        TypeError: ``roles`` is one ``str`` (which would be split into letters), or holds
+            something other than a ``str``.
     """
 
     __slots__ = ("resolver", "roles")
 
     def __init__(self, resolver: MemberResolver | None, roles: Iterable[str] = ("admin",)) -> None:
-        if isinstance(roles, str):
-            raise TypeError(f"roles must be a collection of role names, not one str, got {roles!r}")
+        self.roles = _role_names(roles)
         self.resolver = resolver
-        self.roles = frozenset(roles)
 
     def is_admin(self, user: str) -> bool:
         """True when the resolved member holds one of ``roles``."""
@@ -228,11 +255,15 @@ class LaneOps:
     Jobs submitted through ``submit`` are tracked, so their key (their owner) is known.
     The rules:
 
-    - anyone may submit (the job's ``key`` is its owner);
+    - anyone may submit (the job's ``key`` is its owner; a job without a key has none);
     - a user may cancel their own jobs (``key == user``), queued or running;
     - an admin may cancel any job (also one submitted to the lane directly, if it is
       queued) and change ``max_concurrent``;
     - everything else raises ``Forbidden``.
+
+    A user is a non-empty ``str``: every operation refuses anything else (``TypeError``,
+    or ``ValueError`` for ``""``), so no user passes for the owner of the jobs without
+    a key.
 
     Ended jobs leave the table of live jobs as the facade goes, but the owners of the
     last ``remember_ended`` of them are kept, so cancelling an ended job gets the same
@@ -284,6 +315,15 @@ class LaneOps:
 
     def _name(self, user: str) -> str:
         return resolve(self.members, user).display_name
+
+    @staticmethod
+    def _check_user(user: object) -> None:
+        """Refuse a ``user`` that is not a non-empty str: None or "" would otherwise match
+        the jobs without an owner (whose key is None) and pass for their owner."""
+        if not isinstance(user, str):
+            raise TypeError(f"user must be a str, got {user!r}")
+        if not user:
+            raise ValueError("user must be a non-empty str, got ''")
 
     @property
     def remember_ended(self) -> int:
@@ -358,7 +398,11 @@ class LaneOps:
                 was not submitted through this facade (or ended too long ago: its owner
                 is unknown) and ``user`` is not an admin.
             NotQueued: an admin cancelled an untracked job that is not queued.
+            TypeError: ``user`` is not a str (None is nobody, not the owner of the jobs
+                without a key).
+            ValueError: ``user`` is empty.
         """
+        self._check_user(user)
         admin = is_admin(self.admins, user)
         handle = self._jobs.get(job_id)
         if handle is not None and handle.done():
@@ -394,24 +438,35 @@ class LaneOps:
         self._untrack(handle)
         return cancelled
 
-    async def cancel_key(self, user: str, key: str) -> int:
+    async def cancel_key(self, user: str, key: str | None) -> int:
         """Cancel every live tracked job of ``key`` on behalf of ``user``.
+
+        Args:
+            user: who asks.
+            key: whose jobs; None means the jobs submitted without a key (no owner: an
+                admin's only), not every job.
 
         Returns:
             How many jobs were cancelled.
 
         Raises:
             Forbidden: ``key`` is not ``user`` and ``user`` is not an admin.
+            TypeError: ``user`` is not a str, or ``key`` is neither a str nor None.
+            ValueError: ``user`` is empty.
         """
+        self._check_user(user)
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a str or None, got {key!r}")
         if key != user and not is_admin(self.admins, user):
+            whose = "the jobs without an owner" if key is None else f"the jobs of {self._name(key)}"
             raise Forbidden(
                 user,
                 "cancel",
-                f"{self._name(user)} may not cancel the jobs of {self._name(key)}: only "
-                "their owner or an admin may",
+                f"{self._name(user)} may not cancel {whose}: only their owner or an admin may",
             )
         count = 0
-        for handle in self.jobs(key):
+        # h.key == key, not jobs(key): jobs(None) lists every key's jobs.
+        for handle in [h for h in self._jobs.values() if not h.done() and h.key == key]:
             if await handle.cancel():
                 count += 1
             self._untrack(handle)
@@ -422,8 +477,10 @@ class LaneOps:
 
         Raises:
             Forbidden: ``user`` is not an admin.
-            ValueError: ``n`` is not >= 1.
+            TypeError: ``user`` is not a str.
+            ValueError: ``user`` is empty, or ``n`` is not >= 1.
         """
+        self._check_user(user)
         if not is_admin(self.admins, user):
             raise Forbidden(
                 user,
