@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -310,7 +311,8 @@ def test_every_helper_names_where_a_bad_value_is_set(
     [
         (
             {"x": object},
-            "config key 'X' (x in defaults): unsupported value type type, got <class 'object'>",
+            "config key 'X' (x in defaults): unsupported value type type; a value is a str, "
+            "number, bool, date or time, array or table",
             "X",
         ),
         (
@@ -898,3 +900,246 @@ def test_config_preemption_fields_override_the_codes_one_by_one() -> None:
     assert lanes.get("c", preemption=code).preemption == code
     bare = Lanes(MappingSource({"LANE_D_PREEMPT_REQUEUE": "yes"}))
     assert bare.get("d").preemption == Preemption(requeue=True)
+
+
+# -- defaults given to Lanes.get --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"eta_window": 0}, ValueError, "eta_window must be >= 1, got 0"),
+        ({"eta_window": False}, TypeError, "eta_window must be an int, got False"),
+        ({"max_concurrent": 0}, ValueError, "max_concurrent must be >= 1, got 0"),
+        ({"max_concurrent": 2.5}, TypeError, "max_concurrent must be an int, got 2.5"),
+        ({"policy": "fifo"}, TypeError, "policy must be a QueuePolicy (FIFO(), ...), got 'fifo'"),
+        ({"preemption": 30}, TypeError, "preemption must be a Preemption or None, got 30"),
+    ],
+    ids=["window-zero", "window-false", "limit-zero", "limit-float", "policy", "preemption"],
+)
+def test_a_default_the_lane_would_refuse_is_refused_even_where_config_overrides_it(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Lanes.get refuses a default the lane's constructor refuses, with its words, also
+    when config sets that setting (a reload that unsets it would bring the default in);
+    nothing is built."""
+    values = {"LANE_A_ETA_WINDOW": "8", "LANE_A_MAX_CONCURRENT": "2", "LANE_A_POLICY": "fifo"}
+    for source in (None, MappingSource(values)):
+        lanes = Lanes(source)
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            lanes.get("a", **kwargs)
+        assert "a" not in lanes
+
+
+# -- numbers too long to read, sources that are not sources -----------------------------------
+
+
+def test_an_integer_of_too_many_digits_is_a_config_error(tmp_path: Path) -> None:
+    """An integer longer than Python converts to text is a ConfigError naming the file (a
+    TOML file) or the key and the mapping, not a bare ValueError."""
+    path = tmp_path / "bot.toml"
+    path.write_text("[lanes.a]\nmax_concurrent = " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError) as e:
+        TomlSource(path)
+    assert str(e.value) == (
+        f"cannot read config file {str(path)!r}: Exceeds the limit "
+        f"({sys.get_int_max_str_digits()} digits) for integer string conversion: value has "
+        "5000 digits; use sys.set_int_max_str_digits() to increase the limit"
+    )
+    with pytest.raises(ConfigError) as e:
+        MappingSource({"lanes": {"a": {"max_concurrent": 10**5000}}}, name="defaults")
+    assert str(e.value) == (
+        "config key 'LANE_A_MAX_CONCURRENT' (lanes.a.max_concurrent in defaults): expected a "
+        f"number of at most {sys.get_int_max_str_digits()} digits, got a longer integer"
+    )
+    assert e.value.key == "LANE_A_MAX_CONCURRENT"
+
+
+async def test_a_reload_of_a_file_with_an_integer_of_too_many_digits_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Lanes.reload of a file now holding a 5000-digit integer raises ConfigError and
+    keeps the lane and the source as they were."""
+    path = tmp_path / "bot.toml"
+    path.write_text("[lanes.a]\nmax_concurrent = 2\n")
+    async with Lanes(TomlSource(path)) as lanes:
+        a = lanes.get("a")
+        path.write_text("[lanes.a]\nmax_concurrent = " + "9" * 5000 + "\n")
+        with pytest.raises(ConfigError, match=r"^cannot read config file "):
+            await lanes.reload()
+        assert (a.max_concurrent, lanes.settings("a").max_concurrent) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: Lanes("bot.toml"),  # type: ignore[arg-type]
+            "source must be a Source, got the path 'bot.toml': wrap it as TomlSource(path)",
+        ),
+        (
+            lambda: Lanes(Path("bot.toml")),  # type: ignore[arg-type]
+            "source must be a Source, got the path PosixPath('bot.toml'): wrap it as "
+            "TomlSource(path)",
+        ),
+        (
+            lambda: Lanes({"lanes": {"ollama": {"max_concurrent": 4}}}),  # type: ignore[dict-item]
+            "source must be a Source, got a dict: wrap it as MappingSource(mapping)",
+        ),
+        (
+            lambda: Lanes(os.environ),
+            "source must be a Source, got os.environ: read it with EnvSource(prefix)",
+        ),
+        (
+            lambda: Lanes(3),  # type: ignore[arg-type]
+            "source must be a Source (an object with get(key)), got 3",
+        ),
+        (
+            lambda: ChainSource(EnvSource(), "bot.toml"),  # type: ignore[arg-type]
+            "source 1 must be a Source, got the path 'bot.toml': wrap it as TomlSource(path)",
+        ),
+        (
+            lambda: MappingSource([("a", 1)]),  # type: ignore[arg-type]
+            "mapping must be a Mapping (a dict), got [('a', 1)]",
+        ),
+        (
+            lambda: MappingSource(None),  # type: ignore[arg-type]
+            "mapping must be a Mapping (a dict), got None",
+        ),
+    ],
+    ids=[
+        "path-str",
+        "path",
+        "dict",
+        "environ",
+        "int",
+        "chain-path",
+        "mapping-list",
+        "mapping-none",
+    ],
+)
+def test_an_argument_that_is_not_a_source_is_refused_saying_what_to_wrap_it_in(
+    make: Callable[[], object], message: str
+) -> None:
+    """Lanes and ChainSource refuse a path or a mapping given as a source (a dict would be
+    read as no settings at all), saying which source to wrap it in; MappingSource refuses
+    what is not a mapping."""
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        make()
+
+
+class IntSource:
+    """A broken Source whose get returns an int."""
+
+    def get(self, key: str) -> Any:
+        return 3
+
+    def __repr__(self) -> str:
+        return "IntSource()"
+
+
+def test_a_source_answering_something_other_than_a_str_is_named() -> None:
+    """A Source whose get returns an int is a TypeError naming it and the key, alone or
+    in a chain."""
+    message = (
+        "IntSource() returned a value of type int for config key 'X'; a Source's get returns "
+        "a str or None"
+    )
+    for source in (IntSource(), ChainSource(IntSource())):
+        with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+            get_int(source, "X")
+
+
+# -- environment variables that spell one key -------------------------------------------------
+
+
+def test_two_environment_variables_spelling_one_key_are_refused_naming_both() -> None:
+    """Without the upper-case variable, two spellings of one key are a ConfigError naming
+    both (whichever the environment listed first would win); keys() lists the key once."""
+    env = {"EXECUTUS_lane_a_max_concurrent": "1", "EXECUTUS_Lane-A-Max-Concurrent": "8"}
+    message = (
+        "config key 'LANE_A_MAX_CONCURRENT' is set by 2 environment variables spelt "
+        "differently ($EXECUTUS_Lane-A-Max-Concurrent, $EXECUTUS_lane_a_max_concurrent); set "
+        "it once, as $EXECUTUS_LANE_A_MAX_CONCURRENT"
+    )
+    for environ in (env, dict(reversed(env.items()))):
+        source = EnvSource(environ=environ)
+        assert list(source.keys()) == ["LANE_A_MAX_CONCURRENT"]
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            get_int(source, "LANE_A_MAX_CONCURRENT")
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            Lanes(source)
+    # The upper-case variable is the key's own: it wins over other spellings.
+    exact = EnvSource(environ={**env, "EXECUTUS_LANE_A_MAX_CONCURRENT": "4"})
+    assert get_int(exact, "LANE_A_MAX_CONCURRENT") == 4
+    assert exact.where("lane_a_max_concurrent") == "$EXECUTUS_LANE_A_MAX_CONCURRENT"
+
+
+# -- number syntax ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "as_int", "as_float", "as_duration"),
+    [
+        ("1_000", 1000, 1000.0, 1000.0),
+        ("+5", 5, 5.0, 5.0),
+        ("1_0.5", None, 10.5, 10.5),
+        ("1e3", None, 1000.0, 1000.0),
+        ("2.", None, 2.0, 2.0),
+        (".5", None, 0.5, 0.5),
+        ("-1", -1, -1.0, None),
+        ("1__0", None, None, None),
+        ("_1", None, None, None),
+        ("1_", None, None, None),
+        ("1 000", None, None, None),
+        ("0x10", None, None, None),
+    ],
+)
+def test_the_helpers_read_numbers_alike(
+    text: str, as_int: int | None, as_float: float | None, as_duration: float | None
+) -> None:
+    """get_int, get_float and get_duration agree on how a number is written: "_" between
+    digits, a leading "+"; a point and an exponent for the last two; no space inside
+    (a duration is never negative)."""
+    source = MappingSource({"N": text})
+    for helper, expected in ((get_int, as_int), (get_float, as_float), (get_duration, as_duration)):
+        if expected is None:
+            with pytest.raises(ConfigError):
+                helper(source, "N")
+        else:
+            assert helper(source, "N") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1h 30m", 5400.0),
+        ("30 s", 30.0),
+        (" 1m  30s ", 90.0),
+        ("1_500ms", 1.5),
+        ("+1h", 3600.0),
+        ("1e3ms", 1.0),
+        ("1M30S", 90.0),
+    ],
+)
+def test_a_duration_takes_spaces_between_its_parts(text: str, seconds: float) -> None:
+    """Whitespace may surround a duration, its units and its parts."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 m s", "1 5", "3 0 s", "1 0 0 0", "1 h30 m s", "m 5", "+ 5"])
+def test_a_duration_takes_no_space_inside_a_number_or_a_unit(text: str) -> None:
+    """A space inside a number or a unit (or a unit without a number) is refused, as
+    get_int and get_float refuse "1 5", instead of being deleted."""
+    with pytest.raises(ValueError, match=f"^{re.escape(f'not a duration: {text!r}')}$"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [(t, True) for t in ("1", "true", "YES", "On", "y", "T")]
+    + [(f, False) for f in ("0", "false", "NO", "Off", "n", "F")],
+)
+def test_get_bool_reads_its_documented_spellings(text: str, value: bool) -> None:
+    """get_bool reads 1/true/yes/on/y/t and 0/false/no/off/n/f, in any case."""
+    assert get_bool(MappingSource({"B": text}), "B") is value

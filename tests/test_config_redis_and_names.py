@@ -165,3 +165,115 @@ async def test_reload_reports_a_changed_redis_namespace_as_pending(
         assert await lanes.reload() == ReloadResult()
     finally:
         await lanes.aclose()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"EXECUTUS_REDIS_URL": "redis://u:hunter2@cache:63a79/0"},
+            "redis URL 'redis://u:***@cache:63a79/0' is not valid: Port could not be cast to "
+            "integer value as '63a79'",
+        ),
+        (
+            {"EXECUTUS_REDIS_URL": "redis://cache:6379/zero"},
+            "redis URL 'redis://cache:6379/zero' is not valid: its database must be a number, "
+            "got 'zero'",
+        ),
+        (
+            {"EXECUTUS_REDIS_URL": "redis://cache:6379/0?socket_timeout=soon"},
+            "redis URL 'redis://cache:6379/0?socket_timeout=soon' is not valid: its query "
+            "parameter 'socket_timeout' must be a number, got 'soon'",
+        ),
+        (
+            {"EXECUTUS_REDIS_URL": "redis://cache:6379/2", "EXECUTUS_REDIS_CLUSTER": "true"},
+            "redis URL 'redis://cache:6379/2' is not valid with REDIS_CLUSTER true: a Redis "
+            "Cluster has database 0 only, got 2",
+        ),
+        (
+            {"EXECUTUS_REDIS_URL": "redis://cache/0?db=3", "EXECUTUS_REDIS_CLUSTER": "1"},
+            "redis URL 'redis://cache/0?db=3' is not valid with REDIS_CLUSTER true: a Redis "
+            "Cluster has database 0 only, got 3",
+        ),
+    ],
+    ids=["port", "database", "query-number", "cluster-database", "cluster-query-database"],
+)
+def test_a_redis_url_a_redis_lane_refuses_is_refused_at_load(
+    values: dict[str, str], message: str
+) -> None:
+    """A REDIS_URL RedisLane would refuse (port, database, a number in the query, a
+    database other than 0 for a cluster) is a ConfigError at load naming the key and
+    where it is set, the URL's password masked."""
+    with pytest.raises(ConfigError) as e:
+        Lanes(EnvSource(environ=values))
+    assert str(e.value) == f"config key 'REDIS_URL' ($EXECUTUS_REDIS_URL): {message}"
+    assert (e.value.key, e.value.value) == ("REDIS_URL", None)
+
+
+@pytest.mark.parametrize(
+    ("url", "cluster", "message"),
+    [
+        (
+            "redis://cache:6379/0?socket_timeout=soon",
+            False,
+            "redis URL 'redis://cache:6379/0?socket_timeout=soon' is not valid: its query "
+            "parameter 'socket_timeout' must be a number, got 'soon'",
+        ),
+        (
+            "redis://cache/0?db=3",
+            True,
+            "redis URL 'redis://cache/0?db=3' is not valid with cluster=True: a Redis Cluster "
+            "has database 0 only, got 3",
+        ),
+    ],
+    ids=["query-number", "cluster-query-database"],
+)
+def test_redis_lane_refuses_a_url_with_the_words_config_uses(
+    url: str, cluster: bool, message: str
+) -> None:
+    """RedisLane's constructor makes config's URL checks, with the same words."""
+    redis_lane = pytest.importorskip("executus.redis", reason="executus.redis is not available")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        redis_lane.RedisLane("gpu", url, cluster=cluster)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            EnvSource(environ={"EXECUTUS_LANE_straße_MAX_CONCURRENT": "4"}),
+            "config key 'LANE_STRAßE_MAX_CONCURRENT' ($EXECUTUS_LANE_straße_MAX_CONCURRENT): "
+            "a lane name in a key is spelt with A-Z, 0-9 and _ only; write "
+            "LANE_STRA_E_MAX_CONCURRENT",
+        ),
+        (
+            MappingSource({"lane_ﬁle_max_concurrent": 4}),
+            "config key 'LANE_ﬁLE_MAX_CONCURRENT' (lane_ﬁle_max_concurrent in mapping): a lane "
+            "name in a key is spelt with A-Z, 0-9 and _ only; write LANE__LE_MAX_CONCURRENT",
+        ),
+    ],
+    ids=["sharp-s", "ligature"],
+)
+def test_a_flat_key_whose_lane_name_upper_case_makes_ascii_is_refused(
+    source: EnvSource | MappingSource, message: str
+) -> None:
+    """A flat lane key with a letter upper case turns into ASCII ("ß" into "SS") is refused
+    with the spelling lanes.get reads, not read for a lane no name reaches."""
+    with pytest.raises(ConfigError) as e:
+        Lanes(source)
+    assert str(e.value) == message
+
+
+def test_an_empty_lane_name_is_refused_naming_where() -> None:
+    """[lanes.""] and a flat LANE__POLICY have no lane name: refused as such."""
+    with pytest.raises(ConfigError) as e:
+        MappingSource({"lanes": {"": {"policy": "fifo"}}}, name="defaults")
+    assert str(e.value) == (
+        "config key 'LANES' (lanes.\"\" in defaults): a lane name must be a non-empty str, got ''"
+    )
+    with pytest.raises(ConfigError) as e:
+        Lanes(MappingSource({"LANE__POLICY": "fifo"}, name="defaults"))
+    assert str(e.value) == (
+        "config key 'LANE__POLICY' (LANE__POLICY in defaults): the lane name in it is empty; "
+        "a lane setting is LANE_<NAME>_<SETTING>"
+    )

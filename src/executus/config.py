@@ -57,6 +57,9 @@ from typing import (
 )
 
 from ._base import STORED_MAX, is_utf8
+from ._redisurl import REDIS_SCHEMES as _REDIS_SCHEMES
+from ._redisurl import check_redis_url as _check_redis_url
+from ._redisurl import masked_url as _masked_url
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -115,7 +118,8 @@ class Source(Protocol):
     offer ``keys()`` (see ``ListableSource``), which lets ``Lanes`` reject unknown lane
     settings at load (a source without it is asked for each lane's settings by name, when
     the lane is first used), and ``where(key)``, a description of where a key is read from
-    (``"$EXECUTUS_REDIS_URL"``), which error messages quote.
+    (``"$EXECUTUS_REDIS_URL"``), which error messages quote. A ``get`` that returns
+    anything but a str or None is a ``TypeError`` naming the source and the key.
     """
 
     def get(self, key: str) -> str | None:
@@ -132,14 +136,52 @@ class ListableSource(Source, Protocol):
         ...
 
 
+# Upper case for ASCII letters only: str.upper() turns some letters into ASCII ones
+# ("ß" into "SS", "ﬁ" into "FI"), which would let a key no lane name reads pass for one.
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def normalize_key(key: str) -> str:
-    """The canonical spelling of a config key: upper case, ``-`` and ``.`` as ``_``.
+    """The canonical spelling of a config key: ASCII letters in upper case, ``-`` and
+    ``.`` as ``_`` (other characters are kept as they are).
 
     Example::
 
         normalize_key("lanes.image-gen.policy")   # "LANES_IMAGE_GEN_POLICY"
     """
-    return key.upper().replace("-", "_").replace(".", "_")
+    return key.translate(_ASCII_UPPER).replace("-", "_").replace(".", "_")
+
+
+def _check_source(source: object, what: str) -> None:
+    """Refuse, as ``what``, an object that is not a ``Source``: a path or a mapping (the
+    usual slips, which would be read as no settings or fail at first use) is named
+    with the source to wrap it in."""
+    if isinstance(source, str | bytes | os.PathLike):
+        raise TypeError(
+            f"{what} must be a Source, got the path {source!r}: wrap it as TomlSource(path)"
+        )
+    if source is os.environ:
+        raise TypeError(f"{what} must be a Source, got os.environ: read it with EnvSource(prefix)")
+    if isinstance(source, Mapping):
+        # A mapping has a get(), but of raw values under exact keys: a nested dict
+        # would be read as no settings at all.
+        raise TypeError(
+            f"{what} must be a Source, got a {type(source).__name__}: wrap it as "
+            "MappingSource(mapping)"
+        )
+    if not callable(getattr(source, "get", None)):
+        raise TypeError(f"{what} must be a Source (an object with get(key)), got {source!r}")
+
+
+def _get(source: Source, key: str) -> str | None:
+    """``source.get(key)``, refusing an answer that is neither a str nor None."""
+    value = source.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(
+            f"{source!r} returned a value of type {type(value).__name__} for config key "
+            f"{key!r}; a Source's get returns a str or None"
+        )
+    return value
 
 
 def _where(source: Source, key: str) -> str:
@@ -151,6 +193,11 @@ def _where(source: Source, key: str) -> str:
 
 class EnvSource:
     """Settings from environment variables: key ``K`` is the variable ``prefix + K``.
+
+    The part after the prefix may be spelt in any case, with ``-`` or ``.`` for ``_``
+    (``$EXECUTUS_lane-a-policy``). The upper-case variable wins over other spellings;
+    without it, two other spellings of one key are a ``ConfigError`` (which one was
+    meant is not known).
 
     Args:
         prefix: prepended to every key (``"EXECUTUS_"``: ``REDIS_URL`` is read from
@@ -171,32 +218,56 @@ class EnvSource:
         self.prefix = prefix
         self._environ = os.environ if environ is None else environ
 
-    def _variable(self, key: str) -> str:
-        """The variable that sets ``key``: ``prefix + normalize_key(key)`` if it is set,
-        else another spelling of it that ``keys()`` lists (``EXECUTUS_lane_a_policy``)."""
+    def _variables(self, key: str) -> list[str]:
+        """The variables that set ``key``: ``prefix + normalize_key(key)`` alone if it is
+        set, else every other spelling of it that ``keys()`` lists
+        (``EXECUTUS_lane_a_policy``), sorted."""
         exact = self.prefix + normalize_key(key)
-        if exact not in self._environ:
-            n, wanted = len(self.prefix), normalize_key(key)
-            for name in list(self._environ):
-                if name.startswith(self.prefix) and normalize_key(name[n:]) == wanted:
-                    return name
-        return exact
+        if exact in self._environ:
+            return [exact]
+        n, wanted = len(self.prefix), normalize_key(key)
+        return sorted(
+            name
+            for name in list(self._environ)
+            if name.startswith(self.prefix) and normalize_key(name[n:]) == wanted
+        )
 
     def get(self, key: str) -> str | None:
-        """The variable ``prefix + normalize_key(key)`` (or, if that is unset, one whose
-        suffix normalises to the same key), or None if none is set."""
-        return self._environ.get(self._variable(key))
+        """The variable ``prefix + normalize_key(key)`` (or, if that is unset, the one
+        whose suffix normalises to the same key), or None if none is set.
+
+        Raises:
+            ConfigError: that variable is unset and several others spell ``key``
+                (``EXECUTUS_lane_a_policy`` and ``EXECUTUS_Lane-A-Policy``): which one
+                was meant is not known.
+        """
+        names = self._variables(key)
+        if len(names) > 1:
+            nk = normalize_key(key)
+            raise ConfigError(
+                f"config key {nk!r} is set by {len(names)} environment variables spelt "
+                f"differently ({', '.join('$' + name for name in names)}); set it once, "
+                f"as ${self.prefix}{nk}",
+                key=nk,
+            )
+        return self._environ.get(names[0]) if names else None
 
     def keys(self) -> Iterator[str]:
-        """The keys set by variables starting with the prefix (prefix removed)."""
+        """The keys set by variables starting with the prefix (prefix removed), each once."""
         n = len(self.prefix)
+        seen: set[str] = set()
         for name in list(self._environ):
             if name.startswith(self.prefix) and len(name) > n:
-                yield normalize_key(name[n:])
+                key = normalize_key(name[n:])
+                if key not in seen:
+                    seen.add(key)
+                    yield key
 
     def where(self, key: str) -> str:
-        """The variable ``key`` is read from, e.g. ``"$EXECUTUS_REDIS_URL"``."""
-        return f"${self._variable(key)}"
+        """The variable ``key`` is read from, e.g. ``"$EXECUTUS_REDIS_URL"`` (all of them,
+        when several spell it)."""
+        names = self._variables(key) or [self.prefix + normalize_key(key)]
+        return " or ".join(f"${name}" for name in names)
 
     def __repr__(self) -> str:
         return f"EnvSource(prefix={self.prefix!r})"
@@ -213,7 +284,14 @@ def _render(value: object, path: str, key: str, source_name: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        return repr(value)
+        try:
+            return repr(value)
+        except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+            raise ConfigError(
+                f"config key {key!r} ({path} in {source_name}): expected a number of at most "
+                f"{sys.get_int_max_str_digits()} digits, got a longer integer",
+                key=key,
+            ) from None
     if isinstance(value, float):
         return _plain_float(value)
     if isinstance(value, datetime | date | time):
@@ -232,9 +310,11 @@ def _render(value: object, path: str, key: str, source_name: str) -> str:
                 )
             parts.append(f"{k}={_render(v, path, key, source_name)}")
         return ",".join(parts)
+    # The type only: the value may be a secret (bytes holding a URL with its password).
     raise ConfigError(
         f"config key {key!r} ({path} in {source_name}): unsupported value type "
-        f"{type(value).__name__}, got {value!r}",
+        f"{type(value).__name__}; a value is a str, number, bool, date or time, array or "
+        "table",
         key=key,
     )
 
@@ -307,6 +387,12 @@ def _flatten(data: Mapping[Any, Any], source_name: str = "mapping") -> dict[str,
                     )
                 for name, lane_table in v.items():
                     lane_path = f"{sub_path}.{name}"
+                    if name == "":  # [lanes.""]: LANE__* names no lane
+                        raise ConfigError(
+                            f"config key 'LANES' ({sub_path}.\"\" in {source_name}): a lane "
+                            "name must be a non-empty str, got ''",
+                            key="LANES",
+                        )
                     # Spelt as Lanes.get(name) reads it: "llama3:8b" is LANE_LLAMA3_8B_*.
                     lane_flat = f"LANE_{lane_token(str(name))}"
                     if not isinstance(lane_table, Mapping):
@@ -356,10 +442,12 @@ class MappingSource:
         name: how error messages refer to this source (default ``"mapping"``).
 
     Raises:
+        TypeError: ``mapping`` is not a ``Mapping``.
         ConfigError: two keys mean the same normalised key, a key is not a str, a value
-            has a type no config file has, ``lanes`` is not a table, or a lane's table
-            holds an unknown setting or a table where a setting takes one value. The
-            message names the source.
+            has a type no config file has (named by its type only: the value may be a
+            secret) or is an integer too long to convert to text, ``lanes`` is not a
+            table, a lane's table has an empty name or holds an unknown setting or a
+            table where a setting takes one value. The message names the source.
 
     Example::
 
@@ -370,6 +458,8 @@ class MappingSource:
     __slots__ = ("_data", "name")
 
     def __init__(self, mapping: Mapping[str, object], *, name: str = "mapping") -> None:
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"mapping must be a Mapping (a dict), got {mapping!r}")
         self.name = name
         self._data = _flatten(mapping, name)
 
@@ -410,8 +500,8 @@ class TomlSource(MappingSource):
         path: the TOML file.
 
     Raises:
-        ConfigError: the file cannot be read or is not valid TOML, or holds a setting
-            ``MappingSource`` refuses.
+        ConfigError: the file cannot be read or is not valid TOML, holds an integer too
+            long for Python to convert, or holds a setting ``MappingSource`` refuses.
     """
 
     __slots__ = ("path",)
@@ -432,6 +522,8 @@ class TomlSource(MappingSource):
             ) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(self.path)!r} is not valid TOML: {e}") from e
+        except ValueError as e:  # an integer of more digits than Python converts
+            raise ConfigError(f"cannot read config file {str(self.path)!r}: {e}") from e
 
     def _read(self) -> dict[str, _Flat]:
         """The file's settings, read and flattened now (nothing is changed)."""
@@ -456,6 +548,10 @@ class ChainSource:
         *sources: the sources, highest precedence first. ``None`` entries are skipped,
             and so is a blank value (``FOO=`` counts as unset).
 
+    Raises:
+        TypeError: an entry is not a ``Source`` (a path or a mapping: wrap it in
+            ``TomlSource`` or ``MappingSource``).
+
     Example::
 
         src = ChainSource(EnvSource(), TomlSource("bot.toml"), MappingSource(DEFAULTS))
@@ -464,6 +560,9 @@ class ChainSource:
     __slots__ = ("sources",)
 
     def __init__(self, *sources: Source | None) -> None:
+        for i, source in enumerate(sources):
+            if source is not None:
+                _check_source(source, f"source {i}")
         self.sources: tuple[Source, ...] = tuple(s for s in sources if s is not None)
 
     def get(self, key: str) -> str | None:
@@ -472,7 +571,7 @@ class ChainSource:
         A blank value counts as unset (as in the helpers), so the next source is asked.
         """
         for source in self.sources:
-            value = source.get(key)
+            value = _get(source, key)
             if value is not None and value.strip():
                 return value
         return None
@@ -493,7 +592,7 @@ class ChainSource:
     def _winner(self, key: str) -> Source | None:
         """The source whose value of ``key`` wins (as in ``get``), or None."""
         for source in self.sources:
-            value = source.get(key)
+            value = _get(source, key)
             if value is not None and value.strip():
                 return source
         return None
@@ -568,7 +667,7 @@ def _raw(source: Source | None, key: str) -> str | None:
     """The stripped value, or None when absent or blank (``FOO=`` means unset)."""
     if source is None:
         return None
-    value = source.get(normalize_key(key))
+    value = _get(source, normalize_key(key))
     if value is None:
         return None
     value = value.strip()
@@ -657,7 +756,8 @@ def get_int(source: Source | None, key: str, default: int) -> int: ...
 @overload
 def get_int(source: Source | None, key: str, default: None = None) -> int | None: ...
 def get_int(source: Source | None, key: str, default: int | None = None) -> int | None:
-    """An integer setting in ASCII digits (``"8"``, ``"-1"``, ``"1_000"``).
+    """An integer setting: ASCII digits with an optional sign and ``_`` between digits
+    (``"8"``, ``"-1"``, ``"+5"``, ``"1_000"``).
 
     Args:
         source: where to read it; None reads nothing (the default is returned).
@@ -678,7 +778,8 @@ def get_float(source: Source | None, key: str, default: float) -> float: ...
 @overload
 def get_float(source: Source | None, key: str, default: None = None) -> float | None: ...
 def get_float(source: Source | None, key: str, default: float | None = None) -> float | None:
-    """A finite float setting in ASCII digits (``"0.5"``, ``"3"``, ``"1e-3"``).
+    """A finite float setting: an integer as ``get_int`` reads it, with a decimal point
+    and an exponent if wanted (``"0.5"``, ``".5"``, ``"3"``, ``"1_000.5"``, ``"1e-3"``).
 
     Args:
         source: where to read it; None reads nothing (the default is returned).
@@ -728,7 +829,7 @@ def get_bool(source: Source | None, key: str, default: bool) -> bool: ...
 @overload
 def get_bool(source: Source | None, key: str, default: None = None) -> bool | None: ...
 def get_bool(source: Source | None, key: str, default: bool | None = None) -> bool | None:
-    """A boolean setting: ``1/true/yes/on`` or ``0/false/no/off`` (any case).
+    """A boolean setting: ``1/true/yes/on/y/t`` or ``0/false/no/off/n/f`` (any case).
 
     Args:
         source: where to read it; None reads nothing (the default is returned).
@@ -745,33 +846,43 @@ def get_bool(source: Source | None, key: str, default: bool | None = None) -> bo
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# ASCII digits only: a str pattern's \d also matches other scripts' digits.
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)", re.ASCII)
-_PLAIN_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
+# A number without its sign as get_float reads it: Python's syntax in ASCII digits (a
+# str pattern's \d also matches other scripts' digits), "_" between two digits, a
+# decimal point, an exponent: "1_000", "0.5", ".5", "2.", "1e-3".
+_DIGITS = r"\d(?:_?\d)*"
+_NUMBER = rf"(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:e[+-]?{_DIGITS})?"
+_PART = rf"({_NUMBER})\s*(ms|s|m|h|d)"
+_PLAIN_NUMBER = re.compile(_NUMBER, re.ASCII)
+# Whitespace around a unit and between parts ("1h 30m", "30 s"), never inside a number
+# or a unit ("1 5", "5 m s").
+_DURATION = re.compile(rf"{_PART}(?:\s*{_PART})*", re.ASCII)
+_DURATION_PART = re.compile(_PART, re.ASCII)
 
 
 def parse_duration(text: str) -> float:
     """Parse a duration into seconds: ``"1500ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"2.5"``.
 
-    A plain number is seconds. Units: ``ms``, ``s``, ``m``, ``h``, ``d``; several parts
-    add up (``"1m30s"`` is 90). Digits are ASCII. Negative and infinite durations are
-    refused.
+    A plain number is seconds. Units: ``ms``, ``s``, ``m``, ``h``, ``d`` (any case);
+    several parts add up (``"1m30s"`` and ``"1m 30s"`` are 90). Numbers are written as
+    for ``get_float``: ASCII digits, ``_`` between digits (``"1_000ms"``), a decimal
+    point, an exponent (``"1e3"``), a leading ``+``. Whitespace may surround the value,
+    a unit and each part, but not split a number or a unit (``"1 5"`` and ``"5 m s"``
+    are refused). Negative (any ``-`` sign) and infinite durations are refused.
 
     Raises:
         ValueError: the text is not a duration.
     """
-    s = text.strip().lower().replace(" ", "")
+    s = text.strip().lower()
+    if s.startswith("+"):
+        s = s[1:]
     if _PLAIN_NUMBER.fullmatch(s):
         total = float(s)
+    elif _DURATION.fullmatch(s):
+        total = 0.0
+        for number, unit in _DURATION_PART.findall(s):
+            total += float(number) * _UNITS[unit]
     else:
-        pos, total = 0, 0.0
-        for m in _DURATION_PART.finditer(s):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if pos != len(s) or not s:
-            raise ValueError(f"not a duration: {text!r}")
+        raise ValueError(f"not a duration: {text!r}")
     if not math.isfinite(total):  # "999...9s" overflows to inf
         raise ValueError(f"not a finite duration: {text!r}")
     return total
@@ -782,7 +893,8 @@ def get_duration(source: Source | None, key: str, default: float) -> float: ...
 @overload
 def get_duration(source: Source | None, key: str, default: None = None) -> float | None: ...
 def get_duration(source: Source | None, key: str, default: float | None = None) -> float | None:
-    """A duration setting in seconds: ``"1500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"2.5"``.
+    """A duration setting in seconds: ``"1500ms"``, ``"30s"``, ``"5m"``, ``"1h 30m"``,
+    ``"2.5"`` (the syntax is ``parse_duration``'s).
 
     Args:
         source: where to read it; None reads nothing (the default is returned).
@@ -835,7 +947,6 @@ _SINGLE_VALUED = frozenset(
 # What a RedisLane can take: counts are stored as numbers (doubles) in Redis, a lease is
 # renewed every lease / 3 seconds, and braces would break a lane's hash tag.
 _REDIS_MIN_LEASE = 0.1
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _REDIS_DEFAULT_NAMESPACE = "executus"
 
 
@@ -936,7 +1047,7 @@ def _read_lane(source: Source, token: str, *, redis: bool, live: bool = False) -
         return _lane_key(token, suffix)
 
     def refuse(suffix: str, rule: str) -> ConfigError:
-        raw = source.get(key(suffix)) or ""
+        raw = _get(source, key(suffix)) or ""
         return ConfigError(
             f"config key {key(suffix)!r} ({_where(source, key(suffix))}) must be {rule}, "
             f"got {raw.strip()!r}",
@@ -1058,51 +1169,24 @@ def _parse_weights(source: Source, key: str, raw: str) -> tuple[tuple[str, float
     return tuple(out.items())
 
 
-# redis-py also reads a password from the query: redis://host/0?password=secret.
-_PASSWORD_PARAM = re.compile(r"([?&;]password=)([^&;#]*)", re.IGNORECASE)
+def _check_redis(source: Source, url: str, namespace: str | None, cluster: bool) -> None:
+    """Refuse a Redis URL or namespace a ``RedisLane`` would refuse at first use.
 
-
-def _url_secrets(url: str) -> tuple[tuple[int, int] | None, list[str]]:
-    """Where the password of ``url``'s user info is (offsets, or None when it has none),
-    and the texts of it an error may quote: the password and its start, which urllib
-    reads as a port when the password holds ``/``, ``?`` or ``#`` (a ``password=`` in
-    the query is masked by ``_masked_url``; errors do not quote it).
-
-    The user info ends at the netloc's last ``@`` as ``urlsplit`` reads it; when the
-    netloc has none but the URL has one further on, a password written with ``/``,
-    ``?`` or ``#`` unencoded (``redis://u:pa/ss@host``) is taken to end there: masking
-    too much is better than showing a password.
+    The URL gets the checks ``RedisLane`` makes (``check_redis_url``); its password is
+    masked in every message (one may end up in a log), and no error keeps the URL.
     """
-    head, sep, rest = url.partition("//")
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    end = netloc.rfind("@") if "@" in netloc else rest.rfind("@")
-    colon = rest.find(":", 0, max(end, 0))
-    if not sep or end < 0 or colon < 0:
-        return None, []
-    password = rest[colon + 1 : end]
-    secrets = [password, re.split(r"[/?#]", password, maxsplit=1)[0]] if password else []
-    offset = len(head) + len(sep)
-    return (offset + colon + 1, offset + end), secrets
-
-
-def _masked_url(url: str) -> str:
-    """``url`` with its passwords (user info and ``password=`` query) shown as ``***``,
-    for messages and logs: ``redis://u:***@host:6379/0``."""
-    span, _ = _url_secrets(url)
-    if span is not None:
-        url = f"{url[: span[0]]}***{url[span[1] :]}"
-    return _PASSWORD_PARAM.sub(r"\1***", url)
-
-
-def _check_redis(source: Source, url: str, namespace: str | None) -> None:
-    """Refuse a Redis URL or namespace a ``RedisLane`` would refuse at first use."""
     if not url.startswith(_REDIS_SCHEMES):
-        # The password is masked: the message may end up in a log.
         raise ConfigError(
             f"config key 'REDIS_URL' ({_where(source, 'REDIS_URL')}): expected a redis://, "
             f"rediss:// or unix:// URL, got {_masked_url(url)!r}",
             key="REDIS_URL",
         )
+    try:
+        _check_redis_url(url, cluster=cluster, cluster_option="REDIS_CLUSTER true")
+    except ValueError as e:
+        raise ConfigError(
+            f"config key 'REDIS_URL' ({_where(source, 'REDIS_URL')}): {e}", key="REDIS_URL"
+        ) from None
     if namespace is None:
         return
     where = _where(source, "REDIS_NAMESPACE")
@@ -1143,6 +1227,12 @@ def _configured_tokens(source: Source) -> set[str]:
         if not nk.startswith("LANE_"):
             continue
         rest = nk[len("LANE_") :]
+        if rest.startswith("_") and rest[1:] in _LANE_FIELDS:  # LANE__POLICY: no lane name
+            raise ConfigError(
+                f"config key {nk!r} ({_where(source, nk)}): the lane name in it is empty; "
+                f"a lane setting is LANE_<NAME>_<SETTING>",
+                key=nk,
+            )
         for suffix in _FIELDS_BY_LENGTH:
             if rest.endswith("_" + suffix) and len(rest) > len(suffix) + 1:
                 token = rest[: -len(suffix) - 1]
@@ -1295,6 +1385,29 @@ async def _put_back(done: list[tuple[Any, str, Any]]) -> None:
         raise interrupted
 
 
+def _first(*values: int | None) -> int | None:
+    """The first of ``values`` that is not None (None when all are)."""
+    return next((v for v in values if v is not None), None)
+
+
+def _check_defaults(
+    max_concurrent: object, policy: object, preemption: object, eta_window: object
+) -> None:
+    """Refuse a default given to ``Lanes.get`` that the lane's constructor would refuse,
+    with its words, whether config overrides it or not (a later reload may unset the
+    setting, and the default then applies)."""
+    from ._base import check_count, check_preemption, check_window
+    from ._policies import QueuePolicy
+
+    if max_concurrent is not None:
+        check_count("max_concurrent", max_concurrent)
+    if policy is not None and not isinstance(policy, QueuePolicy):
+        raise TypeError(f"policy must be a QueuePolicy (FIFO(), ...), got {policy!r}")
+    check_preemption(preemption)
+    if eta_window is not None:
+        check_window(eta_window)
+
+
 _REDIS_MODULE = "executus.redis"
 _DEFAULT_SOURCE = EnvSource()
 
@@ -1328,8 +1441,12 @@ class Lanes:
 
     Raises:
         ConfigError: a setting is malformed or unknown, ``REDIS_CLUSTER`` or
-            ``REDIS_NAMESPACE`` is set without ``REDIS_URL``, or ``REDIS_URL`` is set
-            and ``executus.redis`` cannot be imported.
+            ``REDIS_NAMESPACE`` is set without ``REDIS_URL``, ``REDIS_URL`` is a URL a
+            ``RedisLane`` refuses (scheme, port, database, ``REDIS_CLUSTER`` with a
+            database other than 0), or ``REDIS_URL`` is set and ``executus.redis``
+            cannot be imported.
+        TypeError: ``source`` is not a ``Source``: a path (wrap it in ``TomlSource``), a
+            mapping (wrap it in ``MappingSource``) or an object without ``get``.
 
     Example::
 
@@ -1344,6 +1461,8 @@ class Lanes:
     def __init__(
         self, source: Source | None = _DEFAULT_SOURCE, *, clock: Clock | None = None
     ) -> None:
+        if source is not None:
+            _check_source(source, "source")
         self.source = source
         self._clock = clock
         self._lanes: dict[str, _Entry] = {}
@@ -1382,7 +1501,7 @@ class Lanes:
                         value=raw,
                     )
         if redis_url is not None:
-            _check_redis(source, redis_url, namespace)
+            _check_redis(source, redis_url, namespace, bool(cluster))
             self._redis_lane_class(source)  # fail at load when executus.redis is missing
         configured = _configured_tokens(source)
         lanes = {}
@@ -1463,7 +1582,8 @@ class Lanes:
             preemption=defaults.preemption if preemption is False else preemption,
             # A Redis lane adopts the stored window unless config or the code sets one
             # (as it adopts the stored limit): 16 would overwrite it lane-wide.
-            eta_window=s.eta_window or defaults.eta_window or (None if redis else 16),
+            # (``is not None``: a falsy default is refused by _check_defaults, not replaced.)
+            eta_window=_first(s.eta_window, defaults.eta_window, None if redis else 16),
             lease=s.lease,
             redis_url=snap.redis_url,
             redis_namespace=snap.redis_namespace,
@@ -1498,12 +1618,16 @@ class Lanes:
             when ``REDIS_CLUSTER`` is true).
 
         Raises:
-            ValueError: ``name`` is empty.
+            ValueError: ``name`` is empty, or a default is one the lane would refuse
+                (``max_concurrent=0``, ``eta_window=0``), whether or not config
+                overrides it; the message is the lane constructor's.
+            TypeError: a default has the wrong type (``eta_window=False``).
             ConfigError: another live lane's name reads the same settings
                 (``image-gen`` and ``image_gen``).
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"lane name must be a non-empty str, got {name!r}")
+        _check_defaults(max_concurrent, policy, preemption, eta_window)
         token = lane_token(name)
         entry = self._lanes.get(token)
         if entry is not None:

@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -91,9 +90,9 @@ from .._errors import (
 from .._events import Emitter, EventKind, LaneEvent
 from .._job import CURRENT_JOB, JobHandle, JobState
 from .._policies import FIFO, FairShare, Preemption, Priority, QueuePolicy
+from .._redisurl import check_redis_url, masked_url, scrubbed
 from .._stats import LaneStats
 from .._tasks import spawn
-from ..config import _REDIS_SCHEMES, _masked_url, _url_secrets
 from . import scripts
 from .keys import LaneKeys, check_key_part, check_namespace
 
@@ -2149,33 +2148,15 @@ def _client_type_message(value: object) -> str:
 def _check_url(url: str, *, cluster: bool) -> None:
     """Refuse at once a URL redis-py could not connect with, which it would otherwise
     report (in its own words) at the first call: ``ValueError`` naming the rule and the
-    URL, its password masked."""
-    shown = _masked_url(url)
-    if not url.startswith(_REDIS_SCHEMES):
-        raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, got {shown!r}")
+    URL, its password masked. The checks are those ``executus.config`` makes at load;
+    redis-py's parser then refuses what they do not cover."""
+    check_redis_url(url, cluster=cluster)
     try:
-        options = parse_url(url)
+        parse_url(url)
     except ValueError as e:
-        raise ValueError(f"redis URL {shown!r} is not valid: {_scrubbed(str(e), url)}") from None
-    if not url.startswith("unix://"):
-        # redis-py reads a path that is not a number as no database at all (database 0).
-        path = unquote(urlsplit(url).path).replace("/", "")
-        if path and not path.isdigit():
-            raise ValueError(
-                f"redis URL {shown!r} is not valid: its database must be a number, got {path!r}"
-            )
-    if cluster and options.get("db", 0) != 0:
         raise ValueError(
-            f"redis URL {shown!r} is not valid with cluster=True: a Redis Cluster has "
-            f"database 0 only, got {options['db']!r}"
-        )
-
-
-def _scrubbed(text: str, url: str) -> str:
-    """``text`` (an error about ``url``) without any part of the URL's password."""
-    for secret in sorted(filter(None, _url_secrets(url)[1]), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+            f"redis URL {masked_url(url)!r} is not valid: {scrubbed(str(e), url)}"
+        ) from None
 
 
 def _node_client(

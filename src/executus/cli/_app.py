@@ -25,7 +25,8 @@ from .. import __version__
 from .._base import STORED_MAX, is_utf8
 from .._errors import LaneError, NotQueued
 from .._redis.keys import LaneKeys, check_key_part, check_namespace
-from ..config import _masked_url, _url_secrets
+from .._redisurl import masked_url as _masked_url
+from .._redisurl import url_secrets as _url_secrets
 
 if TYPE_CHECKING:
     import redis
