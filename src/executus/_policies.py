@@ -485,7 +485,14 @@ class _FairShareState(PolicyState):
         if qkey is None:
             p = job.priority
             qkey = job._qkey = job._seq if not p else job._seq - p * _SEQ_SPAN
-        flow.queue.insert(qkey, job)
+        arrivals = flow.queue
+        tkeys = arrivals._tkeys
+        if tkeys and qkey > tkeys[-1]:  # ``ArrivalMap.insert``'s first case, written out
+            tkeys.append(qkey)
+            arrivals._tvals.append(job)
+            arrivals._len += 1
+        else:
+            arrivals.insert(qkey, job)
         self._len += 1
 
     def requeue(self, job: JobHandle[Any], now: float) -> None:
@@ -534,7 +541,14 @@ class _FairShareState(PolicyState):
         self._vtime = flow.base + head / flow.weight
         flow.head = head + 1
         n = flow.n = flow.n - 1
-        job: JobHandle[Any] = flow.queue.pop_first_value()
+        arrivals = flow.queue
+        job: JobHandle[Any]
+        if arrivals._map._len or not arrivals._tkeys:
+            job = arrivals.pop_first_value()
+        else:  # ``pop_first_value`` from the tail, written out
+            arrivals._tkeys.popleft()
+            arrivals._len -= 1
+            job = arrivals._tvals.popleft()
         self._len -= 1
         if not n:
             self._idle[flow.key] = flow
