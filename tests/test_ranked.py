@@ -334,6 +334,23 @@ def test_arrivals_stay_in_the_tail_until_a_rank_inside_it() -> None:
     assert arrivals.pop(2000) == 2000
 
 
+def test_dispatches_from_a_long_tail_keep_keys_and_values_together() -> None:
+    """Many arrivals taken from the front of the tail leave the rest with their own
+    values and ranks, and removals at either end of the tail move nothing."""
+    arrivals: ArrivalMap[int] = ArrivalMap(ints=True)
+    for k in range(2000):
+        arrivals.insert(k, -k)
+    assert [arrivals.pop_first_value() for _ in range(1500)] == [-k for k in range(1500)]
+    assert list(arrivals) == [(k, -k) for k in range(1500, 2000)]
+    assert arrivals.pop(1500) == -1500
+    assert arrivals.pop(1999) == -1999
+    assert len(arrivals._map) == 0
+    assert arrivals.rank(1700) == 199
+    assert arrivals.pop(1700) == -1700
+    assert arrivals.first_value() == -1501
+    assert list(arrivals) == [(k, -k) for k in range(1501, 1999) if k != 1700]
+
+
 def test_empty_arrival_map_refuses_as_a_ranked_map_does() -> None:
     """An empty map raises IndexError for its first value and KeyError for a key."""
     arrivals: ArrivalMap[int] = ArrivalMap()

@@ -29,13 +29,16 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator, MutableSequence
 from itertools import chain, islice
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 __all__ = ["ArrivalMap", "RankedMap"]
 
 V = TypeVar("V")
 
 _LOAD = 256  # buckets split at 2 * _LOAD keys
+# What a popped entry's value slot holds: None, typed to fit any value list (a
+# constant, not ``cast(V, None)``, which is a call on every dispatch's path).
+_RELEASED: Any = None
 _RUN = 64  # buckets per second-level counter
 _SHIFT = 6  # log2(_RUN)
 
@@ -187,7 +190,7 @@ class RankedMap(Generic[V]):
         vals = self._vals[b]
         if not b and i == self._dead:  # the first key: mark it popped, move nothing
             value = vals[i]
-            vals[i] = cast(V, None)  # the map holds no reference to a popped value
+            vals[i] = _RELEASED  # the map holds no reference to a popped value
             self._dead = i = i + 1
             empty = i == len(keys)
         else:
@@ -244,7 +247,7 @@ class RankedMap(Generic[V]):
         if dead + 1 < len(self._keys[0]):  # the common case, inlined: the bucket stays
             vals = self._vals[0]
             value = vals[dead]
-            vals[dead] = cast(V, None)
+            vals[dead] = _RELEASED
             self._dead = dead + 1
             self._len -= 1
             lens = self._lens
