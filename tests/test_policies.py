@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from executus import FIFO, FairShare, JobHandle, Lane, PolicyState, Priority, QueuePolicy
@@ -412,3 +412,138 @@ def test_fair_share_reuses_forgotten_flows_for_new_keys() -> None:
     assert (state.position(d1), state.position(a2)) == (1, 2)  # newcomers, in arrival order
     assert [state.pop(), state.pop()] == [d1, a2]
     assert len(state) == 0
+
+
+class _ChargeAtStart:
+    """Fair share charging a preemption arrival's start only when it starts: the
+    accounts the charge made on arrival must end in (the queue then goes on as if the
+    arrival had been charged only now), and the order whose positions it must report
+    while the arrival waits (the order once the waiting arrivals have started)."""
+
+    def __init__(self, policy: FairShare) -> None:
+        self.state: Any = policy.new_state()
+
+    def admit(self, job: JobHandle[Any]) -> None:
+        state = self.state
+        if not len(state):
+            state.push(job, 0.0)
+            state.pop()
+            return
+        flow = state._flows.get(job.key)
+        if flow is not None and flow.n:
+            state._slots.pop(state._key(flow.tag(flow.head), flow.order))
+            state._slots.insert(state._key(flow.tag(flow.head + flow.n), flow.order), flow)
+            flow.head += 1
+            return
+        flow = state._flow(job.key, flow)
+        flow.head = 1
+        state._idle[flow.key] = flow
+
+
+@pytest.mark.parametrize("weights", [{}, {"a": 2.0, "c": 0.5}], ids=["unit", "weighted"])
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["push", "cancel", "arrive", "withdraw", "start", "pop", "requeue"]),
+            st.sampled_from("abc"),
+            st.integers(-1, 2),
+        ),
+        max_size=50,
+    ),
+)
+# Two arrivals waiting with nothing queued: the first to start moves V past the finish
+# tag of the second's key, whose accounts are then forgotten while its charge waits.
+@example(
+    ops=[
+        ("pop", "a", 0),
+        ("pop", "a", 0),
+        ("pop", "b", 0),
+        ("arrive", "b", 0),
+        ("arrive", "a", 0),
+        ("start", "", 0),
+        ("start", "", 0),
+    ]
+)
+def test_fair_share_charges_an_arrival_when_it_comes(
+    weights: dict[str, float], ops: list[tuple[str, str, int]]
+) -> None:
+    """An arrival charged when it comes: positions are the order once the waiting
+    arrivals have started; each start leaves the accounts as a charge at the start
+    would; a refund leaves them as if the arrival had never come."""
+    policy = FairShare(weights=weights)
+    state: Any = policy.new_state()
+    owner = Lane("x", 1)
+    history: list[tuple[str, JobHandle[Any]]] = []  # what a charge-at-start state sees
+    queued: list[JobHandle[Any]] = []
+    front: list[JobHandle[Any]] = []
+    started: list[JobHandle[Any]] = []
+
+    def replay() -> _ChargeAtStart:
+        ref = _ChargeAtStart(policy)
+        for what, job in history:
+            if what == "push":
+                ref.state.push(job, 0.0)
+            elif what == "remove":
+                ref.state.remove(job)
+            elif what == "pop":
+                assert ref.state.pop() is job
+            elif what == "requeue":
+                ref.state.requeue(job, 0.0)
+            else:
+                ref.admit(job)
+        return ref
+
+    for seq, (op, key, arg) in enumerate(ops):
+        job: JobHandle[Any] = JobHandle(owner, str(seq), None, key, arg, False, seq, 0.0)
+        if op == "push" or (op == "pop" and not (queued or front) and arg < 0):
+            state.push(job, 0.0)
+            history.append(("push", job))
+            queued.append(job)
+        elif op == "pop" and not (queued or front):  # a start on a free slot
+            state.admit(job, 0.0)
+            history.append(("admit", job))
+            started.append(job)
+        elif op == "cancel" and queued:
+            job = queued.pop(arg % len(queued))
+            state.remove(job)
+            history.append(("remove", job))
+        elif op == "arrive":
+            state.charge(job, 0.0)
+            front.append(job)
+        elif op == "withdraw" and front:
+            state.refund(front.pop(arg % len(front)))
+        elif op == "start" and front:
+            job = front.pop(0)
+            state.admit_charged(job, 0.0)
+            history.append(("admit", job))
+            started.append(job)
+        elif op == "pop" and not front:
+            job = state.pop()
+            history.append(("pop", job))
+            queued.remove(job)
+            started.append(job)
+        elif op == "requeue" and started:
+            job = started.pop(arg % len(started))
+            state.requeue(job, 0.0)
+            history.append(("requeue", job))
+            queued.append(job)
+        ref = replay()
+        # The accounts are the charge-at-start state's, the waiting charges aside.
+        assert state._vtime == ref.state._vtime
+        assert list(state._idle) == list(ref.state._idle)
+        for k, flow in state._flows.items():
+            theirs = ref.state._flows.get(k)
+            if theirs is None:  # it holds charges only
+                assert (flow.order, flow.n) == (-1, 0)
+                assert flow.charged > 0
+                assert flow.charged == flow.head == sum(j.key == k for j in front)
+                continue
+            assert flow.charged == sum(j.key == k for j in front)
+            mine = (flow.base, flow.head - flow.charged, flow.n, flow.order)
+            assert mine == (theirs.base, theirs.head, theirs.n, theirs.order)
+        assert set(ref.state._flows) <= set(state._flows)
+        # Positions: the order once the waiting arrivals have started.
+        for arrival in front:
+            ref.admit(arrival)
+        assert [state.position(j) for j in queued] == [ref.state.position(j) for j in queued]

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from executus import (
     FairShare,
+    JobCancelled,
+    JobHandle,
     JobPreempted,
     JobState,
     Lane,
     LaneBusy,
+    PolicyState,
     Preemption,
     Priority,
     current_job,
 )
+from executus._policies import _FairShareState
 from executus.testing import ManualClock
 from tests.helpers import Gate, settle
 
@@ -335,3 +341,64 @@ async def test_oldest_queued_at_is_a_job_queued_before_a_requeue(clock: ManualCl
     assert (first.state, first.preemptions) == (JobState.QUEUED, 1)
     assert (await lane.stats()).oldest_queued_at == waiting.submitted_at
     await lane.aclose(drain=False)
+
+
+class _RemoveFails(FairShare):
+    """FairShare whose queue raises on its next ``remove`` once told to."""
+
+    name = "remove-fails"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+
+    def new_state(self) -> PolicyState:
+        policy = self
+
+        class State(_FairShareState):
+            def remove(self, job: JobHandle[Any]) -> None:
+                if policy.fail_next:
+                    policy.fail_next = False
+                    raise RuntimeError("remove is broken")
+                super().remove(job)
+
+        return State(self)
+
+
+async def test_a_fresh_queue_after_a_policy_failure_counts_the_waiting_arrival(
+    clock: ManualClock,
+) -> None:
+    """When the policy fails while an arrival waits out its victim's grace, the fresh
+    queue the lane goes on with counts the arrival's start too: jobs queued next report
+    the places they start in."""
+    policy = _RemoveFails()
+    lane = Lane(
+        "gpu", 1, policy=policy, preemption=Preemption(min_runtime=0, grace=30), clock=clock
+    )
+    victim_gate = Gate()
+    victim = await lane.submit(victim_gate, key="x", preemptible=True)
+    await settle()
+    doomed = await lane.submit(Gate(), key="z")
+    urgent = Gate()
+    arrival = await lane.submit(urgent, key="a", priority=5)
+    assert victim.preempt_requested
+    policy.fail_next = True
+    assert await doomed.cancel()
+    assert isinstance(doomed.exception(), JobCancelled)
+    log: list[str] = []
+
+    def recorder(name: str) -> Callable[[], Awaitable[None]]:
+        async def body() -> None:
+            log.append(name)
+
+        return body
+
+    queued = {n: await lane.submit(recorder(n), key=n[0]) for n in ("b1", "b2", "a1")}
+    places = {n: h.position for n, h in queued.items()}
+    assert places == {"b1": 2, "b2": 3, "a1": 4}
+    victim_gate.release()
+    await settle()
+    assert arrival.state is JobState.RUNNING
+    urgent.release()
+    await asyncio.gather(arrival, victim, *queued.values())
+    assert log == sorted(places, key=places.__getitem__)

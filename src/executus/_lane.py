@@ -475,6 +475,9 @@ class Lane(LaneBase):
             grace = self._preemption.grace
             if max_wait is not None and grace > max_wait:
                 self._refuse(len(self._front) + 1, grace, max_wait)
+            # Its start is counted from now (first: a policy that raises here leaves
+            # nothing behind): queued jobs' positions then count it while it waits.
+            self._queue.charge(job, now)
             self._front.append(job)
             jobs[job_id] = job
             self._submitted += 1
@@ -548,12 +551,11 @@ class Lane(LaneBase):
         while len(running) < self._max:
             if front:
                 job = front.popleft()
-                if self._admits:  # a preemption arrival: the policy charges its start
-                    try:
-                        queue.admit(job, self._now())
-                    except Exception as exc:
-                        self._drop_queue(exc, job)  # the arrival starts all the same
-                        queue = self._queue
+                try:  # a preemption arrival, charged when it came
+                    queue.admit_charged(job, self._now())
+                except Exception as exc:
+                    self._drop_queue(exc, job)  # the arrival starts all the same
+                    queue = self._queue
             elif self._nq:
                 try:
                     job = queue.pop()
@@ -867,8 +869,14 @@ class Lane(LaneBase):
     def _cancel_queued(self, job: JobHandle[Any], error: BaseException) -> None:
         if job in self._front:
             self._front.remove(job)
+            try:
+                self._queue.refund(job)  # it will not start: its charge goes
+            except Exception as exc:
+                self._drop_queue(exc)  # which ends this job too
             if self._timers and len(self._victims) > len(self._front):
                 self._spare_victims()
+            if job._state is not _QUEUED:
+                return
         else:
             try:
                 self._queue.remove(job)
@@ -901,10 +909,20 @@ class Lane(LaneBase):
         keep: JobHandle[Any] | None = None,
     ) -> None:
         """End every job the policy's queue holds CANCELLED with ``error(job)``, without
-        asking the policy (it may have failed), and go on with a fresh queue state."""
+        asking the policy (it may have failed), and go on with a fresh queue state, which
+        the preemption arrivals still waiting are charged to again."""
         self._queue = self._policy.new_state()
         self._nq = 0
         front = self._front
+        if front:
+            now = self._now()
+            try:
+                for job in front:
+                    self._queue.charge(job, now)
+            except Exception:
+                # Then they are charged as they start (``admit_charged`` on a state that
+                # has not charged them).
+                self._queue = self._policy.new_state()
         held = [
             j
             for j in self._jobs.values()

@@ -59,12 +59,36 @@ class PolicyState(ABC):
 
     def admit(self, job: JobHandle[Any], now: float) -> None:  # noqa: B027 - optional hook
         """A job started without going through the queue: at once on a free slot (the
-        queue was empty), or as a preemption arrival, ahead of the queued jobs (the
-        queue may hold others).
+        queue was empty), or, through the default ``admit_charged``, as a preemption
+        arrival ahead of the queued jobs (the queue may hold others).
 
         The default does nothing; a policy that keeps accounts (fair share charges the
         job's key one start) records the start here.
         """
+
+    def charge(self, job: JobHandle[Any], now: float) -> None:  # noqa: B027 - optional hook
+        """A preemption arrival: it starts ahead of every queued job once its victim's
+        slot is free (after the victim's grace, or sooner if another slot frees). Nothing
+        is popped before it starts.
+
+        A policy that keeps accounts records the start here, so that queued jobs'
+        positions count it while the arrival waits; ``admit_charged`` is then called when
+        it starts, or ``refund`` if it ends without starting. The default does nothing
+        (the start is recorded by ``admit`` when it happens).
+        """
+
+    def admit_charged(self, job: JobHandle[Any], now: float) -> None:
+        """A preemption arrival passed to ``charge`` starts.
+
+        The default calls ``admit``: a state that overrides ``charge`` overrides this
+        too.
+        """
+        self.admit(job, now)
+
+    def refund(self, job: JobHandle[Any]) -> None:  # noqa: B027 - optional hook
+        """A preemption arrival passed to ``charge`` ended without starting (cancelled,
+        or the lane stopped): take the charge back, leaving the queue's order as if the
+        arrival had never come. The default does nothing."""
 
     @abstractmethod
     def pop(self) -> JobHandle[Any]:
@@ -352,9 +376,15 @@ class _Flow:
 
     The key owns a run of virtual-time slots ``base + j / weight`` for ``j`` in
     ``[head, head + n)``; its queued jobs fill them in (priority, arrival) order.
+
+    ``charged`` preemption arrivals of the key wait ahead of the queue with their starts
+    counted (``_FairShareState.charge``): its slots begin that many starts later than
+    its accounts, whose own head is ``head - charged``. A flow with ``order`` -1 only
+    holds such charges for a key the state otherwise has no accounts for; it gets its
+    order (ties) when the key queues or starts, as a new key would then.
     """
 
-    __slots__ = ("base", "head", "key", "n", "order", "queue", "weight")
+    __slots__ = ("base", "charged", "head", "key", "n", "order", "queue", "weight")
 
     def __init__(self, key: str | None, weight: float, order: int, base: float) -> None:
         # Keyed (priority, arrival): arrivals of one priority come in order.
@@ -369,6 +399,7 @@ class _Flow:
         self.base = base
         self.head = 0
         self.n = 0
+        self.charged = 0
 
     def tag(self, j: int) -> float:
         return self.base + j / self.weight
@@ -415,9 +446,19 @@ class _FairShareState(PolicyState):
     Slots rather than jobs carry tags: a key's k-th queued job (by priority, then arrival)
     sits in its k-th slot, so a high-priority arrival inside a key reorders that key
     only. One global ``RankedMap`` of all slots gives positions in O(log n).
+
+    A preemption arrival is charged when it arrives (``charge``), not when it starts:
+    while it waits for its victim's slot, the queued jobs' positions already count its
+    start. The charge is kept apart from the key's accounts (``_Flow.charged``), which
+    go on exactly as if the arrival were not there: the start is recorded in them when
+    it happens (``admit_charged``, the same step ``admit`` takes), and a refund only
+    drops the charge. Nothing is popped while an arrival waits (it starts first), so V
+    holds still meanwhile, and a charge moves its key's queued jobs one start back,
+    which is exactly what recording the start does then.
     """
 
     __slots__ = (
+        "_charged",
         "_flows",
         "_idle",
         "_len",
@@ -446,6 +487,7 @@ class _FairShareState(PolicyState):
         # Forgotten flows kept for reuse (with their empty queues): with many keys of one
         # job each, a flow is made and forgotten per job.
         self._spare: list[_Flow] = []
+        self._charged: set[JobHandle[Any]] = set()  # arrivals charged, not yet started
 
     def _key(self, tag: float, order: int) -> int:
         """The slot key of ``(tag, order)`` (see ``_slot_key``)."""
@@ -462,8 +504,15 @@ class _FairShareState(PolicyState):
             self._flows[key] = flow
         else:  # idle: it restarts at V, or later if it was served ahead of V
             self._idle.pop(key, None)
-            flow.base = max(self._vtime, flow.tag(flow.head))  # n = 0: its finish tag
-            flow.head = 0
+            lead = flow.charged
+            if lead:  # its slots begin after its waiting arrivals' starts
+                flow.base = max(self._vtime, flow.tag(flow.head - lead))
+                flow.head = lead
+                if flow.order < 0:  # it held charges only: the key is new to the queue
+                    flow.order = next(self._order)
+            else:
+                flow.base = max(self._vtime, flow.tag(flow.head))  # n = 0: its finish tag
+                flow.head = 0
         return flow
 
     def push(self, job: JobHandle[Any], now: float) -> None:
@@ -520,20 +569,74 @@ class _FairShareState(PolicyState):
             self.push(job, now)
             self.pop()
             return
-        # A preemption arrival, started ahead of the queue (V stays: the queue's order
-        # goes on where it was).
-        flow = self._flows.get(job.key)
-        if flow is not None and flow.n:
-            # Backlogged: the job takes its key's head slot, and the key's queued jobs
-            # move one slot back.
+        # A job started ahead of the queue.
+        self.charge(job, now)
+        self.admit_charged(job, now)
+
+    def charge(self, job: JobHandle[Any], now: float) -> None:
+        key = job.key
+        flow = self._flows.get(key)
+        if flow is None:
+            weight = self._policy.weight(key)
+            if self._spare:
+                flow = self._spare.pop()
+                flow.reset(key, weight, -1, self._vtime)
+            else:
+                flow = _Flow(key, weight, -1, self._vtime)
+            self._flows[key] = flow
+        elif flow.n:
+            # Backlogged: the arrival takes its key's head slot, and the key's queued
+            # jobs move one slot back.
             self._slots.pop(self._key(flow.tag(flow.head), flow.order))
             self._slots.insert(self._key(flow.tag(flow.head + flow.n), flow.order), flow)
-            flow.head += 1
+        # (Not backlogged: a job the key queues meanwhile goes one slot later.)
+        flow.head += 1
+        flow.charged += 1
+        self._charged.add(job)
+
+    def admit_charged(self, job: JobHandle[Any], now: float) -> None:
+        if job not in self._charged:  # (a state made after the arrival came)
+            self.charge(job, now)
+        self._charged.discard(job)
+        flow = self._flows[job.key]
+        lead = flow.charged - 1
+        flow.charged = lead
+        if flow.n:
+            # Backlogged: its accounts' head moves one slot on (V stays: the queue's
+            # order goes on where it was), where its slots sit already.
             return
-        # Not backlogged: its finish tag moves one start past where it would restart.
-        flow = self._flow(job.key, flow)
-        flow.head = 1
+        # Not backlogged: it restarts where an idle key would (max(V, its finish tag)),
+        # with this start made.
+        base = max(self._vtime, flow.tag(flow.head - lead - 1))
+        flow.base = base
+        flow.head = 1 + lead
+        if flow.order < 0:
+            flow.order = next(self._order)
+        self._idle.pop(flow.key, None)
         self._idle[flow.key] = flow
+        if not self._len:
+            # Nothing queued: as if it had queued and been dispatched at once (``admit``
+            # on a free slot): V moves to its tag.
+            self._vtime = base
+            self._forget_idle_charged()
+
+    def refund(self, job: JobHandle[Any]) -> None:
+        if job not in self._charged:
+            return
+        self._charged.discard(job)
+        flow = self._flows[job.key]
+        if flow.n:
+            # Backlogged: the key's queued jobs move one slot forward again.
+            self._slots.pop(self._key(flow.tag(flow.head + flow.n - 1), flow.order))
+            flow.head -= 1
+            self._slots.insert(self._key(flow.tag(flow.head), flow.order), flow)
+        else:
+            flow.head -= 1
+        flow.charged -= 1
+        if not flow.charged and flow.order < 0:  # it held this charge only
+            del self._flows[flow.key]
+            if len(self._spare) < _SPARE_FLOWS:
+                self._spare.append(flow)
 
     def pop(self) -> JobHandle[Any]:
         flow = self._slots.pop_first_value()
@@ -567,6 +670,27 @@ class _FairShareState(PolicyState):
             if flow.tag(flow.head) > self._vtime:  # its finish tag (n = 0)
                 return
             del idle[key]
+            del self._flows[key]
+            if len(self._spare) < _SPARE_FLOWS:
+                self._spare.append(flow)
+
+    def _forget_idle_charged(self) -> None:
+        # ``_forget_idle`` where flows may hold charges (``pop`` runs only when none
+        # do): a forgotten key that holds charges keeps them, and comes back as a new
+        # key would.
+        idle = self._idle
+        for _ in range(2):
+            if not idle:
+                return
+            key, flow = next(iter(idle.items()))
+            lead = flow.charged
+            if flow.tag(flow.head - lead) > self._vtime:  # its finish tag (n = 0)
+                return
+            del idle[key]
+            if lead:
+                flow.reset(key, flow.weight, -1, self._vtime)
+                flow.head = flow.charged = lead
+                continue
             del self._flows[key]
             if len(self._spare) < _SPARE_FLOWS:
                 self._spare.append(flow)

@@ -135,6 +135,7 @@ if known ~= C.epoch then
         end
         redis.call('ZADD', QT, J.sub, id)
         redis.call('HSET', jk(id), 'pq', '1')
+        if C.pol == 'fair' then fair_charge(J.ek) end  -- its start counted again
       else
         q_push(J, false)
       end

@@ -148,21 +148,40 @@ end
 -- A flow (one key's backlog) owns slots with tags b + j / w for j in [h, h + n); its
 -- queued jobs fill them in (priority, arrival) order. FK holds each backlogged flow's
 -- head tag; members are "<12-digit order><ek>" so ties go to the key seen first.
+local function flow_mk(f) return string.format('%012d', f.o) .. f.ek end
+
+-- c: the key's preemption arrivals waiting in PQ, their starts counted already
+-- (fair_charge): its slots begin c starts later than its accounts, whose own head is
+-- h - c (FI scores and restarts read that one). A flow with o = -1 holds such charges
+-- only, for a key with no accounts otherwise; it gets its order when the key queues or
+-- starts, as a new key would then (the in-process _Flow).
 local function flow_get(ek)
-  local r = redis.call('HMGET', flk(ek), 'b', 'h', 'n', 'o', 'w')
+  local r = redis.call('HMGET', flk(ek), 'b', 'h', 'n', 'o', 'w', 'c')
   if not r[1] then return nil end
   local f = {ek = ek, b = tonumber(r[1]), h = tonumber(r[2]), n = tonumber(r[3]),
-    o = tonumber(r[4]), w = tonumber(r[5])}
-  if not (f.b and f.h and f.n and f.o and f.w) or f.w <= 0 then corrupt('flow ' .. ek) end
+    o = tonumber(r[4]), w = tonumber(r[5]), c = tonumber(r[6] or '0')}
+  if not (f.b and f.h and f.n and f.o and f.w and f.c) or f.w <= 0 or f.c < 0 then
+    corrupt('flow ' .. ek)
+  end
   return f
 end
 
 local function flow_put(f)
   redis.call('HSET', flk(f.ek), 'b', F(f.b), 'h', I(f.h), 'n', I(f.n), 'o', I(f.o),
-    'w', F(f.w))
+    'w', F(f.w), 'c', I(f.c))
 end
 
-local function flow_mk(f) return string.format('%012d', f.o) .. f.ek end
+-- An idle flow (n = 0) restarts its accounts where a key that was idle does, at
+-- max(V, its finish tag): no credit for the time it had nothing queued.
+local function flow_restart(f, V)
+  if f.o < 0 then
+    f.o = redis.call('HINCRBY', CFG, 'fo', 1)
+  else
+    redis.call('ZREM', FI, flow_mk(f))
+  end
+  f.b = math.max(V, f.b + (f.h - f.c) / f.w)
+  f.h = f.c
+end
 
 local function vtime() return tonumber(redis.call('HGET', CFG, 'vt') or '0') or 0 end
 
@@ -186,14 +205,10 @@ local function q_push(J, requeue)
     local V = vtime()
     if not f then
       f = {ek = J.ek, b = V, h = 0, n = 0, o = redis.call('HINCRBY', CFG, 'fo', 1),
-        w = weight(J.ek)}
+        w = weight(J.ek), c = 0}
     else
       if requeue then f.h = f.h - 1 end
-      if f.n == 0 then
-        redis.call('ZREM', FI, flow_mk(f))
-        f.b = math.max(V, f.b + f.h / f.w)
-        f.h = 0
-      end
+      if f.n == 0 then flow_restart(f, V) end
     end
     f.n = f.n + 1
     redis.call('ZADD', FK, F(f.b + f.h / f.w), flow_mk(f))
@@ -203,10 +218,6 @@ local function q_push(J, requeue)
   redis.call('ZADD', QT, J.sub, J.id)
 end
 
--- Fair share: charge a key one start for a job that starts without queueing, as if it
--- had queued and been dispatched at once (the in-process lane's PolicyState.admit): a
--- key whose jobs start at once still pays for its starts. Only called with nothing
--- queued, so the key's flow is new or idle.
 -- Forget (at most two) idle flows that would restart at V = tag anyway, so memory
 -- follows the keys active lately.
 local function forget_idle(tag)
@@ -217,57 +228,115 @@ local function forget_idle(tag)
   end
 end
 
+-- Fair share: charge a key one start for a job that starts without queueing, as if it
+-- had queued and been dispatched at once (the in-process lane's PolicyState.admit): a
+-- key whose jobs start at once still pays for its starts. Only called with nothing
+-- queued, so the key's flow is new or idle.
 local function fair_admit(ek)
   local f = flow_get(ek)
   local V = vtime()
   if not f then
     f = {ek = ek, b = V, h = 0, n = 0, o = redis.call('HINCRBY', CFG, 'fo', 1),
-      w = weight(ek)}
+      w = weight(ek), c = 0}
   elseif f.n == 0 then
-    redis.call('ZREM', FI, flow_mk(f))
-    f.b = math.max(V, f.b + f.h / f.w)
-    f.h = 0
+    flow_restart(f, V)
   else
     return  -- backlogged: its queued jobs are charged when they start
   end
   local tag = f.b
   redis.call('HSET', CFG, 'vt', F(tag))
-  f.h = 1
+  f.h = f.h + 1
   redis.call('ZADD', FI, F(f.b + 1 / f.w), flow_mk(f))
   flow_put(f)
   forget_idle(tag)
 end
 
--- Fair share: charge a key one start for a preemption arrival, which starts ahead of
--- the queue (the in-process lane's FairShare.admit). With no job queued that is
--- fair_admit; otherwise V stays where the queue's order is: a backlogged key's queued
--- jobs move one turn back, and an idle key's finish tag moves one start past where it
--- would restart.
+-- Fair share: charge a key one start for a preemption arrival when it arrives (the
+-- in-process lane's FairShare.charge). It starts ahead of every queued job, and nothing
+-- is popped before it starts (grant hands PQ the free slots first), so V holds still
+-- meanwhile: its key's queued jobs move one turn back now, as they do when the start
+-- is recorded (fair_start), and positions count it while it waits. The key's accounts
+-- (FI, restarts) are left as they are until it starts (fair_start) or leaves
+-- (fair_refund).
 local function fair_charge(ek)
-  if redis.call('ZCARD', FK) == 0 then return fair_admit(ek) end
   local f = flow_get(ek)
-  if f and f.n > 0 then
-    f.h = f.h + 1
-    redis.call('ZADD', FK, F(f.b + f.h / f.w), flow_mk(f))
-  else
-    local V = vtime()
-    if not f then
-      f = {ek = ek, b = V, h = 0, n = 0, o = redis.call('HINCRBY', CFG, 'fo', 1),
-        w = weight(ek)}
-    else
-      f.b = math.max(V, f.b + f.h / f.w)
-    end
-    f.h = 1
-    redis.call('ZADD', FI, F(f.b + 1 / f.w), flow_mk(f))
+  if not f then
+    f = {ek = ek, b = vtime(), h = 0, n = 0, o = -1, w = weight(ek), c = 0}
+  elseif f.n > 0 then
+    redis.call('ZADD', FK, F(f.b + (f.h + 1) / f.w), flow_mk(f))
   end
+  f.h = f.h + 1
+  f.c = f.c + 1
   flow_put(f)
+end
+
+-- Forget (at most two) idle flows that would restart at V = tag anyway (forget_idle,
+-- where a flow may hold charges): a flow holding charges keeps them, and its key comes
+-- back as a new key would.
+local function forget_idle_charged(tag)
+  local old = redis.call('ZRANGEBYSCORE', FI, '-inf', F(tag), 'LIMIT', 0, 2)
+  for _, omk in ipairs(old) do
+    redis.call('ZREM', FI, omk)
+    local f = flow_get(string.sub(omk, 13))
+    if f and f.c > 0 then
+      flow_put({ek = f.ek, b = tag, h = f.c, n = 0, o = -1, w = f.w, c = f.c})
+    else
+      redis.call('DEL', flk(string.sub(omk, 13)))
+    end
+  end
+end
+
+-- Fair share: a charged preemption arrival starts: its start is recorded in its key's
+-- accounts as a charge at this moment would record it (the in-process lane's
+-- FairShare.admit_charged). With no job queued that is fair_admit (V moves to its
+-- tag); otherwise V stays where the queue's order is: a backlogged key's accounts move
+-- one turn on (its slots sit there already), and an idle key restarts one start past
+-- where it would restart.
+local function fair_start(ek)
+  local f = flow_get(ek)
+  if not f or f.c <= 0 then  -- (its charge went with lost state: charged now)
+    fair_charge(ek)
+    f = flow_get(ek)
+  end
+  f.c = f.c - 1
+  if f.n > 0 then
+    flow_put(f)
+    return
+  end
+  local V = vtime()
+  f.h = f.h - 1  -- the accounts' head before this start: it restarts from there
+  flow_restart(f, V)
+  f.h = f.h + 1
+  redis.call('ZADD', FI, F(f.b + 1 / f.w), flow_mk(f))
+  flow_put(f)
+  if redis.call('ZCARD', FK) == 0 then
+    redis.call('HSET', CFG, 'vt', F(f.b))
+    forget_idle_charged(f.b)
+  end
+end
+
+-- Fair share: a charged preemption arrival leaves PQ without starting: its key's slots
+-- move back one turn, as if it had never come.
+local function fair_refund(ek)
+  local f = flow_get(ek)
+  if not f or f.c <= 0 then return end  -- (its charge went with lost state)
+  f.h = f.h - 1
+  f.c = f.c - 1
+  if f.n > 0 then redis.call('ZADD', FK, F(f.b + f.h / f.w), flow_mk(f)) end
+  if f.c == 0 and f.o < 0 then
+    redis.call('DEL', flk(ek))
+  else
+    flow_put(f)
+  end
 end
 
 -- Remove a queued job from wherever it waits.
 local function q_remove(J)
   redis.call('ZREM', QT, J.id)
   if J.pq == '1' then
-    redis.call('LREM', PQ, 1, J.id)
+    if redis.call('LREM', PQ, 1, J.id) > 0 and C.pol == 'fair' and J.ek then
+      fair_refund(J.ek)  -- it will not start: its charge goes
+    end
   elseif not J.m then
     return  -- (a damaged hash: no member to remove)
   elseif C.pol ~= 'fair' then
@@ -280,7 +349,7 @@ local function q_remove(J)
         if f.n <= 0 then
           f.n = 0
           redis.call('ZREM', FK, flow_mk(f))
-          redis.call('ZADD', FI, F(f.b + f.h / f.w), flow_mk(f))
+          redis.call('ZADD', FI, F(f.b + (f.h - f.c) / f.w), flow_mk(f))
         end
         flow_put(f)
       end
@@ -312,7 +381,7 @@ local function q_pop()
     else
       f.n = 0
       redis.call('ZREM', FK, mk)
-      redis.call('ZADD', FI, F(f.b + f.h / f.w), mk)
+      redis.call('ZADD', FI, F(f.b + (f.h - f.c) / f.w), mk)
     end
     flow_put(f)
     forget_idle(tag)
@@ -756,10 +825,11 @@ local function grant(now, caller, out)
     if J then
       J.pq = nil
       if alive(J.o, now) and not J.bad then
-        if arrival and C.pol == 'fair' then fair_charge(J.ek) end
+        if arrival and C.pol == 'fair' then fair_start(J.ek) end
         start(J, now, caller, out)
         running = running + 1
       else
+        if arrival and C.pol == 'fair' and J.ek then fair_refund(J.ek) end
         redis.call('ZREM', QT, id)
         redis.call('DEL', jk(id))
         redis.call('SREM', pjk(J.o), id)

@@ -122,6 +122,9 @@ if victim then
   redis.call('ZADD', QT, J.sub, id)
   redis.call('HSET', jk(id), 'pq', '1')
   J.pq = '1'
+  -- its start is counted from now: queued jobs' positions then count it while it waits
+  -- (a refusal below takes it back, in q_remove)
+  if C.pol == 'fair' then fair_charge(ek) end
   redis.call('HSET', jk(victim.id), 'va', I(now), 'vg', I(C.pgrace))
 end
 local pos, e = 0, 0
