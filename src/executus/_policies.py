@@ -7,7 +7,10 @@ decision step.
 
 Every built-in queue answers ``position`` in O(log n) from ``RankedMap`` (see
 ``_ranked.py``; strict ``Priority`` adds the sizes of at most 128 levels), so a live
-position never walks the queue.
+position never walks the queue. Queues whose keys come in arrival order (FIFO, each
+``Priority`` level, each ``FairShare`` key) keep them in an ``ArrivalMap``: an arrival
+is an append, a dispatch a pop from the front, and a run of arrivals joins the sorted
+map only when a query falls inside it (amortised O(log n)).
 """
 
 from __future__ import annotations
