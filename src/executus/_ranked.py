@@ -282,6 +282,9 @@ class RankedMap(Generic[V]):
         return lens
 
 
+_NO_TAIL: Any = ()  # an ArrivalMap's tail before its first key (see ``__init__``)
+
+
 class ArrivalMap(Generic[V]):
     """A ``RankedMap`` for keys that mostly come in ascending order: a queue's arrival
     numbers, where a requeued job (an older number) is the exception.
@@ -301,8 +304,12 @@ class ArrivalMap(Generic[V]):
 
     def __init__(self, *, ints: bool = False) -> None:
         self._map: RankedMap[V] = RankedMap(ints=ints)
-        self._tkeys: deque[Any] = deque()
-        self._tvals: deque[V] = deque()
+        # The tail's deques are made with its first key (``_tail``): until then, both
+        # are this empty tuple. A key's queue whose keys come out of order (priorities
+        # within a fair-share key) then never pays for them, in memory or in the
+        # garbage collector's passes.
+        self._tkeys: deque[Any] = _NO_TAIL
+        self._tvals: deque[V] = _NO_TAIL
         self._len = 0  # the map's keys and the tail's
 
     def __len__(self) -> int:
@@ -316,8 +323,12 @@ class ArrivalMap(Generic[V]):
 
     def _settle(self) -> None:
         """Move the tail into the sorted map."""
-        self._map.extend(self._tkeys, self._tvals)
-        self._tkeys.clear()
+        tkeys = self._tkeys
+        if len(tkeys) == 1:  # keys out of order one by one: a plain insert, past the last
+            self._map.insert(tkeys.pop(), self._tvals.pop())
+            return
+        self._map.extend(tkeys, self._tvals)
+        tkeys.clear()
         self._tvals.clear()
 
     def insert(self, key: Any, value: V) -> None:
@@ -331,9 +342,12 @@ class ArrivalMap(Generic[V]):
                 return
             self._settle()
         sorted_map = self._map
-        if sorted_map._len and not key > sorted_map._maxes[-1]:
-            sorted_map.insert(key, value)
+        if not sorted_map._len or not key > sorted_map._maxes[-1]:
+            sorted_map.insert(key, value)  # the first key goes to the map: the tail, later
         else:
+            if tkeys is _NO_TAIL:
+                tkeys = self._tkeys = deque()
+                self._tvals = deque()
             tkeys.append(key)
             self._tvals.append(value)
         self._len += 1
