@@ -294,7 +294,8 @@ def test_arrival_map_matches_a_sorted_list(
                 assert arrivals.pop(model[-1]) == model[-1] * 10
                 model.pop()
             elif op == "pop_oldest" and model:
-                victim = next(iter(arrivals._tkeys), model[0])  # the tail's first, if any
+                tail = arrivals._tkeys[arrivals._head :]
+                victim = tail[0] if tail else model[0]  # the tail's first, if any
                 assert arrivals.pop(victim) == victim * 10
                 model.remove(victim)
             elif op == "pop_first_value" and model:
@@ -313,25 +314,39 @@ def test_arrival_map_matches_a_sorted_list(
             assert arrivals.rank(probe) == bisect_left(model, probe)
 
 
-def test_arrivals_stay_in_the_tail_until_a_rank_inside_it() -> None:
-    """Arrivals in order, the newest one's rank and pops from the front touch no sorted
-    map; a rank between the tail's ends moves the tail into it once."""
+def test_arrivals_stay_in_the_tail_through_ranks_and_removals() -> None:
+    """Arrivals in order, ranks anywhere, removals anywhere in the tail and pops from the
+    front touch no sorted map; a key inserted among the tail's keys moves the keys
+    before it there, and nothing else."""
     arrivals: ArrivalMap[int] = ArrivalMap(ints=True)
     for k in range(1000):
-        arrivals.insert(k, k)
-        assert arrivals.rank(k) == k  # the newest arrival's place
+        arrivals.insert(k, -k)
+        assert arrivals.rank(k) == k
+    assert len(arrivals._map) == 1  # the first key; the rest arrived after it
     assert arrivals.pop_first_value() == 0
-    assert arrivals.rank(0) == 0
-    assert len(arrivals._map) == 0
-    assert len(arrivals._tkeys) == 999
     assert arrivals.rank(500) == 499
-    assert len(arrivals._map) == 999
-    assert not arrivals._tkeys
-    arrivals.insert(2000, 2000)  # past the map's last key: a new tail
-    assert len(arrivals._tkeys) == 1
-    assert arrivals.rank(2000) == 999
-    assert arrivals.pop(1) == 1
-    assert arrivals.pop(2000) == 2000
+    assert arrivals.pop(500) == -500  # a tombstone: ranks above it count one less
+    assert arrivals.rank(501) == 499
+    assert arrivals.rank(600) == 598
+    with pytest.raises(KeyError):
+        arrivals.pop(500)
+    assert arrivals.pop(998) == -998  # a tombstone next to the newest key
+    assert arrivals.pop(999) == -999  # the newest: it goes with the tombstone before it
+    assert arrivals._tkeys[-1] == 997
+    assert arrivals.pop(1) == -1
+    assert len(arrivals._map) == 0
+    assert len(arrivals) == 995
+    assert [k for k, _ in arrivals] == [*range(2, 500), *range(501, 998)]
+    gaps: ArrivalMap[int] = ArrivalMap(ints=True)
+    for k in range(0, 100, 2):
+        gaps.insert(k, k)
+    gaps.pop(20)  # a tombstone before the insertion point
+    gaps.insert(51, 51)  # among the tail's keys: the live ones before it move first
+    assert len(gaps._map) == 25 + 1
+    assert gaps._tkeys[gaps._head :] == list(range(52, 100, 2))
+    assert gaps._gone is None
+    assert gaps.rank(52) == 26
+    assert [k for k, _ in gaps] == sorted({*range(0, 100, 2), 51} - {20})
 
 
 def test_dispatches_from_a_long_tail_keep_keys_and_values_together() -> None:

@@ -192,9 +192,7 @@ class _FifoState(PolicyState):
         arrivals = self._map
         if arrivals._map._len or not arrivals._tkeys:
             return arrivals.pop_first_value()
-        arrivals._tkeys.popleft()  # ``pop_first_value`` from the tail, written out
-        arrivals._len -= 1
-        return arrivals._tvals.popleft()
+        return arrivals._take()  # the tail's first, in one call: every dispatch's path
 
     def remove(self, job: JobHandle[Any]) -> None:
         self._map.pop(job._qkey)
@@ -651,10 +649,8 @@ class _FairShareState(PolicyState):
         job: JobHandle[Any]
         if arrivals._map._len or not arrivals._tkeys:
             job = arrivals.pop_first_value()
-        else:  # ``pop_first_value`` from the tail, written out
-            arrivals._tkeys.popleft()
-            arrivals._len -= 1
-            job = arrivals._tvals.popleft()
+        else:  # the tail's first, in one call (as in ``_FifoState.pop``)
+            job = arrivals._take()
         self._len -= 1
         if not n:
             self._idle[flow.key] = flow

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Iterable, Iterator, MutableSequence
-from itertools import chain, islice
+from itertools import chain, compress, islice
 from typing import Any, Generic, TypeVar
 
 __all__ = ["ArrivalMap", "RankedMap"]
@@ -283,34 +282,43 @@ class RankedMap(Generic[V]):
 
 
 _NO_TAIL: Any = ()  # an ArrivalMap's tail before its first key (see ``__init__``)
+_GONE: Any = object()  # the value of a key removed from inside an ArrivalMap's tail
+_TIDY_EVERY = 255  # an ArrivalMap tidies its taken entries every 256 takes (a mask)
 
 
 class ArrivalMap(Generic[V]):
     """A ``RankedMap`` for keys that mostly come in ascending order: a queue's arrival
     numbers, where a requeued job (an older number) is the exception.
 
-    A key larger than every key held waits in a tail of two plain deques, so an arrival
-    is an append and a dispatch from the tail a ``popleft``, neither a search. The
-    tail's keys are all larger than the sorted map's, so the map holds the first keys
-    and answers every rank below the tail's first key. The tail moves into the map, in
-    one ``extend``, only when a query needs a place inside it: the rank or removal of
-    a key between its ends, or a key smaller than its last. Each key moves at most once
-    per stay, so every operation keeps its cost in amortised terms.
+    A key larger than every key held joins a tail: two plain lists read from ``_head``
+    on, so an arrival is an append and a dispatch from the tail a read at ``_head``,
+    neither a search. The tail's keys are all larger than the sorted map's, so the map
+    answers every rank below the tail's first key, and above it a rank is the map's size
+    plus a bisection of the tail. A key removed from inside the tail leaves a tombstone
+    (its value ``_GONE``, its key in the small sorted map ``_gone``, which ranks
+    subtract), dropped when the head passes it: no query and no removal moves the tail.
+    Only a key inserted among the tail's keys (a requeued job) moves the tail's keys
+    before it into the map, in one ``extend``; each key moves at most once per stay.
 
     Same interface as ``RankedMap`` (what the queues use), including ``_len``.
     """
 
-    __slots__ = ("_len", "_map", "_tkeys", "_tvals")
+    __slots__ = ("_gone", "_head", "_len", "_map", "_tkeys", "_tvals")
 
     def __init__(self, *, ints: bool = False) -> None:
         self._map: RankedMap[V] = RankedMap(ints=ints)
-        # The tail's deques are made with its first key (``_tail``): until then, both
-        # are this empty tuple. A key's queue whose keys come out of order (priorities
-        # within a fair-share key) then never pays for them, in memory or in the
-        # garbage collector's passes.
-        self._tkeys: deque[Any] = _NO_TAIL
-        self._tvals: deque[V] = _NO_TAIL
-        self._len = 0  # the map's keys and the tail's
+        # The tail is ``_tkeys[_head:]`` and ``_tvals[_head:]``; the entries before
+        # ``_head`` were taken (values released) and are dropped in bulk (``_tidy``).
+        # The lists are made with the tail's first key (until then both are this empty
+        # tuple: a key's queue whose keys come out of order never makes them). The
+        # first and the last entry of a non-empty tail are live; ``_tkeys[-1]`` is the
+        # largest key held whenever ``_tkeys`` is not empty (a taken one, when the tail
+        # is), so an arrival is a key above it.
+        self._tkeys: list[Any] = _NO_TAIL
+        self._tvals: list[V] = _NO_TAIL
+        self._head = 0
+        self._gone: RankedMap[None] | None = None  # tombstoned keys of the tail, if any
+        self._len = 0  # live keys: the map's and the tail's
 
     def __len__(self) -> int:
         return self._len
@@ -319,35 +327,88 @@ class ArrivalMap(Generic[V]):
         return self._len > 0
 
     def __iter__(self) -> Iterator[tuple[Any, V]]:
-        return chain(self._map, zip(self._tkeys, self._tvals, strict=True))
+        head = self._head
+        tail = zip(self._tkeys[head:], self._tvals[head:], strict=True)
+        return chain(self._map, ((k, v) for k, v in tail if v is not _GONE))
 
-    def _settle(self) -> None:
-        """Move the tail into the sorted map."""
+    def _settle(self, end: int) -> None:
+        """Move the tail's live entries before index ``end`` into the sorted map."""
+        head = self._head
         tkeys = self._tkeys
-        if len(tkeys) == 1:  # keys out of order one by one: a plain insert, past the last
-            self._map.insert(tkeys.pop(), self._tvals.pop())
-            return
-        self._map.extend(tkeys, self._tvals)
-        tkeys.clear()
-        self._tvals.clear()
+        tvals = self._tvals
+        keys = tkeys[head:end]
+        values = tvals[head:end]
+        gone = self._gone
+        if gone is not None:  # (then the tail has a live key at ``end`` or after it)
+            dead = gone.rank(tkeys[end])  # the tombstones before ``end``: the first ones
+            if dead:
+                for _ in range(dead):
+                    gone.pop_first()
+                live = [v is not _GONE for v in values]
+                keys = list(compress(keys, live))
+                values = list(compress(values, live))
+        self._map.extend(keys, values)
+        tvals[head:end] = [_RELEASED] * (end - head)
+        self._head = end
+        self._tidy()
+
+    def _tidy(self) -> None:
+        """After the head moved: step past tombstones, and drop taken entries (all of
+        them when no live key is left; else once they are most of the lists)."""
+        head = self._head
+        tkeys = self._tkeys
+        tvals = self._tvals
+        gone = self._gone
+        if gone is not None:
+            while head < len(tvals) and tvals[head] is _GONE:
+                tvals[head] = _RELEASED
+                gone.pop_first()
+                head += 1
+            if not gone._len:
+                self._gone = None
+        if head == len(tkeys):
+            tkeys.clear()
+            tvals.clear()
+            head = 0
+        elif head > _LOAD and 2 * head > len(tkeys):
+            del tkeys[:head]
+            del tvals[:head]
+            head = 0
+        self._head = head
+
+    def _take(self) -> V:
+        """Remove the tail's first entry (there is one) and return its value: the first
+        of all when the map is empty."""
+        head = self._head
+        tvals = self._tvals
+        value = tvals[head]
+        tvals[head] = _RELEASED  # the map holds no reference to a taken value
+        self._len -= 1
+        head += 1
+        self._head = head
+        if self._gone is not None or not head & _TIDY_EVERY:
+            self._tidy()
+        return value
 
     def insert(self, key: Any, value: V) -> None:
         """Add ``key`` (which must not be present) with ``value``."""
         tkeys = self._tkeys
         if tkeys:
-            if key > tkeys[-1]:  # an arrival: every job's path
+            if key > tkeys[-1]:  # an arrival: every queued job's path
                 tkeys.append(key)
                 self._tvals.append(value)
                 self._len += 1
                 return
-            self._settle()
-        sorted_map = self._map
-        if not sorted_map._len or not key > sorted_map._maxes[-1]:
-            sorted_map.insert(key, value)  # the first key goes to the map: the tail, later
+            # Among the tail's keys (or before them): the ones before it move into the
+            # map, whose last key it then follows.
+            self._settle(bisect_left(tkeys, key, self._head))
+            self._map.insert(key, value)
+        elif not self._map._len or not key > self._map._maxes[-1]:
+            self._map.insert(key, value)  # the first key goes to the map: the tail, later
         else:
             if tkeys is _NO_TAIL:
-                tkeys = self._tkeys = deque()
-                self._tvals = deque()
+                tkeys = self._tkeys = []
+                self._tvals = []
             tkeys.append(key)
             self._tvals.append(value)
         self._len += 1
@@ -355,18 +416,33 @@ class ArrivalMap(Generic[V]):
     def pop(self, key: Any) -> V:
         """Remove ``key`` and return its value. Raises KeyError if absent."""
         tkeys = self._tkeys
-        if tkeys and not key < tkeys[0]:  # in the tail, if anywhere
-            if key == tkeys[-1]:
-                tkeys.pop()
-                value = self._tvals.pop()
-            elif key == tkeys[0]:
-                tkeys.popleft()
-                value = self._tvals.popleft()
-            else:
-                self._settle()
-                value = self._map.pop(key)
-        else:
+        head = self._head
+        if len(tkeys) == head or key < tkeys[head]:  # not in the tail
             value = self._map.pop(key)
+            self._len -= 1
+            return value
+        if key == tkeys[head]:
+            return self._take()
+        tvals = self._tvals
+        i = bisect_left(tkeys, key, head)
+        if i == len(tkeys) or tkeys[i] != key or tvals[i] is _GONE:
+            raise KeyError(key)
+        value = tvals[i]
+        if i == len(tkeys) - 1:  # the newest: drop it, and the tombstones before it
+            tkeys.pop()
+            tvals.pop()
+            gone = self._gone
+            if gone is not None:
+                while tvals[-1] is _GONE:  # the head is live: this stops there at most
+                    tvals.pop()
+                    gone.pop(tkeys.pop())
+                if not gone._len:
+                    self._gone = None
+        else:
+            tvals[i] = _GONE
+            if self._gone is None:
+                self._gone = RankedMap()
+            self._gone.insert(key, None)
         self._len -= 1
         return value
 
@@ -374,29 +450,25 @@ class ArrivalMap(Generic[V]):
         """The value of the smallest key. Raises IndexError if empty."""
         if self._map._len:
             return self._map.first_value()
-        if not self._tvals:
+        if len(self._tkeys) == self._head:
             raise IndexError("first of an empty ArrivalMap")
-        return self._tvals[0]
+        return self._tvals[self._head]
 
     def pop_first_value(self) -> V:
         """Remove the smallest key and return its value. Raises IndexError if empty."""
         if self._map._len:
-            value = self._map.pop_first_value()
-        elif self._tkeys:
-            self._tkeys.popleft()
-            value = self._tvals.popleft()
-        else:
+            self._len -= 1
+            return self._map.pop_first_value()
+        if len(self._tkeys) == self._head:
             raise IndexError("pop from an empty ArrivalMap")
-        self._len -= 1
-        return value
+        return self._take()
 
     def rank(self, key: Any) -> int:
         """How many keys are smaller than ``key`` (present or not)."""
         tkeys = self._tkeys
-        if tkeys and key > tkeys[0]:
-            if key > tkeys[-1]:
-                return self._len
-            if key == tkeys[-1]:  # the newest arrival's place: no need to settle
-                return self._len - 1
-            self._settle()
+        head = self._head
+        if len(tkeys) > head and key > tkeys[head]:
+            rank = self._map._len + bisect_left(tkeys, key, head) - head
+            gone = self._gone
+            return rank if gone is None else rank - gone.rank(key)
         return self._map.rank(key)
