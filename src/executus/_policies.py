@@ -9,8 +9,8 @@ Every built-in queue answers ``position`` in O(log n) from ``RankedMap`` (see
 ``_ranked.py``; strict ``Priority`` adds the sizes of at most 128 levels), so a live
 position never walks the queue. Queues whose keys come in arrival order (FIFO, each
 ``Priority`` level, each ``FairShare`` key) keep them in an ``ArrivalMap``: an arrival
-is an append, a dispatch a pop from the front, and a run of arrivals joins the sorted
-map only when a query falls inside it (amortised O(log n)).
+is an append and a dispatch a read at the head of a tail of plain lists; a position
+in the tail is a bisection, and a cancel there a tombstone.
 """
 
 from __future__ import annotations
