@@ -619,7 +619,7 @@ class _FairShareState(PolicyState):
             # Nothing queued: as if it had queued and been dispatched at once (``admit``
             # on a free slot): V moves to its tag.
             self._vtime = base
-            self._forget_idle_charged()
+            self._forget_idle()
 
     def refund(self, job: JobHandle[Any]) -> None:
         if job not in self._charged:
@@ -660,23 +660,9 @@ class _FairShareState(PolicyState):
 
     def _forget_idle(self) -> None:
         # A key idle with finish tag <= V would restart at V anyway: forget it, so
-        # memory follows the keys active lately, not every key ever seen.
-        idle = self._idle
-        for _ in range(2):
-            if not idle:
-                return
-            key, flow = next(iter(idle.items()))
-            if flow.tag(flow.head) > self._vtime:  # its finish tag (n = 0)
-                return
-            del idle[key]
-            del self._flows[key]
-            if len(self._spare) < _SPARE_FLOWS:
-                self._spare.append(flow)
-
-    def _forget_idle_charged(self) -> None:
-        # ``_forget_idle`` where flows may hold charges (``pop`` runs only when none
-        # do): a forgotten key that holds charges keeps them, and comes back as a new
-        # key would.
+        # memory follows the keys active lately, not every key ever seen. A key whose
+        # preemption arrivals still wait keeps their charges (``charge``), and comes back
+        # as a new key would.
         idle = self._idle
         for _ in range(2):
             if not idle:
