@@ -301,8 +301,12 @@ def _one_run_at_a_time(
 @given(
     size=st.integers(1, 20),
     history=st.integers(0, 24),
-    batches=st.lists(  # run times a clock can give: 0, or 1 us to 1,000 s
-        st.lists(st.one_of(st.just(0.0), st.floats(1e-6, 1e3)), max_size=70),
+    batches=st.lists(  # run times a clock can give: 0, or 1 us to 1,000 s (batches
+        # of 64 runs and more take the batch passes, shorter ones the loop)
+        st.one_of(
+            st.lists(st.one_of(st.just(0.0), st.floats(1e-6, 1e3)), max_size=70),
+            st.lists(st.floats(1e-6, 1e3), min_size=64, max_size=200),
+        ),
         min_size=1,
         max_size=5,
     ),
@@ -326,7 +330,13 @@ def test_batches_follow_the_one_run_rule(
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.floats(-100.0, 500.0, allow_nan=False), max_size=60))
+@given(
+    st.one_of(  # short batches are counted one by one, long ones by bisection
+        st.lists(st.floats(-100.0, 500.0, allow_nan=False), max_size=60),
+        st.lists(st.floats(-100.0, 500.0, allow_nan=False), min_size=64, max_size=200),
+        st.lists(st.floats(-3.0, 3.0, allow_nan=False), min_size=64, max_size=200),
+    )
+)
 def test_record_many_is_record_one_by_one(ends: list[float]) -> None:
     """End times counted in a batch give the counts of end times counted one by one."""
     ends = sorted(ends)

@@ -45,6 +45,9 @@ __all__ = ["RuntimeWindow", "ThroughputWindow", "estimate_wait"]
 
 # The sorted shape history is refreshed once 1/STALE_PART of it is newer than the copy.
 STALE_PART = 16
+# Batches of fewer runs (or end times) than this are recorded one at a time: the batch
+# passes pay a fixed set-up that only a longer batch (a busy lane's) earns back.
+_SHORT = 64
 
 
 class RuntimeWindow:
@@ -124,7 +127,7 @@ class RuntimeWindow:
 
     def add(self, seconds: float) -> None:
         """Record one run time."""
-        self.add_many((seconds,))
+        self._add_each((seconds,))
 
     def add_many(self, runs: Iterable[float]) -> None:
         """Record run times in order, as many ``add`` calls would (a busy lane records
@@ -137,6 +140,9 @@ class RuntimeWindow:
         slices, since a busy lane records every run it ends.
         """
         runs = runs if type(runs) is list else list(runs)
+        if len(runs) < _SHORT:
+            self._add_each(runs)
+            return
         recent = self._recent
         size = recent.maxlen
         assert size is not None
@@ -166,6 +172,36 @@ class RuntimeWindow:
                 if n and befores[k] > 0.0:
                     ratios.append(run * n / befores[k])
         self._ring_extend(ratios)
+
+    def _add_each(self, runs: Iterable[float]) -> None:
+        """``add_many`` for a few runs (the lane folds its ended runs in before an
+        estimate or a stats read, often one or two): the same rule, one run at a time,
+        without the set-up of the batch passes."""
+        recent = self._recent
+        size = recent.maxlen
+        total = self._total
+        ring = self._ratios
+        history = self._history
+        at = self._next
+        stale = self._ratio_stale
+        for seconds in runs:
+            n = len(recent)
+            if at >= 0 and n and total > 0.0:  # the run over the mean before it
+                stale += 1
+                if len(ring) < history:
+                    ring.append(seconds * n / total)
+                else:
+                    ring[at] = seconds * n / total
+                    at = (at + 1) % len(ring)
+            if n == size:
+                total -= recent[0]
+            recent.append(seconds)
+            total += seconds
+        self._total = total
+        self._next = at
+        self._ratio_stale = stale
+        self._sorted = None
+        self._shape = None
 
     def _ring_extend(self, ratios: list[float]) -> None:
         """Write ``ratios`` into the history ring in order, as one by one: appended
@@ -304,6 +340,15 @@ class ThroughputWindow:
         counts = self._counts
         stamps = self._stamps
         span = self.SPAN
+        if len(ends) < _SHORT:  # a few: one by one, without the bisections
+            for now in ends:
+                second = int(now) if now >= 0.0 else math.floor(now)
+                i = second % span
+                if stamps[i] != second:
+                    stamps[i] = second
+                    counts[i] = 0
+                counts[i] += 1
+            return
         i, n = 0, len(ends)
         while i < n:
             now = ends[i]
