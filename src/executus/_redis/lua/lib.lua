@@ -224,7 +224,14 @@ local function forget_idle(tag)
   local old = redis.call('ZRANGEBYSCORE', FI, '-inf', F(tag), 'LIMIT', 0, 2)
   for _, omk in ipairs(old) do
     redis.call('ZREM', FI, omk)
-    redis.call('DEL', flk(string.sub(omk, 13)))
+    local f = flow_get(string.sub(omk, 13))
+    if f and f.c > 0 then
+      -- Its preemption arrivals still wait: it keeps their charges, and its key comes
+      -- back as a new key would.
+      flow_put({ek = f.ek, b = tag, h = f.c, n = 0, o = -1, w = f.w, c = f.c})
+    else
+      redis.call('DEL', flk(string.sub(omk, 13)))
+    end
   end
 end
 
@@ -270,22 +277,6 @@ local function fair_charge(ek)
   flow_put(f)
 end
 
--- Forget (at most two) idle flows that would restart at V = tag anyway (forget_idle,
--- where a flow may hold charges): a flow holding charges keeps them, and its key comes
--- back as a new key would.
-local function forget_idle_charged(tag)
-  local old = redis.call('ZRANGEBYSCORE', FI, '-inf', F(tag), 'LIMIT', 0, 2)
-  for _, omk in ipairs(old) do
-    redis.call('ZREM', FI, omk)
-    local f = flow_get(string.sub(omk, 13))
-    if f and f.c > 0 then
-      flow_put({ek = f.ek, b = tag, h = f.c, n = 0, o = -1, w = f.w, c = f.c})
-    else
-      redis.call('DEL', flk(string.sub(omk, 13)))
-    end
-  end
-end
-
 -- Fair share: a charged preemption arrival starts: its start is recorded in its key's
 -- accounts as a charge at this moment would record it (the in-process lane's
 -- FairShare.admit_charged). With no job queued that is fair_admit (V moves to its
@@ -311,7 +302,7 @@ local function fair_start(ek)
   flow_put(f)
   if redis.call('ZCARD', FK) == 0 then
     redis.call('HSET', CFG, 'vt', F(f.b))
-    forget_idle_charged(f.b)
+    forget_idle(f.b)
   end
 end
 
