@@ -189,10 +189,7 @@ class _FifoState(PolicyState):
             arrivals.insert(key, job)
 
     def pop(self) -> JobHandle[Any]:
-        arrivals = self._map
-        if arrivals._map._len or not arrivals._tkeys:
-            return arrivals.pop_first_value()
-        return arrivals._take()  # the tail's first, in one call: every dispatch's path
+        return self._map.pop_first_value()
 
     def remove(self, job: JobHandle[Any]) -> None:
         self._map.pop(job._qkey)
@@ -645,12 +642,7 @@ class _FairShareState(PolicyState):
         self._vtime = flow.base + head / flow.weight
         flow.head = head + 1
         n = flow.n = flow.n - 1
-        arrivals = flow.queue
-        job: JobHandle[Any]
-        if arrivals._map._len or not arrivals._tkeys:
-            job = arrivals.pop_first_value()
-        else:  # the tail's first, in one call (as in ``_FifoState.pop``)
-            job = arrivals._take()
+        job: JobHandle[Any] = flow.queue.pop_first_value()
         self._len -= 1
         if not n:
             self._idle[flow.key] = flow
