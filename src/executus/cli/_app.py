@@ -26,7 +26,7 @@ from .._base import STORED_MAX, is_utf8
 from .._errors import LaneError, NotQueued
 from .._redis.keys import LaneKeys, check_key_part, check_namespace
 from .._redisurl import masked_url as _masked_url
-from .._redisurl import url_secrets as _url_secrets
+from .._redisurl import scrubbed as _scrubbed_text
 
 if TYPE_CHECKING:
     import redis
@@ -53,10 +53,7 @@ def safe_url(url: str) -> str:
 def _scrubbed(error: BaseException, url: str) -> str:
     """``str(error)`` without the passwords of ``url``: redis-py quotes a part of an
     unencoded one as a bad port (``'pa'`` of ``redis://u:pa/ss@host``)."""
-    text = str(error)
-    for secret in sorted(filter(None, _url_secrets(url)[1]), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    return _scrubbed_text(str(error), url)
 
 
 def _key_part(what: str, value: str) -> str:
