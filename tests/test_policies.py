@@ -11,7 +11,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from executus import FIFO, FairShare, JobHandle, Lane, PolicyState, Priority, QueuePolicy
+from executus import (
+    FIFO,
+    FairShare,
+    JobHandle,
+    Lane,
+    PolicyState,
+    Preemption,
+    Priority,
+    QueuePolicy,
+)
 from executus.testing import ManualClock
 from tests.helpers import Gate, settle
 
@@ -547,3 +556,17 @@ def test_fair_share_charges_an_arrival_when_it_comes(
         for arrival in front:
             ref.admit(arrival)
         assert [state.position(j) for j in queued] == [ref.state.position(j) for j in queued]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Preemption(min_runtime=10**400), "min_runtime must be a finite number >= 0"),
+        (lambda: Priority(aging=10**400), "aging must be a finite number >= 0"),
+        (lambda: FairShare(default_weight=10**400), "default_weight must be a finite number > 0"),
+    ],
+)
+def test_a_setting_too_large_for_a_float_is_refused_naming_it(make: Any, message: str) -> None:
+    """An int too large for a float is a ValueError naming the setting, not OverflowError."""
+    with pytest.raises(ValueError, match=message):
+        make()

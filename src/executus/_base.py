@@ -96,6 +96,7 @@ def wake_all(waiters: list[asyncio.Future[None]]) -> None:
             fut.set_result(None)
 
 
+_FLOAT_MAX = sys.float_info.max  # the largest finite float
 _UNSET = object()  # submit_context: a variable the previous snapshot does not hold
 
 
@@ -120,6 +121,13 @@ def submit_context(last: contextvars.Context | None) -> contextvars.Context:
             if held(var, _UNSET) is not value:
                 return ctx
     return last
+
+
+def check_ttl(ttl: object) -> None:
+    """Refuse a ``ttl`` that is not a finite number of seconds > 0. Compared, not
+    converted: an int too large for a float is out of range too."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= _FLOAT_MAX:
+        raise ValueError(f"ttl must be a finite number > 0, got {ttl!r}")
 
 
 def check_preemption(preemption: object) -> None:

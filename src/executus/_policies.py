@@ -16,9 +16,9 @@ in the tail is a bisection, and a cancel there a tombstone.
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 import struct
+import sys
 from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections import OrderedDict
@@ -32,6 +32,7 @@ from ._ranked import ArrivalMap, RankedMap
 
 __all__ = ["FIFO", "FairShare", "PolicyState", "Preemption", "Priority", "QueuePolicy"]
 
+_FLOAT_MAX = sys.float_info.max  # the largest finite float
 _SEQ_SPAN = 1 << 48  # arrival numbers stay below this; priority is scaled above it
 
 
@@ -40,7 +41,7 @@ def _check_seconds(name: str, value: object, *, allow_none: bool = False) -> Non
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0:
+    if not 0 <= value <= _FLOAT_MAX:  # (compared: an int too large for a float too)
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
@@ -772,7 +773,7 @@ class FairShare(QueuePolicy):
 def _check_weight(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    if not 0 < value <= _FLOAT_MAX:  # (compared: an int too large for a float too)
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 

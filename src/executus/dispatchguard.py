@@ -41,13 +41,13 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._base import check_ttl
 from ._clock import SystemClock
 from ._errors import reduce_error
 
@@ -222,13 +222,7 @@ class DispatchGuard:
         forget_failed: bool = False,
         clock: Clock | None = None,
     ) -> None:
-        # Compared, not converted: an int too large for a float is out of range too.
-        if (
-            isinstance(ttl, bool)
-            or not isinstance(ttl, int | float)
-            or not 0 < ttl <= sys.float_info.max
-        ):
-            raise ValueError(f"ttl must be a finite number > 0, got {ttl!r}")
+        check_ttl(ttl)
         if isinstance(max_seen, bool) or not isinstance(max_seen, int) or max_seen < 1:
             raise ValueError(f"max_seen must be an int >= 1, got {max_seen!r}")
         if mode not in ("reject", "coalesce"):

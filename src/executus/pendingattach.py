@@ -32,11 +32,11 @@ Example::
 
 from __future__ import annotations
 
-import sys
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
+from ._base import check_ttl
 from ._clock import SystemClock
 from ._errors import reduce_error
 
@@ -123,13 +123,7 @@ class PendingAttachments(Generic[T]):
         overflow: Overflow = "drop_oldest",
         clock: Clock | None = None,
     ) -> None:
-        # Compared, not converted: an int too large for a float is out of range too.
-        if (
-            isinstance(ttl, bool)
-            or not isinstance(ttl, int | float)
-            or not 0 < ttl <= sys.float_info.max
-        ):
-            raise ValueError(f"ttl must be a finite number > 0, got {ttl!r}")
+        check_ttl(ttl)
         for name, value in (("max_per_key", max_per_key), ("max_total", max_total)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
