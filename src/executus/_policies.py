@@ -143,7 +143,7 @@ class _SortedState(PolicyState):
 
     def __init__(self, *, ints: bool = True) -> None:
         # Keys are arrival numbers (ints) unless a subclass's ``_key`` makes others.
-        self._map: RankedMap[JobHandle[Any]] = RankedMap(ints=ints)
+        self._map: RankedMap[JobHandle[Any]] | ArrivalMap[JobHandle[Any]] = RankedMap(ints=ints)
 
     def _key(self, job: JobHandle[Any], now: float) -> Any:
         return job._seq
@@ -167,14 +167,16 @@ class _SortedState(PolicyState):
         return len(self._map)
 
 
-class _FifoState(PolicyState):
+class _FifoState(_SortedState):
     """Arrival order: the sort key is the arrival number, which arrivals bring in order
     (a requeued job keeps its first one), so an arrival is an append (``ArrivalMap``)."""
 
-    __slots__ = ("_map",)
+    __slots__ = ()
+
+    _map: ArrivalMap[JobHandle[Any]]
 
     def __init__(self) -> None:
-        self._map: ArrivalMap[JobHandle[Any]] = ArrivalMap(ints=True)
+        self._map = ArrivalMap(ints=True)
 
     def push(self, job: JobHandle[Any], now: float) -> None:
         key = job._qkey
@@ -188,18 +190,6 @@ class _FifoState(PolicyState):
             arrivals._len += 1
         else:
             arrivals.insert(key, job)
-
-    def pop(self) -> JobHandle[Any]:
-        return self._map.pop_first_value()
-
-    def remove(self, job: JobHandle[Any]) -> None:
-        self._map.pop(job._qkey)
-
-    def position(self, job: JobHandle[Any]) -> int:
-        return self._map.rank(job._qkey) + 1
-
-    def __len__(self) -> int:
-        return self._map._len
 
 
 class FIFO(QueuePolicy):
